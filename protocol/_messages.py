@@ -1,0 +1,290 @@
+"""Typed wire messages, grouped by direction.
+
+Every message is a frozen, slotted dataclass with a class-level ``OP`` naming it
+on the wire. Dicts exist only inside the codec (:mod:`dagon.protocol._codec`).
+
+Directions:
+    * ``ToAgent`` — coordinator → agent (``…/agents/{agent}/tasks`` and ``…/control``).
+    * ``FromAgent`` — agent → coordinator (status, telemetry, coordinator inbox).
+    * ``ToCoordinator`` — client → coordinator inbox (submit / cancel a run).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NewType
+
+__all__ = [
+    "Ack",
+    "AgentId",
+    "Announce",
+    "AssignTasks",
+    "CancelRun",
+    "CancelTasks",
+    "Capabilities",
+    "Control",
+    "FromAgent",
+    "Heartbeat",
+    "Message",
+    "Offline",
+    "OutputFile",
+    "Rejection",
+    "ResultStatus",
+    "RunId",
+    "StageInput",
+    "StartedTask",
+    "SubmitRun",
+    "TaskAssignment",
+    "TaskName",
+    "TaskRef",
+    "TaskResult",
+    "TasksFinished",
+    "TasksStarted",
+    "ToAgent",
+    "ToCoordinator",
+]
+
+RunId = NewType("RunId", str)
+TaskName = NewType("TaskName", str)
+AgentId = NewType("AgentId", str)
+
+
+class ResultStatus(enum.StrEnum):
+    """How an attempt ended, as the agent saw it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the command ran and exited non-zero
+    TIMEOUT = "timeout"  # killed by the agent after the task's timeout
+    CANCELLED = "cancelled"  # killed on request
+    ERROR = "error"  # dagon could not run it (staging, bad runtime, …); see ``error``
+
+
+# ---------------------------------------------------------------------------
+# shared structs
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """Names one attempt of one task of one run."""
+
+    run: RunId
+    task: TaskName
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class StageInput:
+    """A ``workflow://`` reference the agent must stage before running the task.
+
+    Attributes:
+        ref: the exact reference text as it appears in the command.
+        workflow: producing workflow name.
+        task: producing task name.
+        path: path (maybe a glob) relative to the producer's working directory.
+        source_agent: agent that ran the producer.
+        source_host: host id of that agent (same host means link/copy works).
+        source_dir: the producer's absolute working directory on that host.
+    """
+
+    ref: str
+    workflow: str
+    task: TaskName
+    path: str
+    source_agent: AgentId
+    source_host: str
+    source_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """One file of a task's output manifest (path relative to its workdir)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAssignment:
+    """Everything an agent needs to run one attempt of a task."""
+
+    run: RunId
+    workflow: str
+    task: TaskName
+    attempt: int
+    runtime: str
+    command: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    inputs: tuple[StageInput, ...] = ()
+    outputs: tuple[str, ...] = ()
+    stage_mode: str = ""
+
+    @property
+    def ref(self) -> TaskRef:
+        return TaskRef(self.run, self.task, self.attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an agent is and can do; published retained on its status topic."""
+
+    hostname: str
+    host_id: str
+    arch: str
+    os: str
+    cpus: int
+    memory: int
+    runtimes: tuple[str, ...]
+    labels: dict[str, str]
+    slots: int
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartedTask:
+    run: RunId
+    task: TaskName
+    attempt: int
+    started_at: float
+    workdir: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """How one attempt ended, with its measurements and output manifest."""
+
+    run: RunId
+    task: TaskName
+    attempt: int
+    status: ResultStatus
+    exit_code: int | None
+    started_at: float
+    finished_at: float
+    cpu_time: float = 0.0
+    max_rss: int = 0
+    stderr_tail: str = ""
+    error: str = ""
+    workdir: str = ""
+    outputs: tuple[OutputFile, ...] = ()
+    value: Any = None
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    task: TaskRef
+    reason: str
+    permanent: bool = False
+
+
+# ---------------------------------------------------------------------------
+# messages
+
+
+class Message:
+    """Marker base; every concrete message has a class attribute ``OP``."""
+
+    __slots__ = ()
+    OP: ClassVar[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignTasks(Message):
+    """Run these tasks (several per message). Replies go to ``reply_to``'s inbox."""
+
+    OP: ClassVar[str] = "assign"
+    reply_to: str
+    tasks: tuple[TaskAssignment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTasks(Message):
+    OP: ClassVar[str] = "cancel"
+    tasks: tuple[TaskRef, ...]
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Control(Message):
+    """Out-of-band agent control: ``"shutdown"`` or ``"announce"`` (re-publish status)."""
+
+    OP: ClassVar[str] = "control"
+    action: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Announce(Message):
+    OP: ClassVar[str] = "announce"
+    agent: AgentId
+    capabilities: Capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class Offline(Message):
+    """Last Will (and clean shutdown) of an agent, retained on its status topic."""
+
+    OP: ClassVar[str] = "offline"
+    agent: AgentId
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    OP: ClassVar[str] = "heartbeat"
+    agent: AgentId
+    seq: int
+    running: int
+    free_slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class TasksStarted(Message):
+    OP: ClassVar[str] = "started"
+    agent: AgentId
+    tasks: tuple[StartedTask, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TasksFinished(Message):
+    OP: ClassVar[str] = "finished"
+    agent: AgentId
+    results: tuple[TaskResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """Sent for an assignment message only when some of its tasks were refused."""
+
+    OP: ClassVar[str] = "ack"
+    agent: AgentId
+    accepted: int
+    rejected: tuple[Rejection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRun(Message):
+    """Ask a coordinator to run a workflow (its spec as produced by ``Workflow.to_dict``)."""
+
+    OP: ClassVar[str] = "submit"
+    run: RunId
+    workflow: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRun(Message):
+    OP: ClassVar[str] = "cancel_run"
+    run: RunId
+    reason: str = ""
+
+
+ToAgent = AssignTasks | CancelTasks | Control
+FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack
+ToCoordinator = SubmitRun | CancelRun

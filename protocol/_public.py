@@ -1,0 +1,50 @@
+"""JSON encoding for the public topics (run status, task results, events).
+
+Public messages are plain JSON objects with a ``schema`` field naming their
+schema and version (``dagon.run-status/1``, ``dagon.task-result/1``,
+``dagon.events/1``), published with MQTT 5 content type ``application/json`` so
+any MQTT client can consume them. The schemas are documented in
+``docs/mqtt-topics.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from dagon.protocol._errors import ProtocolError
+
+__all__ = [
+    "CONTENT_TYPE_JSON",
+    "SCHEMA_COORDINATOR",
+    "SCHEMA_EVENTS",
+    "SCHEMA_RUN_STATUS",
+    "SCHEMA_TASK_RESULT",
+    "decode_public",
+    "encode_public",
+]
+
+CONTENT_TYPE_JSON: Final = "application/json"
+SCHEMA_RUN_STATUS: Final = "dagon.run-status/1"
+SCHEMA_TASK_RESULT: Final = "dagon.task-result/1"
+SCHEMA_EVENTS: Final = "dagon.events/1"
+SCHEMA_COORDINATOR: Final = "dagon.coordinator/1"
+
+
+def encode_public(doc: dict[str, Any]) -> bytes:
+    if "schema" not in doc:
+        raise ValueError("public documents carry a 'schema' field")
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def decode_public(payload: bytes, *, schema: str | None = None) -> dict[str, Any]:
+    """Parse a public JSON document, checking its schema name when given."""
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"not a JSON document: {exc}", reason="malformed") from exc
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"expected a JSON object, got {type(doc).__name__}", reason="malformed")
+    if schema is not None and doc.get("schema") != schema:
+        raise ProtocolError(f"expected schema {schema!r}, got {doc.get('schema')!r}", reason="schema")
+    return doc

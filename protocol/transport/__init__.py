@@ -1,0 +1,21 @@
+"""Message transports: the one I/O seam of the protocol package.
+
+This subpackage is the only place in dagon that talks to a broker; the rest of
+``dagon.protocol`` stays free of I/O.
+"""
+
+from dagon.protocol.transport._base import Incoming, Transport, Will, topic_matches
+from dagon.protocol.transport._memory import MemoryHub, MemoryTransport
+from dagon.protocol.transport._mqtt import BrokerURL, MqttTransport, redact_url
+
+__all__ = [
+    "BrokerURL",
+    "Incoming",
+    "MemoryHub",
+    "MemoryTransport",
+    "MqttTransport",
+    "Transport",
+    "Will",
+    "redact_url",
+    "topic_matches",
+]

@@ -1,0 +1,286 @@
+"""MQTT transport over aiomqtt — the only module that imports aiomqtt.
+
+One background loop owns the connection: it connects, (re)subscribes, feeds
+received messages into a bounded queue and, when the connection drops,
+reconnects with capped, jittered exponential backoff. ``publish`` waits for a
+live connection, so a broker restart delays messages instead of losing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from dagon.protocol._errors import ConfigError, TransportError
+from dagon.protocol.transport._base import Incoming, Will
+
+__all__ = ["BrokerURL", "MqttTransport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerURL:
+    """A parsed ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://…`` URL."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ConfigError(
+                f"broker URL {redact_url(url)!r} is not valid: use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+            )
+        tls = parsed.scheme == "mqtts"
+        try:
+            port = parsed.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise ConfigError(f"broker URL {redact_url(url)!r} has an invalid port") from exc
+        return cls(
+            host=parsed.hostname,
+            port=port,
+            tls=tls,
+            username=urllib.parse.unquote(parsed.username) if parsed.username else None,
+            password=urllib.parse.unquote(parsed.password) if parsed.password else None,
+        )
+
+    def __str__(self) -> str:
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def redact_url(url: str) -> str:
+    """Hide a password in a broker URL before it is logged or shown."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+
+
+class MqttTransport:
+    """A reconnecting MQTT client.
+
+    Args:
+        url: broker URL (``mqtt://`` or ``mqtts://``).
+        client_id: MQTT client identifier (stable for agents and coordinators).
+        will: Last Will published by the broker if this client dies.
+        protocol: ``"5"`` (default) or ``"3.1.1"`` (for brokers without MQTT 5,
+            like the embedded amqtt); content types need MQTT 5.
+        connect_timeout: how long the first connection may take before
+            ``__aenter__`` fails.
+        keepalive: MQTT keepalive in seconds (also bounds Last Will latency).
+        queue_size: bound of the received-message queue (backpressure).
+        max_backoff: cap of the reconnect backoff in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        will: Will | None = None,
+        protocol: str = "5",
+        connect_timeout: float = 10.0,
+        keepalive: int = 30,
+        queue_size: int = 100_000,
+        max_backoff: float = 30.0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.url = BrokerURL.parse(url)
+        if protocol not in ("5", "3.1.1"):
+            raise ConfigError(f"MQTT protocol must be '5' or '3.1.1', got {protocol!r}")
+        if not client_id:
+            raise ConfigError("an MQTT client id is required")
+        self.client_id = client_id
+        self.protocol = protocol
+        self._will = will
+        self._connect_timeout = connect_timeout
+        self._keepalive = keepalive
+        self._max_backoff = max_backoff
+        self._tls_context = tls_context
+        self._queue: asyncio.Queue[Incoming] = asyncio.Queue(queue_size)
+        self._filters: dict[str, int] = {}
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._first: asyncio.Future[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+        self._json_props: Properties | None = None
+        self.reconnects = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def _new_client(self) -> aiomqtt.Client:
+        will = None
+        if self._will is not None:
+            will = aiomqtt.Will(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
+        v5 = self.protocol == "5"
+        tls_context = self._tls_context
+        if self.url.tls and tls_context is None:
+            tls_context = ssl.create_default_context()
+        return aiomqtt.Client(
+            self.url.host,
+            self.url.port,
+            username=self.url.username,
+            password=self.url.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            keepalive=self._keepalive,
+            timeout=self._connect_timeout,
+            tls_context=tls_context,
+            max_inflight_messages=1000,
+            clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        )
+
+    async def __aenter__(self) -> Self:
+        loop = asyncio.get_running_loop()
+        self._first = loop.create_future()
+        self._runner = asyncio.create_task(self._run(), name=f"mqtt-{self.client_id}")
+        try:
+            async with asyncio.timeout(self._connect_timeout + 1):
+                await self._first
+        except BaseException as exc:
+            await self._stop()
+            if isinstance(exc, TimeoutError):
+                raise TransportError(
+                    f"could not connect to the MQTT broker at {self.url} within {self._connect_timeout:.0f} s;"
+                    " is it running and reachable? (set --broker or DAGON_BROKER)"
+                ) from None
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        self._connected.clear()
+
+    async def _run(self) -> None:
+        assert self._first is not None
+        delay = 0.2
+        client = self._new_client()
+        while not self._closing:
+            try:
+                async with client:
+                    self._client = client
+                    if self._filters:
+                        await client.subscribe([(f, q) for f, q in self._filters.items()])
+                    self._connected.set()
+                    if not self._first.done():
+                        self._first.set_result(None)
+                    else:
+                        log.info("reconnected to MQTT broker %s", self.url)
+                    delay = 0.2
+                    async for msg in client.messages:
+                        payload = msg.payload
+                        if not isinstance(payload, bytes | bytearray):
+                            payload = b"" if payload is None else str(payload).encode()
+                        await self._queue.put(Incoming(msg.topic.value, bytes(payload), bool(msg.retain)))
+            except aiomqtt.MqttError as exc:
+                self._connected.clear()
+                self._client = None
+                if not self._first.done():
+                    self._first.set_exception(
+                        TransportError(f"could not connect to the MQTT broker at {self.url}: {exc}")
+                    )
+                    return
+                self.reconnects += 1
+                sleep = random.uniform(delay / 2, delay)
+                log.warning("lost MQTT broker %s (%s); reconnecting in %.1f s", self.url, exc, sleep)
+                await asyncio.sleep(sleep)
+                delay = min(delay * 2, self._max_backoff)
+                client = self._new_client()
+
+    # -- operations --------------------------------------------------------
+
+    async def _live_client(self, timeout: float | None) -> aiomqtt.Client:
+        if self._runner is None:
+            raise TransportError("the MQTT transport is not open (use 'async with')")
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self._connected.wait()
+                    if self._client is not None:
+                        return self._client
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise TransportError(f"MQTT broker {self.url} unreachable for {timeout:.0f} s") from None
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        props = None
+        if content_type is not None and self.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = content_type
+        while True:
+            client = await self._live_client(timeout)
+            try:
+                await client.publish(topic, payload, qos=qos, retain=retain, properties=props, timeout=60)
+                return
+            except aiomqtt.MqttError as exc:
+                if self._closing:
+                    raise TransportError(f"publish to {topic} failed: transport closing") from exc
+                # The connection dropped mid-publish: wait for the reconnect and retry
+                # (at-least-once; receivers are idempotent by message id).
+                self._connected.clear()
+                await asyncio.sleep(0.05)
+
+    async def subscribe(self, *filters: str, qos: int = 1) -> None:
+        for f in filters:
+            self._filters[f] = qos
+        if self._client is not None and self._connected.is_set():
+            try:
+                await self._client.subscribe([(f, qos) for f in filters])
+            except aiomqtt.MqttError as exc:
+                log.warning("subscribe failed (%s); it is retried on reconnect", exc)
+
+    async def unsubscribe(self, *filters: str) -> None:
+        for f in filters:
+            self._filters.pop(f, None)
+        if self._client is not None and self._connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.unsubscribe(list(filters))
+
+    async def messages(self) -> AsyncIterator[Incoming]:
+        while True:
+            yield await self._queue.get()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
