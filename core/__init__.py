@@ -1,0 +1,67 @@
+"""The workflow model, the sans-IO engine and the async coordinator."""
+
+from dagon.core._engine import Engine, RunView, TaskView
+from dagon.core._errors import IllegalTransition, RunNotFound, TaskFailed, ValidationError
+from dagon.core._events import (
+    AgentAnnounced,
+    AgentChanged,
+    AgentOffline,
+    AgentSeen,
+    CancelAttempt,
+    Command,
+    Dispatch,
+    Event,
+    RunCancelRequested,
+    RunSubmitted,
+    RunTransition,
+    TaskFinished,
+    TaskRejected,
+    TaskStarted,
+    TaskTransition,
+    Tick,
+)
+from dagon.core._model import Graph, Retry, Task, Workflow
+from dagon.core._placement import AgentView, LeastLoaded, Placement, unmet_constraint
+from dagon.core._refs import Reference, find_references
+from dagon.core._states import LEGAL, RUN_TERMINAL, TERMINAL, RunState, TaskState
+
+__all__ = [
+    "LEGAL",
+    "RUN_TERMINAL",
+    "TERMINAL",
+    "AgentAnnounced",
+    "AgentChanged",
+    "AgentOffline",
+    "AgentSeen",
+    "AgentView",
+    "CancelAttempt",
+    "Command",
+    "Dispatch",
+    "Engine",
+    "Event",
+    "Graph",
+    "IllegalTransition",
+    "LeastLoaded",
+    "Placement",
+    "Reference",
+    "Retry",
+    "RunCancelRequested",
+    "RunNotFound",
+    "RunState",
+    "RunSubmitted",
+    "RunTransition",
+    "RunView",
+    "Task",
+    "TaskFailed",
+    "TaskFinished",
+    "TaskRejected",
+    "TaskStarted",
+    "TaskState",
+    "TaskTransition",
+    "TaskView",
+    "Tick",
+    "ValidationError",
+    "Workflow",
+    "find_references",
+    "unmet_constraint",
+]

@@ -1,0 +1,488 @@
+"""The sans-IO engine: ``handle(event, now) -> commands`` and ``schedule(now)``.
+
+No awaits, no clocks, no I/O. The async coordinator feeds it events decoded from
+the broker, calls :meth:`Engine.schedule` once per coalesced wake-up, and
+executes the commands it returns.
+
+Invariants:
+    * readiness is a counter of unfinished dependencies, decremented when a
+      dependency succeeds — nothing polls;
+    * every state change goes through :meth:`Engine._move`, which checks the
+      legal-transition table and records the cause;
+    * an attempt number fences results: a report for anything but the task's
+      current attempt is ignored (it only frees the agent's slot).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from dagon.core._errors import IllegalTransition, RunNotFound, ValidationError
+from dagon.core._events import (
+    AgentAnnounced,
+    AgentChanged,
+    AgentOffline,
+    AgentSeen,
+    CancelAttempt,
+    Command,
+    Dispatch,
+    Event,
+    RunCancelRequested,
+    RunSubmitted,
+    RunTransition,
+    TaskFinished,
+    TaskRejected,
+    TaskStarted,
+    TaskTransition,
+    Tick,
+)
+from dagon.core._model import Graph, Task, Workflow
+from dagon.core._placement import AgentView, LeastLoaded, Placement
+from dagon.core._states import LEGAL, TERMINAL, RunState, TaskState
+from dagon.protocol import (
+    AgentId,
+    ResultStatus,
+    RunId,
+    StageInput,
+    TaskAssignment,
+    TaskName,
+    TaskRef,
+    TaskResult,
+)
+
+__all__ = ["Engine", "RunView", "TaskView"]
+
+_S = TaskState
+_ACTIVE = frozenset({_S.DISPATCHED, _S.RUNNING})
+
+
+class TaskView:
+    """Mutable per-task run state (read-only for callers)."""
+
+    __slots__ = (
+        "agent",
+        "attempt",
+        "cause",
+        "dependents",
+        "finished_at",
+        "host",
+        "lost",
+        "result",
+        "run",
+        "spec",
+        "started_at",
+        "state",
+        "waiting",
+        "workdir",
+    )
+
+    def __init__(self, spec: Task, run: RunView) -> None:
+        self.spec = spec
+        self.run = run
+        self.state = _S.PENDING
+        self.waiting = 0
+        self.dependents: list[TaskView] = []
+        self.attempt = 0
+        self.agent: AgentId | None = None
+        self.host = ""
+        self.workdir = ""
+        self.result: TaskResult | None = None
+        self.cause = ""
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.lost = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(eq=False)
+class RunView:
+    id: RunId
+    workflow: Workflow
+    graph: Graph
+    submitted_at: float
+    tasks: dict[str, TaskView] = field(default_factory=dict)
+    counts: Counter[TaskState] = field(default_factory=Counter)
+    unfinished: int = 0
+    state: RunState = RunState.RUNNING
+    cancelled: bool = False
+    finished_at: float | None = None
+    cause: str = ""
+
+
+class Engine:
+    """Holds every active run and decides what happens next.
+
+    Args:
+        placement: the policy choosing an agent for a ready task.
+        heartbeat_ttl: an agent silent for this long is considered lost.
+        max_lost: how many times a task may be lost with its agent before it fails.
+        rng: randomness for retry jitter (seed it in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        placement: Placement | None = None,
+        heartbeat_ttl: float = 15.0,
+        max_lost: int = 3,
+        rng: random.Random | None = None,
+    ) -> None:
+        if heartbeat_ttl <= 0:
+            raise ValueError("heartbeat_ttl must be positive")
+        self.placement: Placement = placement or LeastLoaded()
+        self.heartbeat_ttl = heartbeat_ttl
+        self.max_lost = max_lost
+        self._rng = rng or random.Random()
+        self.runs: dict[RunId, RunView] = {}
+        self.agents: dict[AgentId, AgentView] = {}
+        self._ready: deque[TaskView] = deque()
+        self._timers: list[tuple[float, int, TaskView, int]] = []
+        self._seq = 0
+        self._out: list[Command] = []
+        self._now = 0.0
+        self.ignored_reports = 0
+
+    # -- queries -------------------------------------------------------------
+
+    def run(self, run: RunId) -> RunView:
+        try:
+            return self.runs[run]
+        except KeyError:
+            raise RunNotFound(run) from None
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def next_deadline(self) -> float | None:
+        """When :class:`Tick` next has something to do (None: nothing pending)."""
+        deadline = self._timers[0][0] if self._timers else None
+        for agent in self.agents.values():
+            if agent.online:
+                due = agent.last_seen + self.heartbeat_ttl
+                deadline = due if deadline is None else min(deadline, due)
+        return deadline
+
+    def forget(self, run: RunId) -> None:
+        """Drop a finished run from memory (its results live in the run store)."""
+        view = self.runs.get(run)
+        if view is not None and view.state is not RunState.RUNNING:
+            del self.runs[run]
+
+    # -- events --------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        self._now = now
+        match event:
+            case TaskFinished():
+                self._on_finished(event)
+            case TaskStarted():
+                self._on_started(event)
+            case AgentSeen():
+                agent = self.agents.get(event.agent)
+                if agent is not None:
+                    agent.last_seen = now
+            case RunSubmitted():
+                self._on_submit(event)
+            case RunCancelRequested():
+                self._on_cancel(event)
+            case AgentAnnounced():
+                self._on_announce(event)
+            case AgentOffline():
+                self._agent_lost(event.agent, event.reason)
+            case TaskRejected():
+                self._on_rejected(event)
+            case Tick():
+                self._on_tick()
+        out, self._out = self._out, []
+        return out
+
+    def _on_submit(self, event: RunSubmitted) -> None:
+        if event.run in self.runs:
+            raise ValidationError(f"run {event.run!r} already exists")
+        run = RunView(id=event.run, workflow=event.workflow, graph=event.graph, submitted_at=self._now)
+        tasks = run.tasks
+        for name in event.graph.order:
+            tasks[name] = TaskView(event.workflow[name], run)
+        for name, deps in event.graph.deps.items():
+            view = tasks[name]
+            view.waiting = len(deps)
+            for dep in deps:
+                tasks[dep].dependents.append(view)
+        run.counts[_S.PENDING] = len(tasks)
+        run.unfinished = len(tasks)
+        self.runs[event.run] = run
+        self._out.append(RunTransition(run.id, RunState.RUNNING, "submitted", self._now))
+        for name in event.graph.order:
+            view = tasks[name]
+            if view.waiting == 0:
+                self._make_ready(view, "no dependencies")
+
+    def _on_cancel(self, event: RunCancelRequested) -> None:
+        run = self.run(event.run)
+        if run.state is not RunState.RUNNING:
+            return
+        run.cancelled = True
+        for view in run.tasks.values():
+            if view.state in TERMINAL:
+                continue
+            if view.state in _ACTIVE and view.agent is not None:
+                ref = TaskRef(run.id, TaskName(view.name), view.attempt)
+                self._out.append(CancelAttempt(view.agent, ref, event.reason))
+            self._move(view, _S.CANCELLED, event.reason)
+
+    def _on_announce(self, event: AgentAnnounced) -> None:
+        agent = self.agents.get(event.agent)
+        if agent is None:
+            agent = self.agents[event.agent] = AgentView(event.agent, event.capabilities)
+        else:
+            agent.capabilities = event.capabilities
+        agent.last_seen = self._now
+        if not agent.online:
+            agent.online = True
+            self._out.append(AgentChanged(event.agent, True, "announced"))
+
+    def _on_started(self, event: TaskStarted) -> None:
+        view = self._current(event.ref, event.agent)
+        if view is None:
+            return
+        view.started_at = event.started_at
+        view.workdir = event.workdir
+        if view.state is _S.DISPATCHED:
+            self._move(view, _S.RUNNING, f"started on {event.agent}")
+
+    def _on_finished(self, event: TaskFinished) -> None:
+        result = event.result
+        ref = TaskRef(result.run, result.task, result.attempt)
+        agent = self.agents.get(event.agent)
+        if agent is not None:
+            agent.last_seen = self._now
+            agent.inflight.pop(ref, None)
+        view = self._current(ref, event.agent)
+        if view is None:
+            return
+        view.result = result
+        view.started_at = result.started_at
+        view.finished_at = result.finished_at
+        if result.workdir:
+            view.workdir = result.workdir
+        status = result.status
+        if status is ResultStatus.SUCCEEDED:
+            self._move(view, _S.SUCCEEDED, f"exit code {result.exit_code} on {event.agent}")
+            for child in view.dependents:
+                child.waiting -= 1
+                if child.waiting == 0 and child.state is _S.PENDING:
+                    self._make_ready(child, "dependencies succeeded")
+            return
+        if status is ResultStatus.CANCELLED:
+            # We did not ask for it (run cancellation moves tasks first), so the
+            # agent gave it up — typically shutting down. Run it elsewhere.
+            self._requeue(view, f"cancelled by agent {event.agent}")
+            return
+        why = _describe_failure(result)
+        if view.attempt <= view.spec.retry.attempts:
+            retry = view.spec.retry
+            delay = min(retry.max_backoff, retry.backoff * 2 ** (view.attempt - 1))
+            delay *= self._rng.uniform(0.5, 1.0)
+            self._move(view, _S.RETRY_WAIT, f"{why}; retry in {delay:.1f} s")
+            self._seq += 1
+            heapq.heappush(self._timers, (self._now + delay, self._seq, view, view.attempt))
+            return
+        self._fail(view, why)
+
+    def _on_rejected(self, event: TaskRejected) -> None:
+        rejection = event.rejection
+        agent = self.agents.get(event.agent)
+        if agent is not None:
+            agent.inflight.pop(rejection.task, None)
+            # The agent is fuller than we thought; leave it alone for a moment.
+            agent.blocked_until = self._now + 0.2
+        view = self._current(rejection.task, event.agent)
+        if view is None:
+            return
+        if rejection.permanent:
+            self._fail(view, f"agent {event.agent} refused it: {rejection.reason}")
+        else:
+            self._move(view, _S.READY, f"agent {event.agent} refused it: {rejection.reason}")
+            self._ready.append(view)
+
+    def _on_tick(self) -> None:
+        now = self._now
+        while self._timers and self._timers[0][0] <= now:
+            _, _, view, attempt = heapq.heappop(self._timers)
+            if view.state is _S.RETRY_WAIT and view.attempt == attempt:
+                self._make_ready(view, f"retrying (attempt {attempt + 1})")
+        for agent in list(self.agents.values()):
+            if agent.online and now - agent.last_seen > self.heartbeat_ttl:
+                self._agent_lost(agent.id, f"no heartbeat for {now - agent.last_seen:.0f} s")
+
+    # -- scheduling ----------------------------------------------------------
+
+    def schedule(self, now: float) -> list[Command]:
+        """Place ready tasks on agents with free slots; returns Dispatch commands."""
+        self._now = now
+        ready = self._ready
+        if ready:
+            available = [a for a in self.agents.values() if a.online and a.free > 0 and a.blocked_until <= now]
+            if available:
+                self._place(ready, available)
+        out, self._out = self._out, []
+        return out
+
+    def _place(self, ready: deque[TaskView], available: list[AgentView]) -> None:
+        skipped: list[TaskView] = []
+        unplaceable: set[tuple[object, ...]] = set()
+        for _ in range(len(ready)):
+            if not available:
+                break
+            view = ready.popleft()
+            if view.state is not _S.READY:
+                continue  # stale queue entry (cancelled or failed meanwhile)
+            hosts = self._input_hosts(view)
+            key = (view.spec.runtime, view.spec.agent, tuple(view.spec.labels.items()), view.spec.cpus, hosts)
+            if key in unplaceable:
+                skipped.append(view)
+                continue
+            agent = self.placement.choose(view.spec, available, input_hosts=hosts)
+            if agent is None:
+                unplaceable.add(key)
+                skipped.append(view)
+                continue
+            self._dispatch(view, agent)
+            if agent.free <= 0:
+                available.remove(agent)
+        ready.extendleft(reversed(skipped))
+
+    @staticmethod
+    def _input_hosts(view: TaskView) -> frozenset[str]:
+        refs = view.run.graph.refs[view.spec.name]
+        if not refs:
+            return frozenset()
+        tasks = view.run.tasks
+        return frozenset(tasks[r.task].host for r in refs)
+
+    def _dispatch(self, view: TaskView, agent: AgentView) -> None:
+        view.attempt += 1
+        view.agent = agent.id
+        view.host = agent.capabilities.host_id
+        spec = view.spec
+        run = view.run
+        inputs = []
+        for ref in run.graph.refs[spec.name]:
+            producer = run.tasks[ref.task]
+            inputs.append(
+                StageInput(
+                    ref=ref.text,
+                    workflow=ref.workflow or run.workflow.name,
+                    task=TaskName(ref.task),
+                    path=ref.path,
+                    source_agent=producer.agent or AgentId(""),
+                    source_host=producer.host,
+                    source_dir=producer.workdir,
+                )
+            )
+        assignment = TaskAssignment(
+            run=run.id,
+            workflow=run.workflow.name,
+            task=TaskName(spec.name),
+            attempt=view.attempt,
+            runtime=spec.runtime,
+            command=spec.command,
+            args=spec.args,
+            kwargs=spec.kwargs,
+            env=spec.env,
+            timeout=spec.timeout,
+            inputs=tuple(inputs),
+            outputs=spec.outputs,
+            stage_mode=spec.stage_mode,
+        )
+        agent.inflight[assignment.ref] = view
+        self._move(view, _S.DISPATCHED, f"placed on {agent.id}")
+        self._out.append(Dispatch(agent.id, assignment))
+
+    # -- transitions ---------------------------------------------------------
+
+    def _current(self, ref: TaskRef, agent: AgentId) -> TaskView | None:
+        """The task a report is about, or None if the report is stale (fencing)."""
+        run = self.runs.get(ref.run)
+        view = run.tasks.get(ref.task) if run is not None else None
+        if view is None or view.attempt != ref.attempt or view.agent != agent or view.state not in _ACTIVE:
+            self.ignored_reports += 1
+            return None
+        return view
+
+    def _make_ready(self, view: TaskView, cause: str) -> None:
+        self._move(view, _S.READY, cause)
+        self._ready.append(view)
+
+    def _requeue(self, view: TaskView, cause: str) -> None:
+        view.lost += 1
+        if view.lost > self.max_lost:
+            self._fail(view, f"{cause}; lost {view.lost} times, giving up")
+            return
+        self._make_ready(view, cause)
+
+    def _fail(self, view: TaskView, cause: str) -> None:
+        self._move(view, _S.FAILED, cause)
+        stack = list(view.dependents)
+        while stack:
+            child = stack.pop()
+            if child.state is _S.PENDING:
+                self._move(child, _S.UPSTREAM_FAILED, f"upstream task {view.name!r} failed")
+                stack.extend(child.dependents)
+
+    def _agent_lost(self, agent_id: AgentId, reason: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is None or not agent.online:
+            return
+        agent.online = False
+        self._out.append(AgentChanged(agent_id, False, reason))
+        inflight, agent.inflight = agent.inflight, {}
+        for ref, view in inflight.items():
+            if view.attempt == ref.attempt and view.agent == agent_id and view.state in _ACTIVE:
+                self._requeue(view, f"agent {agent_id} lost ({reason})")
+
+    def _move(self, view: TaskView, new: TaskState, cause: str) -> None:
+        old = view.state
+        if new not in LEGAL[old]:
+            raise IllegalTransition(view.name, old, new)
+        view.state = new
+        view.cause = cause
+        run = view.run
+        run.counts[old] -= 1
+        run.counts[new] += 1
+        self._out.append(TaskTransition(run.id, view.name, old, new, view.attempt, view.agent, cause, self._now))
+        if new in TERMINAL:
+            if view.finished_at is None:
+                view.finished_at = self._now
+            run.unfinished -= 1
+            if run.unfinished == 0:
+                self._finish_run(run)
+
+    def _finish_run(self, run: RunView) -> None:
+        if run.cancelled:
+            run.state = RunState.CANCELLED
+            run.cause = "cancelled"
+        elif run.counts[_S.SUCCEEDED] == len(run.tasks):
+            run.state = RunState.SUCCEEDED
+            run.cause = f"all {len(run.tasks)} tasks succeeded"
+        else:
+            run.state = RunState.FAILED
+            failed = [v.name for v in run.tasks.values() if v.state is _S.FAILED]
+            run.cause = f"{len(failed)} task(s) failed: {', '.join(failed[:5])}" + ("…" if len(failed) > 5 else "")
+        run.finished_at = self._now
+        self._out.append(RunTransition(run.id, run.state, run.cause, self._now))
+
+
+def _describe_failure(result: TaskResult) -> str:
+    if result.status is ResultStatus.TIMEOUT:
+        return "timed out"
+    if result.status is ResultStatus.ERROR:
+        return f"could not run: {result.error}"
+    return f"exit code {result.exit_code}"

@@ -1,0 +1,149 @@
+"""Events fed into the engine and commands it returns (sans-IO contract)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dagon.core._model import Graph, Workflow
+from dagon.core._states import RunState, TaskState
+from dagon.protocol import AgentId, Capabilities, Rejection, RunId, TaskAssignment, TaskRef, TaskResult
+
+__all__ = [
+    "AgentAnnounced",
+    "AgentChanged",
+    "AgentOffline",
+    "AgentSeen",
+    "CancelAttempt",
+    "Command",
+    "Dispatch",
+    "Event",
+    "RunCancelRequested",
+    "RunSubmitted",
+    "RunTransition",
+    "TaskFinished",
+    "TaskRejected",
+    "TaskStarted",
+    "TaskTransition",
+    "Tick",
+]
+
+
+# -- events (inputs) ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunSubmitted:
+    run: RunId
+    workflow: Workflow
+    graph: Graph
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelRequested:
+    run: RunId
+    reason: str = "cancelled by user"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAnnounced:
+    agent: AgentId
+    capabilities: Capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOffline:
+    agent: AgentId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSeen:
+    """Any sign of life (heartbeat, report) from an agent."""
+
+    agent: AgentId
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    agent: AgentId
+    ref: TaskRef
+    started_at: float
+    workdir: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    agent: AgentId
+    result: TaskResult
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRejected:
+    agent: AgentId
+    rejection: Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: fire due retry timers and detect silent agents."""
+
+
+Event = (
+    RunSubmitted
+    | RunCancelRequested
+    | AgentAnnounced
+    | AgentOffline
+    | AgentSeen
+    | TaskStarted
+    | TaskFinished
+    | TaskRejected
+    | Tick
+)
+
+
+# -- commands (outputs) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    agent: AgentId
+    assignment: TaskAssignment
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAttempt:
+    agent: AgentId
+    ref: TaskRef
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskTransition:
+    """A task changed state; ``cause`` says why (shown to users and stored)."""
+
+    run: RunId
+    task: str
+    old: TaskState
+    new: TaskState
+    attempt: int
+    agent: AgentId | None
+    cause: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunTransition:
+    run: RunId
+    new: RunState
+    cause: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentChanged:
+    agent: AgentId
+    online: bool
+    reason: str
+
+
+Command = Dispatch | CancelAttempt | TaskTransition | RunTransition | AgentChanged

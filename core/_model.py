@@ -1,0 +1,350 @@
+"""The workflow model: tasks, their options, and the builder API.
+
+>>> wf = Workflow("demo")
+>>> a = wf.shell("A", "echo hi > out.txt")
+>>> b = wf.shell("B", "cat workflow:///A/out.txt > copy.txt")
+>>> sorted(wf.graph().deps["B"])
+['A']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from dagon.core._errors import ValidationError
+from dagon.core._refs import Reference, check_name, check_relative_path, find_references
+
+__all__ = ["RUNTIMES_BUILTIN", "Graph", "Retry", "Task", "Workflow"]
+
+RUNTIMES_BUILTIN: Final = frozenset({"process", "python"})
+SPEC_VERSION: Final = 1
+_STAGE_MODES: Final = frozenset({"", "symlink", "hardlink", "copy"})
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Retry policy: ``attempts`` extra tries, capped jittered exponential backoff."""
+
+    attempts: int = 0
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 0:
+            raise ValueError(f"retries must be >= 0, got {self.attempts}")
+        if self.backoff < 0 or self.max_backoff < self.backoff:
+            raise ValueError("retry backoff must be >= 0 and max_backoff >= backoff")
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    """One node of a workflow. Build it with :meth:`Workflow.shell` or :meth:`Workflow.python`.
+
+    Attributes:
+        name: unique within its workflow.
+        command: the shell command (runtime ``process``) or ``module:function``
+            (runtime ``python``); may contain ``workflow://`` references.
+        runtime: which agent runtime runs it.
+        after: names of tasks that must succeed first (besides those referenced).
+        inputs: extra ``workflow://`` references to stage, not written in the command.
+        outputs: globs of the files that make up the task's output (default: all).
+        env: extra environment variables.
+        timeout: seconds before the agent kills it (None: no limit).
+        retry: the retry policy.
+        cpus, memory: resources the task needs (memory in bytes).
+        labels: an agent must carry all these labels to run it.
+        agent: pin the task to one agent id.
+    """
+
+    name: str
+    command: str
+    runtime: str = "process"
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    retry: Retry = field(default_factory=Retry)
+    cpus: float = 1.0
+    memory: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    agent: str | None = None
+    stage_mode: str = ""
+
+    def validate(self) -> None:
+        check_name("task", self.name)
+        if not isinstance(self.command, str) or not self.command.strip():
+            raise ValidationError(f"task {self.name!r} has an empty command", tasks=[self.name])
+        if not self.runtime:
+            raise ValidationError(f"task {self.name!r} has no runtime", tasks=[self.name])
+        if self.runtime == "python" and ":" not in self.command:
+            raise ValidationError(
+                f"task {self.name!r}: python tasks name a callable as 'package.module:function',"
+                f" got {self.command!r}",
+                tasks=[self.name],
+            )
+        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise ValidationError(f"task {self.name!r}: timeout must be a positive number of seconds", tasks=[self.name])
+        if self.cpus <= 0 or self.memory < 0:
+            raise ValidationError(f"task {self.name!r}: cpus must be > 0 and memory >= 0", tasks=[self.name])
+        if self.stage_mode not in _STAGE_MODES:
+            raise ValidationError(
+                f"task {self.name!r}: stage_mode must be one of symlink, hardlink, copy", tasks=[self.name]
+            )
+        for pattern in self.outputs:
+            check_relative_path(pattern, what="declared output", task=self.name)
+        for key, value in self.env.items():
+            if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
+                raise ValidationError(f"task {self.name!r}: env {key!r} must map names to strings", tasks=[self.name])
+
+    def references(self) -> list[Reference]:
+        refs = find_references(self.command, task=self.name) if self.runtime != "python" else []
+        for text in self.inputs:
+            found = find_references(text, task=self.name)
+            if len(found) != 1 or found[0].text != text:
+                raise ValidationError(
+                    f"task {self.name!r}: input {text!r} is not a single workflow:// reference", tasks=[self.name]
+                )
+            refs.extend(found)
+        return refs
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": self.name, "command": self.command, "runtime": self.runtime}
+        defaults = _DEFAULT_TASK
+        for key in ("args", "kwargs", "after", "inputs", "outputs", "env", "timeout", "cpus", "memory", "labels"):
+            value = getattr(self, key)
+            if value != getattr(defaults, key):
+                doc[key] = list(value) if isinstance(value, tuple) else value
+        if self.agent is not None:
+            doc["agent"] = self.agent
+        if self.stage_mode:
+            doc["stage_mode"] = self.stage_mode
+        if self.retry != defaults.retry:
+            doc["retry"] = {
+                "attempts": self.retry.attempts,
+                "backoff": self.retry.backoff,
+                "max_backoff": self.retry.max_backoff,
+            }
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Task:
+        if not isinstance(doc, Mapping):
+            raise ValidationError(f"a task must be a mapping, got {type(doc).__name__}")
+        known = {
+            "name", "command", "runtime", "args", "kwargs", "after", "inputs", "outputs", "env",
+            "timeout", "cpus", "memory", "labels", "agent", "stage_mode", "retry",
+        }  # fmt: skip
+        extra = sorted(set(doc) - known)
+        if extra:
+            raise ValidationError(f"task {doc.get('name')!r}: unknown field(s) {extra}")
+        try:
+            retry = Retry(**doc["retry"]) if "retry" in doc else Retry()
+            task = cls(
+                name=doc["name"],
+                command=doc["command"],
+                runtime=doc.get("runtime", "process"),
+                args=tuple(doc.get("args", ())),
+                kwargs=dict(doc.get("kwargs", {})),
+                after=tuple(doc.get("after", ())),
+                inputs=tuple(doc.get("inputs", ())),
+                outputs=tuple(doc.get("outputs", ())),
+                env=dict(doc.get("env", {})),
+                timeout=doc.get("timeout"),
+                retry=retry,
+                cpus=float(doc.get("cpus", 1.0)),
+                memory=int(doc.get("memory", 0)),
+                labels=dict(doc.get("labels", {})),
+                agent=doc.get("agent"),
+                stage_mode=doc.get("stage_mode", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValidationError(f"task {doc.get('name')!r}: invalid spec ({exc})") from exc
+        return task
+
+
+_DEFAULT_TASK: Final = Task(name="_", command="_")
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """A validated workflow: dependencies, references and a topological order."""
+
+    deps: dict[str, frozenset[str]]
+    refs: dict[str, tuple[Reference, ...]]
+    order: tuple[str, ...]
+
+
+def _callable_path(func: Callable[..., Any] | str) -> str:
+    if isinstance(func, str):
+        return func
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        raise ValidationError(
+            f"{func!r} is not importable by an agent; pass a module-level function of an importable module"
+            " or a 'package.module:function' string"
+        )
+    return f"{module}:{qualname}"
+
+
+class Workflow:
+    """A DAG of tasks.
+
+    Args:
+        name: workflow name (used by ``workflow://NAME/...`` references).
+    """
+
+    def __init__(self, name: str) -> None:
+        check_name("workflow", name)
+        self.name = name
+        self._tasks: dict[str, Task] = {}
+
+    # -- building ----------------------------------------------------------
+
+    def add(self, task: Task) -> Task:
+        if task.name in self._tasks:
+            raise ValidationError(f"workflow {self.name!r} already has a task named {task.name!r}", tasks=[task.name])
+        task.validate()
+        self._tasks[task.name] = task
+        return task
+
+    def shell(
+        self, name: str, command: str, *, after: Iterable[str | Task] = (), **options: Any
+    ) -> Task:
+        """Add a task running ``command`` with bash in its own scratch directory."""
+        return self.add(Task(name=name, command=command, after=_names(after), **options))
+
+    def python(
+        self,
+        name: str,
+        func: Callable[..., Any] | str,
+        *args: Any,
+        after: Iterable[str | Task] = (),
+        options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Task:
+        """Add a task calling an importable Python function on an agent's worker pool."""
+        return self.add(
+            Task(
+                name=name,
+                command=_callable_path(func),
+                runtime="python",
+                args=args,
+                kwargs=kwargs,
+                after=_names(after),
+                **(options or {}),
+            )
+        )
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __getitem__(self, name: str) -> Task:
+        return self._tasks[name]
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return dict(self._tasks)
+
+    # -- validation --------------------------------------------------------
+
+    def graph(self) -> Graph:
+        """Validate and return the dependency graph; raises ValidationError."""
+        if not self._tasks:
+            raise ValidationError(f"workflow {self.name!r} has no tasks")
+        deps: dict[str, frozenset[str]] = {}
+        refs: dict[str, tuple[Reference, ...]] = {}
+        tasks = self._tasks
+        for name, task in tasks.items():
+            found = task.references()
+            needed = set(task.after)
+            for ref in found:
+                if ref.workflow not in ("", self.name):
+                    raise ValidationError(
+                        f"task {name!r} references workflow {ref.workflow!r} ({ref.text}); only this workflow"
+                        f" ({self.name!r}) is known to it",
+                        tasks=[name],
+                    )
+                needed.add(ref.task)
+            unknown = sorted(n for n in needed if n not in tasks)
+            if unknown:
+                raise ValidationError(
+                    f"task {name!r} depends on unknown task(s) {unknown} of workflow {self.name!r}",
+                    tasks=[name, *unknown],
+                )
+            if name in needed:
+                raise ValidationError(f"task {name!r} depends on itself", tasks=[name])
+            deps[name] = frozenset(needed)
+            refs[name] = tuple(found)
+        return Graph(deps=deps, refs=refs, order=_topological(deps))
+
+    # -- serialisation -----------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": SPEC_VERSION, "name": self.name, "tasks": [t.to_dict() for t in self._tasks.values()]}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Workflow:
+        if not isinstance(doc, Mapping) or doc.get("version") != SPEC_VERSION:
+            raise ValidationError(f"not a dagon workflow spec of version {SPEC_VERSION}")
+        wf = cls(doc.get("name", ""))
+        tasks = doc.get("tasks")
+        if not isinstance(tasks, list):
+            raise ValidationError("workflow spec: 'tasks' must be a list")
+        for item in tasks:
+            wf.add(Task.from_dict(item))
+        return wf
+
+
+def _names(items: Iterable[str | Task]) -> tuple[str, ...]:
+    return tuple(item.name if isinstance(item, Task) else item for item in items)
+
+
+def _topological(deps: Mapping[str, frozenset[str]]) -> tuple[str, ...]:
+    """Kahn's algorithm; on a cycle, raise naming the cycle's tasks in order."""
+    waiting = {name: len(d) for name, d in deps.items()}
+    dependents: dict[str, list[str]] = {name: [] for name in deps}
+    for name, d in deps.items():
+        for dep in d:
+            dependents[dep].append(name)
+    ready = [name for name, n in waiting.items() if n == 0]
+    order: list[str] = []
+    while ready:
+        name = ready.pop()
+        order.append(name)
+        for child in dependents[name]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if len(order) != len(deps):
+        cycle = _find_cycle({n: d for n, d in deps.items() if waiting[n] > 0})
+        raise ValidationError(f"dependency cycle: {' -> '.join([*cycle, cycle[0]])}", tasks=cycle)
+    return tuple(order)
+
+
+def _find_cycle(deps: Mapping[str, frozenset[str]]) -> list[str]:
+    # Every remaining node has a remaining dependency, so following any chain of
+    # them must revisit a node; the revisited stretch is a cycle.
+    start = min(deps)
+    seen: dict[str, int] = {}
+    path: list[str] = []
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = min(d for d in deps[node] if d in deps)
+    cycle = path[seen[node] :]
+    cycle.reverse()  # report in execution order: producer -> consumer
+    return cycle

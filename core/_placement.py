@@ -1,0 +1,83 @@
+"""Placement: which agent runs a ready task.
+
+A :class:`Placement` policy is a small pluggable interface. The default,
+:class:`LeastLoaded`, picks among the agents that satisfy the task's
+constraints the one with the largest share of free slots.
+
+Until peer-to-peer staging exists, a task with ``workflow://`` inputs can only
+run on an agent on the same host as its producers (inputs are linked or copied
+locally), so that is a hard constraint here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from dagon.core._model import Task
+from dagon.protocol import AgentId, Capabilities, TaskRef
+
+__all__ = ["AgentView", "LeastLoaded", "Placement", "unmet_constraint"]
+
+
+class AgentView:
+    """The engine's picture of one agent."""
+
+    __slots__ = ("blocked_until", "capabilities", "id", "inflight", "last_seen", "online")
+
+    def __init__(self, agent: AgentId, capabilities: Capabilities) -> None:
+        self.id = agent
+        self.capabilities = capabilities
+        self.online = False
+        self.last_seen = 0.0
+        self.blocked_until = 0.0
+        # attempt -> TaskView (typed loosely to keep this module free of the engine)
+        self.inflight: dict[TaskRef, object] = {}
+
+    @property
+    def free(self) -> int:
+        return self.capabilities.slots - len(self.inflight)
+
+
+def unmet_constraint(task: Task, caps: Capabilities, agent: AgentId) -> str | None:
+    """Why ``task`` can never run on this agent, or None if it can."""
+    if task.agent is not None and task.agent != agent:
+        return f"pinned to agent {task.agent!r}"
+    if task.runtime not in caps.runtimes:
+        return f"runtime {task.runtime!r} not available (agent has {', '.join(caps.runtimes)})"
+    for key, value in task.labels.items():
+        if caps.labels.get(key) != value:
+            return f"label {key}={value} missing"
+    if task.cpus > caps.cpus:
+        return f"needs {task.cpus:g} cpus, agent has {caps.cpus}"
+    if task.memory and task.memory > caps.memory:
+        return f"needs {task.memory} bytes of memory, agent has {caps.memory}"
+    return None
+
+
+class Placement(Protocol):
+    def choose(
+        self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]
+    ) -> AgentView | None:
+        """Pick one of ``agents`` (all online with a free slot) or None."""
+        ...
+
+
+class LeastLoaded:
+    """Eligible agent with the highest fraction of free slots (ties: first)."""
+
+    def choose(
+        self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]
+    ) -> AgentView | None:
+        best: AgentView | None = None
+        best_share = -1.0
+        for agent in agents:
+            caps = agent.capabilities
+            if input_hosts and (len(input_hosts) > 1 or caps.host_id not in input_hosts):
+                continue
+            if unmet_constraint(task, caps, agent.id) is not None:
+                continue
+            share = agent.free / caps.slots
+            if share > best_share:
+                best, best_share = agent, share
+        return best
