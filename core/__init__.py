@@ -1,5 +1,6 @@
 """The workflow model, the sans-IO engine and the async coordinator."""
 
+from dagon.core._coordinator import Coordinator, new_run_id
 from dagon.core._engine import Engine, RunView, TaskView
 from dagon.core._errors import IllegalTransition, RunNotFound, TaskFailed, ValidationError
 from dagon.core._events import (
@@ -23,7 +24,9 @@ from dagon.core._events import (
 from dagon.core._model import Graph, Retry, Task, Workflow
 from dagon.core._placement import AgentView, LeastLoaded, Placement, unmet_constraint
 from dagon.core._refs import Reference, find_references
+from dagon.core._results import RunEvent, RunResult, TaskOutcome
 from dagon.core._states import LEGAL, RUN_TERMINAL, TERMINAL, RunState, TaskState
+from dagon.core._store import RunStore
 
 __all__ = [
     "LEGAL",
@@ -36,6 +39,7 @@ __all__ = [
     "AgentView",
     "CancelAttempt",
     "Command",
+    "Coordinator",
     "Dispatch",
     "Engine",
     "Event",
@@ -46,6 +50,9 @@ __all__ = [
     "Reference",
     "Retry",
     "RunCancelRequested",
+    "RunEvent",
+    "RunResult",
+    "RunStore",
     "RunNotFound",
     "RunState",
     "RunSubmitted",
@@ -54,6 +61,7 @@ __all__ = [
     "Task",
     "TaskFailed",
     "TaskFinished",
+    "TaskOutcome",
     "TaskRejected",
     "TaskStarted",
     "TaskState",
@@ -63,5 +71,6 @@ __all__ = [
     "ValidationError",
     "Workflow",
     "find_references",
+    "new_run_id",
     "unmet_constraint",
 ]

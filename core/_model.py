@@ -84,12 +84,13 @@ class Task:
             raise ValidationError(f"task {self.name!r} has no runtime", tasks=[self.name])
         if self.runtime == "python" and ":" not in self.command:
             raise ValidationError(
-                f"task {self.name!r}: python tasks name a callable as 'package.module:function',"
-                f" got {self.command!r}",
+                f"task {self.name!r}: python tasks name a callable as 'package.module:function', got {self.command!r}",
                 tasks=[self.name],
             )
         if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
-            raise ValidationError(f"task {self.name!r}: timeout must be a positive number of seconds", tasks=[self.name])
+            raise ValidationError(
+                f"task {self.name!r}: timeout must be a positive number of seconds", tasks=[self.name]
+            )
         if self.cpus <= 0 or self.memory < 0:
             raise ValidationError(f"task {self.name!r}: cpus must be > 0 and memory >= 0", tasks=[self.name])
         if self.stage_mode not in _STAGE_MODES:
@@ -214,9 +215,7 @@ class Workflow:
         self._tasks[task.name] = task
         return task
 
-    def shell(
-        self, name: str, command: str, *, after: Iterable[str | Task] = (), **options: Any
-    ) -> Task:
+    def shell(self, name: str, command: str, *, after: Iterable[str | Task] = (), **options: Any) -> Task:
         """Add a task running ``command`` with bash in its own scratch directory."""
         return self.add(Task(name=name, command=command, after=_names(after), **options))
 

@@ -12,10 +12,13 @@ locally), so that is a hard constraint here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dagon.core._model import Task
 from dagon.protocol import AgentId, Capabilities, TaskRef
+
+if TYPE_CHECKING:
+    from dagon.core._engine import TaskView
 
 __all__ = ["AgentView", "LeastLoaded", "Placement", "unmet_constraint"]
 
@@ -31,8 +34,7 @@ class AgentView:
         self.online = False
         self.last_seen = 0.0
         self.blocked_until = 0.0
-        # attempt -> TaskView (typed loosely to keep this module free of the engine)
-        self.inflight: dict[TaskRef, object] = {}
+        self.inflight: dict[TaskRef, TaskView] = {}  # attempts sent and not yet reported
 
     @property
     def free(self) -> int:
@@ -56,9 +58,7 @@ def unmet_constraint(task: Task, caps: Capabilities, agent: AgentId) -> str | No
 
 
 class Placement(Protocol):
-    def choose(
-        self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]
-    ) -> AgentView | None:
+    def choose(self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]) -> AgentView | None:
         """Pick one of ``agents`` (all online with a free slot) or None."""
         ...
 
@@ -66,9 +66,7 @@ class Placement(Protocol):
 class LeastLoaded:
     """Eligible agent with the highest fraction of free slots (ties: first)."""
 
-    def choose(
-        self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]
-    ) -> AgentView | None:
+    def choose(self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]) -> AgentView | None:
         best: AgentView | None = None
         best_share = -1.0
         for agent in agents:

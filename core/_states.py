@@ -27,9 +27,7 @@ class RunState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-TERMINAL: Final = frozenset(
-    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.UPSTREAM_FAILED}
-)
+TERMINAL: Final = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.UPSTREAM_FAILED})
 RUN_TERMINAL: Final = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
 
 _S = TaskState

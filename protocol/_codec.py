@@ -88,13 +88,13 @@ def _fail(path: str, expected: str, value: object) -> typing.NoReturn:
 def _conv_str(v: Any, path: str) -> str:
     if type(v) is not str:
         _fail(path, "str", v)
-    return v  # type: ignore[no-any-return]
+    return v
 
 
 def _conv_int(v: Any, path: str) -> int:
     if type(v) is not int:
         _fail(path, "int", v)
-    return v  # type: ignore[no-any-return]
+    return v
 
 
 def _conv_float(v: Any, path: str) -> float:
@@ -109,7 +109,7 @@ def _conv_float(v: Any, path: str) -> float:
 def _conv_bool(v: Any, path: str) -> bool:
     if type(v) is not bool:
         _fail(path, "bool", v)
-    return v  # type: ignore[no-any-return]
+    return v
 
 
 def _conv_any(v: Any, path: str) -> Any:
@@ -320,9 +320,7 @@ class Codec:
                 f"payload of {len(payload)} bytes is over the {self.max_size}-byte limit", reason="oversize"
             )
         try:
-            raw = msgpack.unpackb(
-                payload, raw=False, strict_map_key=True, ext_hook=_reject_ext
-            )
+            raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_reject_ext)
         except ProtocolError:
             raise
         except Exception as exc:  # msgpack raises many types for garbage input

@@ -149,7 +149,7 @@ class MqttTransport:
             timeout=self._connect_timeout,
             tls_context=tls_context,
             max_inflight_messages=1000,
-            clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY,
         )
 
     async def __aenter__(self) -> Self:
@@ -200,10 +200,9 @@ class MqttTransport:
                         log.info("reconnected to MQTT broker %s", self.url)
                     delay = 0.2
                     async for msg in client.messages:
-                        payload = msg.payload
-                        if not isinstance(payload, bytes | bytearray):
-                            payload = b"" if payload is None else str(payload).encode()
-                        await self._queue.put(Incoming(msg.topic.value, bytes(payload), bool(msg.retain)))
+                        raw: object = msg.payload
+                        data = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+                        await self._queue.put(Incoming(msg.topic.value, data, bool(msg.retain)))
             except aiomqtt.MqttError as exc:
                 self._connected.clear()
                 self._client = None
@@ -221,18 +220,15 @@ class MqttTransport:
 
     # -- operations --------------------------------------------------------
 
-    async def _live_client(self, timeout: float | None) -> aiomqtt.Client:
+    async def _live_client(self) -> aiomqtt.Client:
+        """The connected client, waiting for a reconnect if needed (callers bound the wait)."""
         if self._runner is None:
             raise TransportError("the MQTT transport is not open (use 'async with')")
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    await self._connected.wait()
-                    if self._client is not None:
-                        return self._client
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise TransportError(f"MQTT broker {self.url} unreachable for {timeout:.0f} s") from None
+        while True:
+            await self._connected.wait()
+            if self._client is not None:
+                return self._client
+            self._connected.clear()
 
     async def publish(
         self,
@@ -242,14 +238,13 @@ class MqttTransport:
         qos: int = 1,
         retain: bool = False,
         content_type: str | None = None,
-        timeout: float | None = None,
     ) -> None:
         props = None
         if content_type is not None and self.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ContentType = content_type
         while True:
-            client = await self._live_client(timeout)
+            client = await self._live_client()
             try:
                 await client.publish(topic, payload, qos=qos, retain=retain, properties=props, timeout=60)
                 return

@@ -1,0 +1,514 @@
+"""The async coordinator: engine ↔ broker ↔ run store ↔ public API.
+
+Loops (one TaskGroup, all named):
+    * ``receive`` — decodes every message, feeds the engine, wakes ``drive``;
+    * ``drive`` — coalesced: runs at most once per wake-up, fires timers,
+      schedules ready tasks and executes the resulting commands;
+    * ``public`` — publishes JSON run status, task results and events;
+    * ``persist`` — writes transitions to the run store in batches.
+
+Dispatch never waits for public publishing; a slow MQTT consumer cannot stall
+scheduling. Scheduling is edge-triggered: nothing polls task status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any, Final, Self
+
+from dagon.core._engine import Engine, RunView
+from dagon.core._errors import RunNotFound, ValidationError
+from dagon.core._events import (
+    AgentAnnounced,
+    AgentChanged,
+    AgentOffline,
+    AgentSeen,
+    CancelAttempt,
+    Command,
+    Dispatch,
+    Event,
+    RunCancelRequested,
+    RunSubmitted,
+    RunTransition,
+    TaskFinished,
+    TaskRejected,
+    TaskStarted,
+    TaskTransition,
+    Tick,
+)
+from dagon.core._model import Workflow
+from dagon.core._results import RunEvent, RunResult, run_status_doc, task_result_doc
+from dagon.core._states import TERMINAL, RunState
+from dagon.core._store import RunStore, TaskRow, Transition
+from dagon.protocol import (
+    CONTENT_TYPE_JSON,
+    SCHEMA_COORDINATOR,
+    SCHEMA_EVENTS,
+    Ack,
+    AgentId,
+    Announce,
+    AssignTasks,
+    CancelRun,
+    CancelTasks,
+    Codec,
+    Heartbeat,
+    Offline,
+    ProtocolError,
+    RunId,
+    SubmitRun,
+    TaskAssignment,
+    TaskRef,
+    TasksFinished,
+    TasksStarted,
+    encode_public,
+    topics,
+)
+from dagon.protocol.transport import Transport, Will
+
+__all__ = ["Coordinator", "new_run_id"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH: Final = 2000  # assignments per message
+_STATUS_INTERVAL: Final = 0.5  # seconds between progress status publishes of a run
+
+
+def new_run_id(workflow: str) -> RunId:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in workflow)[:40]
+    return RunId(f"{safe}-{stamp}-{os.urandom(3).hex()}")
+
+
+class Coordinator:
+    """Runs workflows on the agents reachable through a broker.
+
+    Args:
+        connect: builds the (unopened) transport given the coordinator's Last Will.
+        coordinator_id: names the inbox topic agents and clients write to.
+        store: run store (None: keep nothing on disk).
+        heartbeat_ttl: seconds of silence after which an agent counts as lost.
+        publish_results: publish retained per-task JSON results and events.
+        max_message_size: limit for decoded messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect: Callable[[Will], Transport],
+        coordinator_id: str = "main",
+        store: RunStore | None = None,
+        heartbeat_ttl: float = 15.0,
+        publish_results: bool = True,
+        max_message_size: int | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.id = coordinator_id
+        self.engine = engine or Engine(heartbeat_ttl=heartbeat_ttl)
+        self.store = store
+        self.publish_results = publish_results
+        codec_args: dict[str, Any] = {"sender": f"coordinator/{coordinator_id}"}
+        if max_message_size is not None:
+            codec_args["max_size"] = max_message_size
+        self.codec = Codec(**codec_args)
+        will = Will(
+            topics.coordinator_status(coordinator_id),
+            encode_public({"schema": SCHEMA_COORDINATOR, "id": coordinator_id, "online": False}),
+        )
+        self._transport = connect(will)
+        self._tg: asyncio.TaskGroup | None = None
+        self._wake = asyncio.Event()
+        self._pending: list[Command] = []
+        self._public: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=100_000)
+        self._persist: list[tuple[str, Any]] = []
+        self._persist_wake = asyncio.Event()
+        self._watchers: dict[RunId, list[asyncio.Queue[RunEvent | None]]] = defaultdict(list)
+        self._waiters: dict[RunId, asyncio.Future[RunResult]] = {}
+        self._status_sent: dict[RunId, float] = {}
+        self._dirty_runs: set[RunId] = set()
+        self._events: dict[RunId, list[dict[str, Any]]] = {}
+        self._agents_changed = asyncio.Event()
+        self._seen_ids: dict[str, None] = {}
+        self.rejections: Counter[str] = Counter()
+        self._last_reject_log: dict[str, float] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._transport.__aenter__()
+        try:
+            await self._transport.subscribe(
+                topics.all_agent_status(), topics.all_agent_telemetry(), topics.coordinator_inbox(self.id)
+            )
+            await self._transport.publish(
+                topics.coordinator_status(self.id),
+                encode_public({"schema": SCHEMA_COORDINATOR, "id": self.id, "online": True, "since": time.time()}),
+                retain=True,
+                content_type=CONTENT_TYPE_JSON,
+            )
+            self._tg = asyncio.TaskGroup()
+            await self._tg.__aenter__()
+            self._tg.create_task(self._receive_loop(), name="coordinator-receive")
+            self._tg.create_task(self._drive_loop(), name="coordinator-drive")
+            self._tg.create_task(self._public_loop(), name="coordinator-public")
+            self._tg.create_task(self._persist_loop(), name="coordinator-persist")
+        except BaseException:
+            await self._transport.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._tg is not None:
+                await self._flush()
+                for task in list(self._tg._tasks):
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._tg.__aexit__(None, None, None)
+            with contextlib.suppress(Exception):
+                await self._transport.publish(
+                    topics.coordinator_status(self.id),
+                    encode_public({"schema": SCHEMA_COORDINATOR, "id": self.id, "online": False}),
+                    retain=True,
+                    content_type=CONTENT_TYPE_JSON,
+                )
+        finally:
+            for queues in self._watchers.values():
+                for q in queues:
+                    q.put_nowait(None)
+            await self._transport.__aexit__(et, e, tb)
+
+    async def _flush(self) -> None:
+        """Let queued public messages and store writes go out (bounded wait)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while not self._public.empty() or self._persist:
+                    self._persist_wake.set()
+                    await asyncio.sleep(0.01)
+
+    # -- public API ----------------------------------------------------------
+
+    async def submit(self, workflow: Workflow, *, run_id: RunId | None = None) -> RunId:
+        """Validate and start a run; raises ValidationError before anything runs."""
+        graph = workflow.graph()
+        run = run_id or new_run_id(workflow.name)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.create_run, run, workflow.name, workflow.to_dict(), time.time())
+        self._feed(RunSubmitted(run, workflow, graph))
+        return run
+
+    async def cancel(self, run: RunId, reason: str = "cancelled by user") -> None:
+        self.engine.run(run)  # raises RunNotFound
+        self._feed(RunCancelRequested(run, reason))
+
+    async def wait(self, run: RunId) -> RunResult:
+        view = self.engine.run(run)
+        if view.state is not RunState.RUNNING:
+            return RunResult.from_view(view)
+        fut = self._waiters.get(run)
+        if fut is None:
+            fut = self._waiters[run] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(fut)
+
+    async def events(self, run: RunId) -> AsyncIterator[RunEvent]:
+        """Every state change of the run from now on, ending with the run's end."""
+        view = self.engine.run(run)
+        if view.state is not RunState.RUNNING:
+            return
+        queue: asyncio.Queue[RunEvent | None] = asyncio.Queue()
+        self._watchers[run].append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            with contextlib.suppress(ValueError):
+                self._watchers[run].remove(queue)
+
+    def result(self, run: RunId) -> RunResult:
+        return RunResult.from_view(self.engine.run(run))
+
+    @property
+    def agents_online(self) -> int:
+        return sum(1 for a in self.engine.agents.values() if a.online)
+
+    async def wait_for_agents(self, count: int = 1) -> None:
+        """Wait until ``count`` agents are online (bound it with ``asyncio.timeout``)."""
+        while self.agents_online < count:
+            self._agents_changed.clear()
+            await self._agents_changed.wait()
+
+    # -- internals: input ----------------------------------------------------
+
+    def _feed(self, event: Event) -> None:
+        self._pending.extend(self.engine.handle(event, time.time()))
+        self._wake.set()
+
+    async def _receive_loop(self) -> None:
+        handled = 0
+        async for msg in self._transport.messages():
+            try:
+                self._on_message(msg.topic, msg.payload)
+            except ProtocolError as exc:
+                self._rejected(msg.topic, exc.reason, str(exc))
+            except ValidationError as exc:
+                self._rejected(msg.topic, "invalid", str(exc))
+            handled += 1
+            if handled % 256 == 0:
+                await asyncio.sleep(0)  # let drive/public loops run under sustained load
+
+    def _rejected(self, topic: str, reason: str, detail: str) -> None:
+        self.rejections[reason] += 1
+        now = time.monotonic()
+        if now - self._last_reject_log.get(reason, 0.0) >= 1.0:
+            self._last_reject_log[reason] = now
+            log.warning("rejected message on %s (%s): %s [%d so far]", topic, reason, detail, self.rejections[reason])
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        if len(parts) == 5 and parts[2] == "agents":
+            agent = AgentId(topics.unescape_level(parts[3]))
+            if not payload:
+                return  # a cleared retained status
+            env = self.codec.decode(payload)
+            msg = env.message
+            if parts[4] == "status" and isinstance(msg, Announce) and msg.agent == agent:
+                self._feed(AgentAnnounced(agent, msg.capabilities))
+            elif parts[4] == "status" and isinstance(msg, Offline) and msg.agent == agent:
+                self._feed(AgentOffline(agent, msg.reason or "offline"))
+            elif parts[4] == "telemetry" and isinstance(msg, Heartbeat) and msg.agent == agent:
+                self.engine.handle(AgentSeen(agent), time.time())
+            else:
+                raise ProtocolError(f"{msg.OP} is not accepted on {topic}", reason="unexpected")
+            return
+        env = self.codec.decode(payload)
+        if env.id in self._seen_ids:
+            return  # duplicate delivery (QoS 1 is at-least-once)
+        self._remember(env.id)
+        msg = env.message
+        now = time.time()
+        engine = self.engine
+        pending = self._pending
+        if isinstance(msg, TasksFinished):
+            for result in msg.results:
+                pending.extend(engine.handle(TaskFinished(msg.agent, result), now))
+        elif isinstance(msg, TasksStarted):
+            for started in msg.tasks:
+                ref = TaskRef(started.run, started.task, started.attempt)
+                pending.extend(engine.handle(TaskStarted(msg.agent, ref, started.started_at, started.workdir), now))
+        elif isinstance(msg, Ack):
+            for rejection in msg.rejected:
+                pending.extend(engine.handle(TaskRejected(msg.agent, rejection), now))
+        elif isinstance(msg, SubmitRun):
+            self._remote_submit(msg)
+        elif isinstance(msg, CancelRun):
+            if msg.run in engine.runs:
+                pending.extend(engine.handle(RunCancelRequested(msg.run, msg.reason or "cancelled by client"), now))
+        else:
+            raise ProtocolError(f"{msg.OP} is not accepted on the coordinator inbox", reason="unexpected")
+        self._wake.set()
+
+    def _remember(self, msg_id: str) -> None:
+        seen = self._seen_ids
+        seen[msg_id] = None
+        if len(seen) > 50_000:
+            for key in list(seen)[:25_000]:
+                del seen[key]
+
+    def _remote_submit(self, msg: SubmitRun) -> None:
+        try:
+            if msg.run in self.engine.runs:
+                return
+            workflow = Workflow.from_dict(msg.workflow)
+            graph = workflow.graph()
+        except ValidationError as exc:
+            doc = {"schema": "dagon.run-status/1", "run": msg.run, "state": "rejected", "cause": str(exc)}
+            self._public_put(topics.run_status(msg.run), encode_public(doc), retain=True)
+            log.warning("rejected run %s: %s", msg.run, exc)
+            return
+        if self.store is not None:
+            self._persist.append(("create", (msg.run, workflow.name, workflow.to_dict(), time.time())))
+        self._pending.extend(self.engine.handle(RunSubmitted(msg.run, workflow, graph), time.time()))
+        log.info("accepted run %s of workflow %s (%d tasks)", msg.run, workflow.name, len(workflow))
+
+    # -- internals: drive ----------------------------------------------------
+
+    async def _drive_loop(self) -> None:
+        engine = self.engine
+        while True:
+            deadline = engine.next_deadline()
+            if not self._wake.is_set():
+                timeout = None if deadline is None else max(0.0, deadline - time.time())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+            self._wake.clear()
+            now = time.time()
+            commands, self._pending = self._pending, []
+            if deadline is not None and deadline <= now:
+                commands.extend(engine.handle(Tick(), now))
+            commands.extend(engine.schedule(now))
+            if commands:
+                await self._execute(commands, now)
+
+    async def _execute(self, commands: list[Command], now: float) -> None:
+        assign: dict[AgentId, list[TaskAssignment]] = defaultdict(list)
+        cancel: dict[AgentId, list[TaskRef]] = defaultdict(list)
+        for cmd in commands:
+            if isinstance(cmd, TaskTransition):
+                self._on_transition(cmd)
+            elif isinstance(cmd, Dispatch):
+                assign[cmd.agent].append(cmd.assignment)
+            elif isinstance(cmd, CancelAttempt):
+                cancel[cmd.agent].append(cmd.ref)
+            elif isinstance(cmd, RunTransition):
+                self._on_run_transition(cmd)
+            elif isinstance(cmd, AgentChanged):
+                log.info("agent %s %s (%s)", cmd.agent, "online" if cmd.online else "offline", cmd.reason)
+                self._agents_changed.set()
+        self._publish_progress(now)
+        sends = []
+        for agent, batch in assign.items():
+            for i in range(0, len(batch), _MAX_BATCH):
+                payload = self.codec.encode(AssignTasks(reply_to=self.id, tasks=tuple(batch[i : i + _MAX_BATCH])))
+                sends.append(self._transport.publish(topics.agent_tasks(agent), payload))
+        for agent, refs in cancel.items():
+            payload = self.codec.encode(CancelTasks(tasks=tuple(refs), reason="run cancelled"))
+            sends.append(self._transport.publish(topics.agent_tasks(agent), payload))
+        if sends:
+            await asyncio.gather(*sends)
+        if self._persist:
+            self._persist_wake.set()
+
+    def _on_transition(self, t: TaskTransition) -> None:
+        run = t.run
+        self._dirty_runs.add(run)
+        if self.store is not None:
+            self._persist.append(("t", (run, t.task, t.old.value, t.new.value, t.attempt, t.agent, t.cause, t.at)))
+        event = RunEvent(run, t.task, t.new.value, t.old.value, t.attempt, t.agent, t.cause, t.at)
+        for queue in self._watchers.get(run, ()):
+            queue.put_nowait(event)
+        if self.publish_results:
+            self._events.setdefault(run, []).append(event.to_doc())
+        if t.new in TERMINAL:
+            view = self.engine.runs[run].tasks[t.task]
+            doc = task_result_doc(view)
+            if self.store is not None:
+                self._persist.append(("task", (run, t.task, t.new.value, t.attempt, t.agent, t.cause, json.dumps(doc))))
+            if self.publish_results:
+                self._public_put(topics.run_task_result(run, t.task), encode_public(doc), retain=True)
+
+    def _on_run_transition(self, t: RunTransition) -> None:
+        view = self.engine.runs[t.run]
+        self._dirty_runs.add(t.run)
+        event = RunEvent(t.run, None, t.new.value, None, 0, None, t.cause, t.at)
+        if self.publish_results:
+            self._events.setdefault(t.run, []).append(event.to_doc())
+        if t.new is RunState.RUNNING:
+            log.info("run %s started (%d tasks)", t.run, len(view.tasks))
+            return
+        log.info("run %s %s: %s", t.run, t.new.value, t.cause)
+        if self.store is not None:
+            self._persist.append(("run", (t.run, t.new.value, t.cause, t.at)))
+        for queue in self._watchers.pop(t.run, ()):
+            queue.put_nowait(event)
+            queue.put_nowait(None)
+        fut = self._waiters.pop(t.run, None)
+        if fut is not None and not fut.done():
+            fut.set_result(RunResult.from_view(view))
+
+    def _publish_progress(self, now: float) -> None:
+        if self.publish_results and self._events:
+            for run, docs in self._events.items():
+                doc = {"schema": SCHEMA_EVENTS, "run": run, "events": docs}
+                self._public_put(topics.run_events(run), encode_public(doc), retain=False)
+            self._events.clear()
+        if not self._dirty_runs:
+            return
+        still_dirty = set()
+        for run in self._dirty_runs:
+            view = self.engine.runs.get(run)
+            if view is None:
+                continue
+            finished = view.state is not RunState.RUNNING
+            if finished or now - self._status_sent.get(run, 0.0) >= _STATUS_INTERVAL:
+                self._status_sent[run] = now
+                doc = run_status_doc(view, coordinator=self.id)
+                self._public_put(topics.run_status(run), encode_public(doc), retain=True)
+                if finished:
+                    self._status_sent.pop(run, None)
+            else:
+                still_dirty.add(run)
+        self._dirty_runs = still_dirty
+        if still_dirty:
+            # Make sure the throttled status goes out even if nothing else happens.
+            asyncio.get_running_loop().call_later(_STATUS_INTERVAL, self._wake.set)
+
+    def _public_put(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        try:
+            self._public.put_nowait((topic, payload, retain))
+        except asyncio.QueueFull:
+            self.rejections["public_queue_full"] += 1
+
+    async def _public_loop(self) -> None:
+        while True:
+            items = [await self._public.get()]
+            while not self._public.empty() and len(items) < 500:
+                items.append(self._public.get_nowait())
+            results = await asyncio.gather(
+                *(
+                    self._transport.publish(topic, payload, retain=retain, content_type=CONTENT_TYPE_JSON)
+                    for topic, payload, retain in items
+                ),
+                return_exceptions=True,
+            )
+            for res in results:
+                if isinstance(res, Exception):
+                    log.warning("public publish failed: %s", res)
+
+    async def _persist_loop(self) -> None:
+        store = self.store
+        while True:
+            await self._persist_wake.wait()
+            self._persist_wake.clear()
+            if store is None or not self._persist:
+                self._persist.clear()
+                continue
+            batch, self._persist = self._persist, []
+            try:
+                await asyncio.to_thread(_write_batch, store, batch)
+            except Exception:
+                log.exception("run store write failed; %d records not persisted", len(batch))
+
+    def _run_view(self, run: RunId) -> RunView:
+        try:
+            return self.engine.runs[run]
+        except KeyError:
+            raise RunNotFound(run) from None
+
+
+def _write_batch(store: RunStore, batch: list[tuple[str, Any]]) -> None:
+    transitions: list[Transition] = []
+    tasks: list[TaskRow] = []
+    runs: list[tuple[str, str, str, float | None]] = []
+    for kind, item in batch:
+        if kind == "t":
+            transitions.append(item)
+        elif kind == "task":
+            tasks.append(item)
+        elif kind == "run":
+            runs.append(item)
+        elif kind == "create":
+            store.create_run(*item)
+    store.write(transitions=transitions, tasks=tasks, runs=runs)

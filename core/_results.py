@@ -1,0 +1,209 @@
+"""What users get back: events, per-task outcomes, run results — and their
+public JSON documents (schemas in docs/mqtt-topics.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagon.core._engine import RunView, TaskView
+from dagon.core._errors import TaskFailed
+from dagon.core._states import TERMINAL, RunState, TaskState
+from dagon.protocol import SCHEMA_RUN_STATUS, SCHEMA_TASK_RESULT, OutputFile
+
+__all__ = ["RunEvent", "RunResult", "TaskOutcome", "run_status_doc", "task_result_doc"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """A state change of a run or of one of its tasks.
+
+    ``task`` is None for run-level events; ``state`` is a TaskState value for
+    task events and a RunState value for run events.
+    """
+
+    run: str
+    task: str | None
+    state: str
+    old: str | None
+    attempt: int
+    agent: str | None
+    cause: str
+    at: float
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "type": "task" if self.task is not None else "run",
+            "task": self.task,
+            "state": self.state,
+            "old": self.old,
+            "attempt": self.attempt,
+            "agent": self.agent,
+            "cause": self.cause,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_doc(cls, run: str, doc: Mapping[str, Any]) -> RunEvent:
+        return cls(
+            run=run,
+            task=doc.get("task"),
+            state=str(doc.get("state")),
+            old=doc.get("old"),
+            attempt=int(doc.get("attempt") or 0),
+            agent=doc.get("agent"),
+            cause=str(doc.get("cause", "")),
+            at=float(doc.get("at") or 0.0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """How a task ended (or where it is, for a run still in progress)."""
+
+    name: str
+    state: TaskState
+    attempt: int
+    agent: str | None
+    exit_code: int | None = None
+    duration: float | None = None
+    cpu_time: float = 0.0
+    max_rss: int = 0
+    workdir: str = ""
+    outputs: tuple[OutputFile, ...] = ()
+    stderr_tail: str = ""
+    error: str = ""
+    cause: str = ""
+    value: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state is TaskState.SUCCEEDED
+
+    def reason(self) -> str:
+        """One line saying why the task did not succeed."""
+        if self.state is TaskState.FAILED:
+            tail = self.stderr_tail.strip().splitlines()[-1:] if self.stderr_tail.strip() else []
+            return self.cause + (f" — {tail[0][:200]}" if tail else "")
+        return self.cause or self.state.value
+
+    @classmethod
+    def from_view(cls, view: TaskView) -> TaskOutcome:
+        result = view.result
+        return cls(
+            name=view.name,
+            state=view.state,
+            attempt=view.attempt,
+            agent=view.agent,
+            exit_code=result.exit_code if result else None,
+            duration=result.duration if result else None,
+            cpu_time=result.cpu_time if result else 0.0,
+            max_rss=result.max_rss if result else 0,
+            workdir=view.workdir,
+            outputs=result.outputs if result else (),
+            stderr_tail=result.stderr_tail if result else "",
+            error=result.error if result else "",
+            cause=view.cause,
+            value=result.value if result else None,
+        )
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> TaskOutcome:
+        return cls(
+            name=str(doc["task"]),
+            state=TaskState(doc["state"]),
+            attempt=int(doc.get("attempt") or 0),
+            agent=doc.get("agent"),
+            exit_code=doc.get("exit_code"),
+            duration=doc.get("duration"),
+            cpu_time=float(doc.get("cpu_time") or 0.0),
+            max_rss=int(doc.get("max_rss") or 0),
+            workdir=str(doc.get("workdir") or ""),
+            outputs=tuple(OutputFile(o["path"], o["size"], o["sha256"]) for o in doc.get("outputs") or ()),
+            stderr_tail=str(doc.get("stderr_tail") or ""),
+            error=str(doc.get("error") or ""),
+            cause=str(doc.get("cause") or ""),
+            value=doc.get("value"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of a run: its state and every task's outcome."""
+
+    run: str
+    workflow: str
+    state: RunState
+    cause: str
+    tasks: dict[str, TaskOutcome] = field(default_factory=dict)
+    submitted_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state is RunState.SUCCEEDED
+
+    @property
+    def failed(self) -> dict[str, TaskOutcome]:
+        return {n: t for n, t in self.tasks.items() if t.state is not TaskState.SUCCEEDED}
+
+    def raise_for_status(self) -> RunResult:
+        """Raise :class:`TaskFailed` unless every task succeeded."""
+        if not self.ok:
+            raise TaskFailed(self.workflow, {n: t.reason() for n, t in self.failed.items()} or {"run": self.cause})
+        return self
+
+    def __getitem__(self, task: str) -> TaskOutcome:
+        return self.tasks[task]
+
+    @classmethod
+    def from_view(cls, view: RunView) -> RunResult:
+        return cls(
+            run=view.id,
+            workflow=view.workflow.name,
+            state=view.state,
+            cause=view.cause,
+            tasks={name: TaskOutcome.from_view(t) for name, t in view.tasks.items()},
+            submitted_at=view.submitted_at,
+            finished_at=view.finished_at,
+        )
+
+
+def run_status_doc(view: RunView, *, coordinator: str) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_RUN_STATUS,
+        "run": view.id,
+        "workflow": view.workflow.name,
+        "coordinator": coordinator,
+        "state": view.state.value,
+        "cause": view.cause,
+        "tasks": len(view.tasks),
+        "counts": {state.value: n for state, n in view.counts.items() if n},
+        "submitted_at": view.submitted_at,
+        "finished_at": view.finished_at,
+    }
+
+
+def task_result_doc(view: TaskView) -> dict[str, Any]:
+    assert view.state in TERMINAL
+    out = TaskOutcome.from_view(view)
+    return {
+        "schema": SCHEMA_TASK_RESULT,
+        "run": view.run.id,
+        "workflow": view.run.workflow.name,
+        "task": out.name,
+        "state": out.state.value,
+        "attempt": out.attempt,
+        "agent": out.agent,
+        "exit_code": out.exit_code,
+        "duration": out.duration,
+        "cpu_time": out.cpu_time,
+        "max_rss": out.max_rss,
+        "workdir": out.workdir,
+        "outputs": [{"path": o.path, "size": o.size, "sha256": o.sha256} for o in out.outputs],
+        "stderr_tail": out.stderr_tail,
+        "error": out.error,
+        "cause": out.cause,
+        "value": out.value,
+    }

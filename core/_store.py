@@ -1,0 +1,158 @@
+"""The run store: runs, task states and every transition, in SQLite (WAL).
+
+The API is synchronous and batch-oriented; the coordinator calls it through
+``asyncio.to_thread`` so the event loop never waits on the disk. One
+connection, used from one worker thread at a time (``check_same_thread`` off,
+serialised by the coordinator's single persist loop).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunRecord", "RunStore", "TaskRecord"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cause TEXT NOT NULL DEFAULT '',
+    submitted_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    run TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    agent TEXT,
+    cause TEXT NOT NULL DEFAULT '',
+    result TEXT,
+    PRIMARY KEY (run, name)
+);
+CREATE TABLE IF NOT EXISTS transitions (
+    run TEXT NOT NULL,
+    task TEXT NOT NULL,
+    old TEXT NOT NULL,
+    new TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    agent TEXT,
+    cause TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_run ON transitions (run, task);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    workflow: str
+    state: str
+    cause: str
+    submitted_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    name: str
+    state: str
+    attempt: int
+    agent: str | None
+    cause: str
+    result: dict[str, Any] | None
+
+
+# (run, task, old, new, attempt, agent, cause, at)
+Transition = tuple[str, str, str, str, int, str | None, str, float]
+# (run, task, state, attempt, agent, cause, result-json or None)
+TaskRow = tuple[str, str, str, int, str | None, str, str | None]
+
+
+class RunStore:
+    """SQLite-backed store. ``path`` may be ``":memory:"`` for tests."""
+
+    def __init__(self, path: str | Path) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create_run(self, run: str, workflow: str, spec: dict[str, Any], submitted_at: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO runs (id, workflow, spec, state, submitted_at) VALUES (?, ?, ?, 'running', ?)",
+                (run, workflow, json.dumps(spec), submitted_at),
+            )
+
+    def write(
+        self,
+        *,
+        transitions: Iterable[Transition] = (),
+        tasks: Iterable[TaskRow] = (),
+        runs: Iterable[tuple[str, str, str, float | None]] = (),
+    ) -> None:
+        """Write one batch atomically: transitions, latest task rows, run states."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", transitions)
+                db.executemany(
+                    "INSERT INTO tasks (run, name, state, attempt, agent, cause, result) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (run, name) DO UPDATE SET state=excluded.state, attempt=excluded.attempt,"
+                    " agent=excluded.agent, cause=excluded.cause, result=coalesce(excluded.result, tasks.result)",
+                    tasks,
+                )
+                db.executemany(
+                    "UPDATE runs SET state=?, cause=?, finished_at=? WHERE id=?",
+                    ((state, cause, finished, run) for run, state, cause, finished in runs),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def get_run(self, run: str) -> RunRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, workflow, state, cause, submitted_at, finished_at FROM runs WHERE id=?", (run,)
+            ).fetchone()
+        return RunRecord(*row) if row else None
+
+    def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, workflow, state, cause, submitted_at, finished_at FROM runs"
+                " ORDER BY submitted_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [RunRecord(*row) for row in rows]
+
+    def tasks(self, run: str) -> list[TaskRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, state, attempt, agent, cause, result FROM tasks WHERE run=? ORDER BY rowid", (run,)
+            ).fetchall()
+        return [TaskRecord(n, s, a, ag, c, json.loads(r) if r else None) for n, s, a, ag, c, r in rows]
+
+    def transitions(self, run: str) -> list[Transition]:
+        with self._lock:
+            return self._db.execute("SELECT * FROM transitions WHERE run=? ORDER BY rowid", (run,)).fetchall()

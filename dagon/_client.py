@@ -1,0 +1,239 @@
+"""The async Python API: ``async with dagon.connect(...) as client``.
+
+Three ways to run, chosen by the arguments:
+
+* no broker (argument or ``DAGON_BROKER``) — the **embedded default**: an amqtt
+  broker on a free loopback port, a coordinator and one agent in this process,
+  runs recorded in ``$DAGON_HOME/runs.sqlite``;
+* ``broker=URL`` — a coordinator in this process, tasks run on the agents
+  connected to that broker;
+* ``broker=URL, coordinator=ID`` (or ``"auto"``) — hand runs to a standalone
+  ``dagon coordinator`` and follow them on the public topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from dagon._embedded import EmbeddedBroker
+from dagon._remote import RemoteRuns, find_coordinator
+from dagon._settings import broker_from_env, dagon_home
+from dagon.core import Coordinator, RunEvent, RunResult, Workflow
+from dagon.core._coordinator import new_run_id
+from dagon.core._store import RunStore
+from dagon.protocol import CancelRun, Codec, DagonError, RunId, SubmitRun, topics
+from dagon.protocol.transport import MqttTransport, Transport, Will
+
+__all__ = ["Client", "RunHandle", "connect"]
+
+log = logging.getLogger(__name__)
+
+
+class RunHandle:
+    """A submitted run: follow its events, wait for its result, cancel it."""
+
+    def __init__(self, client: Client, run: RunId, workflow: str) -> None:
+        self._client = client
+        self.id = run
+        self.workflow = workflow
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.id} of {self.workflow!r}>"
+
+    def events(self) -> AsyncIterator[RunEvent]:
+        """Every task and run state change from now on; ends when the run ends."""
+        return self._client._events(self.id)
+
+    async def wait(self) -> RunResult:
+        """Wait for the run to end; per-task state, exit code, duration, outputs."""
+        return await self._client._wait(self.id)
+
+    async def cancel(self, reason: str = "cancelled by user") -> None:
+        """Cancel the run: queued tasks never start, running ones are killed."""
+        await self._client._cancel(self.id, reason)
+
+
+class Client:
+    """See :func:`connect`."""
+
+    def __init__(
+        self,
+        *,
+        broker: str | None = None,
+        coordinator: str | None = None,
+        home: Path | None = None,
+        mqtt_protocol: str | None = None,
+        agent_slots: int | None = None,
+        heartbeat_ttl: float = 15.0,
+        publish_results: bool = True,
+    ) -> None:
+        self.home = home or dagon_home()
+        self.broker = broker_from_env(broker)
+        if coordinator is not None and self.broker is None:
+            raise DagonError("a standalone coordinator needs a broker: pass broker= or set DAGON_BROKER")
+        self.coordinator_id = coordinator
+        self.embedded = self.broker is None
+        self._protocol = mqtt_protocol or ("3.1.1" if self.embedded else os.environ.get("DAGON_MQTT_PROTOCOL", "5"))
+        self._agent_slots = agent_slots
+        self._heartbeat_ttl = heartbeat_ttl
+        self._publish_results = publish_results
+        self._stack = AsyncExitStack()
+        self.coordinator: Coordinator | None = None
+        self._transport: Transport | None = None
+        self._remote: RemoteRuns | None = None
+        self._codec: Codec | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.url = ""
+
+    def _connect(self, client_id: str) -> Any:
+        def factory(will: Will | None) -> Transport:
+            return MqttTransport(self.url, client_id=client_id, will=will, protocol=self._protocol)
+
+        return factory
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def _start(self) -> None:
+        suffix = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
+        if self.embedded:
+            broker = await self._stack.enter_async_context(EmbeddedBroker(port=0))
+            self.url = broker.url
+        else:
+            assert self.broker is not None
+            self.url = self.broker
+        if self.coordinator_id is None:
+            self.home.mkdir(parents=True, exist_ok=True)
+            store = RunStore(self.home / "runs.sqlite")
+            self._stack.callback(store.close)
+            coordinator_id = f"client-{suffix}"
+            self.coordinator = await self._stack.enter_async_context(
+                Coordinator(
+                    connect=self._connect(coordinator_id),
+                    coordinator_id=coordinator_id,
+                    store=store,
+                    heartbeat_ttl=self._heartbeat_ttl,
+                    publish_results=self._publish_results,
+                )
+            )
+            if self.embedded:
+                from dagon._local import start_embedded_agent
+
+                await start_embedded_agent(self._stack, url=self.url, home=self.home, slots=self._agent_slots)
+                async with asyncio.timeout(30):
+                    await self.coordinator.wait_for_agents(1)
+            return
+        transport = MqttTransport(self.url, client_id=f"dagon-client-{suffix}", protocol=self._protocol)
+        self._transport = await self._stack.enter_async_context(transport)
+        if self.coordinator_id == "auto":
+            self.coordinator_id = await find_coordinator(transport, transport.messages())
+        self._codec = Codec(sender=f"client/{suffix}")
+        self._remote = RemoteRuns(transport)
+        self._reader = asyncio.create_task(self._read(), name="dagon-client-reader")
+        self._stack.push_async_callback(self._stop_reader)
+
+    async def _stop_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def _read(self) -> None:
+        assert self._transport is not None and self._remote is not None
+        async for msg in self._transport.messages():
+            self._remote.on_message(msg.topic, msg.payload)
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.__aexit__(et, e, tb)
+
+    # -- API -----------------------------------------------------------------
+
+    async def submit(self, workflow: Workflow) -> RunHandle:
+        """Validate ``workflow`` and start running it; raises ValidationError first if invalid."""
+        if self.coordinator is not None:
+            run = await self.coordinator.submit(workflow)
+            return RunHandle(self, run, workflow.name)
+        assert self._transport is not None and self._remote is not None and self._codec is not None
+        workflow.graph()  # validate locally: fail before anything is sent
+        run = new_run_id(workflow.name)
+        await self._remote.track(run)
+        assert self.coordinator_id is not None
+        payload = self._codec.encode(SubmitRun(run=run, workflow=workflow.to_dict()))
+        await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
+        return RunHandle(self, run, workflow.name)
+
+    async def attach(self, run: str) -> RunHandle:
+        """A handle on an existing run (remote mode: followed on its public topics)."""
+        if self.coordinator is not None:
+            view = self.coordinator.engine.run(RunId(run))
+            return RunHandle(self, RunId(run), view.workflow.name)
+        assert self._remote is not None
+        await self._remote.track(RunId(run))
+        return RunHandle(self, RunId(run), "")
+
+    def _events(self, run: RunId) -> AsyncIterator[RunEvent]:
+        if self.coordinator is not None:
+            return self.coordinator.events(run)
+        assert self._remote is not None
+        return self._remote.events(run)
+
+    async def _wait(self, run: RunId) -> RunResult:
+        if self.coordinator is not None:
+            return await self.coordinator.wait(run)
+        assert self._remote is not None
+        return await self._remote.wait(run)
+
+    async def _cancel(self, run: RunId, reason: str) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.cancel(run, reason)
+            return
+        assert self._transport is not None and self._codec is not None and self.coordinator_id is not None
+        payload = self._codec.encode(CancelRun(run=run, reason=reason))
+        await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
+
+
+def connect(
+    broker: str | None = None,
+    *,
+    coordinator: str | None = None,
+    home: Path | None = None,
+    mqtt_protocol: str | None = None,
+    agent_slots: int | None = None,
+    heartbeat_ttl: float = 15.0,
+) -> Client:
+    """Connect to dagon; use as ``async with dagon.connect(...) as client``.
+
+    Args:
+        broker: ``mqtt://`` / ``mqtts://`` URL; default ``$DAGON_BROKER``; if neither
+            is set, an embedded broker and agent are started in this process.
+        coordinator: id of a standalone coordinator to hand runs to (``"auto"``
+            finds the online one); default: a coordinator in this process.
+        home: where local state lives (default ``$DAGON_HOME``).
+        mqtt_protocol: ``"5"`` or ``"3.1.1"`` (default 5; 3.1.1 for the embedded broker).
+        agent_slots: slots of the embedded agent (default: CPU count).
+        heartbeat_ttl: seconds of agent silence before its tasks are requeued.
+    """
+    return Client(
+        broker=broker,
+        coordinator=coordinator,
+        home=home,
+        mqtt_protocol=mqtt_protocol,
+        agent_slots=agent_slots,
+        heartbeat_ttl=heartbeat_ttl,
+    )

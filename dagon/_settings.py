@@ -1,0 +1,29 @@
+"""Where the facade finds its settings: ``DAGON_BROKER`` and ``DAGON_HOME``.
+
+Precedence everywhere: explicit argument / CLI flag, then environment, then default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["broker_from_env", "dagon_home"]
+
+
+def dagon_home(env: Mapping[str, str] | None = None) -> Path:
+    """``$DAGON_HOME``, else ``$XDG_STATE_HOME/dagon``, else ``~/.local/state/dagon``."""
+    env = os.environ if env is None else env
+    if env.get("DAGON_HOME"):
+        return Path(env["DAGON_HOME"]).expanduser()
+    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "dagon"
+
+
+def broker_from_env(broker: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The broker URL to use: the argument, else ``$DAGON_BROKER``, else None (embedded)."""
+    if broker:
+        return broker
+    env = os.environ if env is None else env
+    return env.get("DAGON_BROKER") or None

@@ -1,0 +1,366 @@
+"""The ``dagon`` command line.
+
+Exit codes: 0 success, 1 a workflow ran and failed, 2 bad usage, invalid
+workflow or unreachable service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import runpy
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+import dagon
+from dagon._settings import broker_from_env, dagon_home
+from dagon._workflow import RunnerContext, runner_context
+from dagon.core import Workflow as CoreWorkflow
+from dagon.protocol import (
+    SCHEMA_RUN_STATUS,
+    Announce,
+    Codec,
+    DagonError,
+    Offline,
+    ProtocolError,
+    decode_public,
+    topics,
+)
+from dagon.protocol.transport import MqttTransport, redact_url
+
+__all__ = ["main"]
+
+log = logging.getLogger("dagon.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dagon", description="Run workflows across the compute continuum.")
+    p.add_argument("--version", action="version", version=f"dagon {dagon.__version__}")
+    p.add_argument("--log-level", default=os.environ.get("DAGON_LOG_LEVEL", "WARNING"), help="logging level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def broker_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--broker", help="mqtt:// or mqtts:// URL (default: $DAGON_BROKER)")
+
+    run = sub.add_parser("run", help="run a workflow script with live progress")
+    run.add_argument("file", type=Path)
+    broker_arg(run)
+    run.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+
+    submit = sub.add_parser("submit", help="hand a workflow script to a standalone coordinator")
+    submit.add_argument("file", type=Path)
+    broker_arg(submit)
+    submit.add_argument("--coordinator", default="auto", help="coordinator id (default: the online one)")
+    submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
+
+    coord = sub.add_parser("coordinator", help="run a standalone coordinator service")
+    broker_arg(coord)
+    coord.add_argument("--id", default="main", help="coordinator id (default: main)")
+    coord.add_argument("--heartbeat-ttl", type=float, default=15.0, help="seconds before a silent agent is lost")
+
+    status = sub.add_parser("status", help="show a run")
+    status.add_argument("run")
+    broker_arg(status)
+    status.add_argument("--json", action="store_true")
+
+    agents = sub.add_parser("agents", help="list online agents and their capabilities")
+    broker_arg(agents)
+    agents.add_argument("--json", action="store_true")
+    agents.add_argument("--all", action="store_true", help="include offline agents")
+
+    broker = sub.add_parser("broker", help="run the embedded MQTT broker (development)")
+    broker.add_argument("--port", type=int, default=1883)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _cmd_run,
+        "submit": _cmd_submit,
+        "coordinator": _cmd_coordinator,
+        "status": _cmd_status,
+        "agents": _cmd_agents,
+        "broker": _cmd_broker,
+    }
+    try:
+        return handlers[args.command](args)
+    except DagonError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- running scripts -----------------------------------------------------------
+
+
+def _exec_script(path: Path, argv: list[str], ctx: RunnerContext) -> dict[str, Any]:
+    if not path.is_file():
+        raise DagonError(f"workflow script {str(path)!r} does not exist")
+    token = runner_context.set(ctx)
+    old_argv, old_path = sys.argv, list(sys.path)
+    sys.argv = [str(path), *argv]
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        return runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = old_argv, old_path
+        runner_context.reset(token)
+
+
+def _workflows_in(namespace: dict[str, Any]) -> list[CoreWorkflow]:
+    seen: list[CoreWorkflow] = []
+    for value in namespace.values():
+        if isinstance(value, CoreWorkflow) and all(value is not w for w in seen):
+            seen.append(value)
+    return seen
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    ctx = RunnerContext(broker=broker_from_env(args.broker), dry_run=args.dry_run, progress=True)
+    namespace = _exec_script(args.file, args.args, ctx)
+    if not ctx.results and not ctx.planned:
+        # The script built workflows but did not run them: run what it defined.
+        workflows = _workflows_in(namespace)
+        if not workflows:
+            raise DagonError(f"{args.file} defines no dagon Workflow")
+        token = runner_context.set(ctx)
+        try:
+            for wf in workflows:
+                dagon.Workflow.run(wf)  # type: ignore[arg-type]
+        finally:
+            runner_context.reset(token)
+    return 0 if all(r.ok for r in ctx.results) else 1
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    broker = broker_from_env(args.broker)
+    if broker is None:
+        raise DagonError("dagon submit needs a broker with a coordinator: pass --broker URL or set DAGON_BROKER")
+    ctx = RunnerContext(broker=broker, capture=True)
+    namespace = _exec_script(args.file, [], ctx)
+    workflows = ctx.captured or _workflows_in(namespace)
+    if not workflows:
+        raise DagonError(f"{args.file} defines no dagon Workflow")
+    return asyncio.run(_submit(broker, args.coordinator, workflows, wait=args.wait))
+
+
+async def _submit(broker: str, coordinator: str, workflows: list[CoreWorkflow], *, wait: bool) -> int:
+    from dagon._progress import follow, summary_table
+
+    ok = True
+    async with dagon.connect(broker, coordinator=coordinator) as client:
+        handles = []
+        for wf in workflows:
+            handle = await client.submit(wf)
+            sys.stdout.write(f"{handle.id}\n")
+            sys.stdout.flush()
+            handles.append((handle, len(wf)))
+        if wait:
+            for handle, total in handles:
+                result = await follow(handle, total=total, console=Console(stderr=True))
+                Console().print(summary_table(result))
+                ok = ok and result.ok
+    return 0 if ok else 1
+
+
+# -- services --------------------------------------------------------------------
+
+
+async def _serve(start: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await start(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _require_broker(args: argparse.Namespace, what: str) -> str:
+    broker = broker_from_env(args.broker)
+    if broker is None:
+        raise DagonError(
+            f"{what} needs a broker: pass --broker mqtt://HOST:PORT or set DAGON_BROKER"
+            " (for development, 'dagon broker' runs one)"
+        )
+    return broker
+
+
+def _cmd_coordinator(args: argparse.Namespace) -> int:
+    from dagon.core import Coordinator
+    from dagon.core._store import RunStore
+
+    broker = _require_broker(args, "dagon coordinator")
+    home = dagon_home()
+    protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
+
+    async def start(stop: asyncio.Event) -> None:
+        store = RunStore(home / "runs.sqlite")
+        try:
+            coordinator = Coordinator(
+                connect=lambda will: MqttTransport(
+                    broker, client_id=f"dagon-coordinator-{args.id}", will=will, protocol=protocol
+                ),
+                coordinator_id=args.id,
+                store=store,
+                heartbeat_ttl=args.heartbeat_ttl,
+            )
+            async with coordinator:
+                log.warning("coordinator %r serving on %s (store %s)", args.id, redact_url(broker), store.path)
+                await stop.wait()
+        finally:
+            store.close()
+
+    asyncio.run(_serve(start))
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from dagon._embedded import EmbeddedBroker
+
+    async def start(stop: asyncio.Event) -> None:
+        async with EmbeddedBroker(port=args.port) as broker:
+            Console(stderr=True).print(
+                f"embedded MQTT 3.1.1 broker on {broker.url} (loopback only); clients need"
+                " DAGON_MQTT_PROTOCOL=3.1.1. Ctrl-C stops it."
+            )
+            await stop.wait()
+
+    asyncio.run(_serve(start))
+    return 0
+
+
+# -- inspection ------------------------------------------------------------------
+
+
+async def _retained(broker: str, filter_: str, *, quiet: float = 0.5, limit: float = 3.0) -> list[tuple[str, bytes]]:
+    """Collect the retained messages matching ``filter_`` (until quiet for ``quiet`` s)."""
+    protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
+    client_id = f"dagon-cli-{os.getpid()}-{os.urandom(2).hex()}"
+    found: list[tuple[str, bytes]] = []
+    async with MqttTransport(broker, client_id=client_id, protocol=protocol) as transport:
+        await transport.subscribe(filter_)
+        deadline = time.monotonic() + limit
+        messages = transport.messages()
+        while time.monotonic() < deadline:
+            try:
+                async with asyncio.timeout(quiet):
+                    msg = await anext(messages)
+            except TimeoutError:
+                break
+            if msg.payload:
+                found.append((msg.topic, msg.payload))
+    return found
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    broker = broker_from_env(args.broker)
+    doc: dict[str, Any] | None = None
+    if broker is not None:
+        for _topic, payload in asyncio.run(_retained(broker, topics.run_status(args.run))):
+            with contextlib.suppress(ProtocolError):
+                doc = decode_public(payload, schema=SCHEMA_RUN_STATUS)
+    if doc is None:
+        doc = _status_from_store(args.run)
+    if doc is None:
+        raise DagonError(f"no run {args.run!r} found" + (" on the broker" if broker else f" in {dagon_home()}"))
+    if args.json:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    console = Console()
+    console.print(f"run [bold]{doc['run']}[/] ({doc.get('workflow', '?')}): [bold]{doc['state']}[/]")
+    if doc.get("cause"):
+        console.print(f"  {doc['cause']}")
+    counts = doc.get("counts") or {}
+    console.print("  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for task in doc.get("task_list", []):
+        console.print(f"  {task['name']}: {task['state']} {task.get('cause', '')}")
+    return 0
+
+
+def _status_from_store(run: str) -> dict[str, Any] | None:
+    from dagon.core._store import RunStore
+
+    path = dagon_home() / "runs.sqlite"
+    if not path.exists():
+        return None
+    store = RunStore(path)
+    try:
+        record = store.get_run(run)
+        if record is None:
+            return None
+        tasks = store.tasks(run)
+    finally:
+        store.close()
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    return {
+        "schema": SCHEMA_RUN_STATUS,
+        "run": record.id,
+        "workflow": record.workflow,
+        "state": record.state,
+        "cause": record.cause,
+        "counts": counts,
+        "submitted_at": record.submitted_at,
+        "finished_at": record.finished_at,
+        "task_list": [{"name": t.name, "state": t.state, "cause": t.cause} for t in tasks],
+    }
+
+
+def _cmd_agents(args: argparse.Namespace) -> int:
+    broker = _require_broker(args, "dagon agents")
+    codec = Codec(sender="cli")
+    rows: list[dict[str, Any]] = []
+    for topic, payload in asyncio.run(_retained(broker, topics.all_agent_status())):
+        try:
+            msg = codec.decode(payload).message
+        except ProtocolError as exc:
+            log.warning("unreadable agent status on %s: %s", topic, exc)
+            continue
+        if isinstance(msg, Announce):
+            caps = msg.capabilities
+            rows.append({"id": msg.agent, "online": True, **{k: getattr(caps, k) for k in caps.__slots__}})
+        elif isinstance(msg, Offline) and args.all:
+            rows.append({"id": msg.agent, "online": False, "reason": msg.reason})
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=list) + "\n")
+        return 0
+    table = Table(title=f"{sum(r['online'] for r in rows)} agent(s) online")
+    for col in ("id", "host", "arch", "cpus", "memory", "slots", "runtimes", "labels"):
+        table.add_column(col)
+    for r in rows:
+        if not r["online"]:
+            table.add_row(r["id"], "[red]offline[/]", "", "", "", "", "", r.get("reason", ""))
+            continue
+        labels = ",".join(f"{k}={v}" for k, v in r["labels"].items())
+        mem = f"{r['memory'] / 2**30:.1f} GiB"
+        table.add_row(
+            r["id"], r["hostname"], r["arch"], str(r["cpus"]), mem, str(r["slots"]), ",".join(r["runtimes"]), labels
+        )
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
