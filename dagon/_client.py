@@ -24,7 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from dagon._embedded import EmbeddedBroker
 from dagon._remote import RemoteRuns, find_coordinator
 from dagon._settings import broker_from_env, dagon_home
 from dagon.core import Coordinator, RunEvent, RunResult, Workflow
@@ -111,6 +110,8 @@ class Client:
     async def _start(self) -> None:
         suffix = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
         if self.embedded:
+            from dagon._embedded import EmbeddedBroker
+
             broker = await self._stack.enter_async_context(EmbeddedBroker(port=0))
             self.url = broker.url
         else:
@@ -216,6 +217,7 @@ def connect(
     mqtt_protocol: str | None = None,
     agent_slots: int | None = None,
     heartbeat_ttl: float = 15.0,
+    publish_results: bool = True,
 ) -> Client:
     """Connect to dagon; use as ``async with dagon.connect(...) as client``.
 
@@ -228,6 +230,8 @@ def connect(
         mqtt_protocol: ``"5"`` or ``"3.1.1"`` (default 5; 3.1.1 for the embedded broker).
         agent_slots: slots of the embedded agent (default: CPU count).
         heartbeat_ttl: seconds of agent silence before its tasks are requeued.
+        publish_results: publish public JSON task results and events (in-process
+            coordinator only; run status is always published).
     """
     return Client(
         broker=broker,
@@ -236,4 +240,5 @@ def connect(
         mqtt_protocol=mqtt_protocol,
         agent_slots=agent_slots,
         heartbeat_ttl=heartbeat_ttl,
+        publish_results=publish_results,
     )

@@ -1,0 +1,117 @@
+"""Shared benchmark plumbing: a real Mosquitto, real agent processes, a table.
+
+Everything binds to 127.0.0.1 and every process started here is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import psutil
+
+__all__ = ["Agents", "free_port", "mosquitto", "print_table", "rss_mb"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def mosquitto() -> Iterator[str]:
+    """A real Mosquitto on a free loopback port; yields its mqtt:// URL."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(binary):
+        sys.exit("mosquitto is not installed: run .ci/setup (or apt-get install mosquitto)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+        )
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_port(port)
+            yield f"mqtt://127.0.0.1:{port}"
+        finally:
+            _stop(proc)
+
+
+class Agents:
+    """``count`` real ``dagon-agent`` processes, each with its own home and scratch."""
+
+    def __init__(self, url: str, count: int, *, slots: int, root: Path, extra: Sequence[str] = ()) -> None:
+        self.url = url
+        self.count = count
+        self.slots = slots
+        self.root = root
+        self.extra = list(extra)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Agents:
+        for i in range(self.count):
+            home = self.root / f"agent{i}"
+            home.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ, DAGON_HOME=str(home))
+            cmd = [
+                sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
+                "--broker", self.url, "--id", f"bench-{i}", "--slots", str(self.slots),
+                "--scratch", str(home / "scratch"), *self.extra,
+            ]  # fmt: skip
+            log = (home / "agent.log").open("wb")
+            self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            _stop(proc)
+
+    def rss_mb(self) -> list[float]:
+        return [rss_mb(p.pid) for p in self.procs]
+
+
+def rss_mb(pid: int | None = None) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(c) for c in header]] + [[f"{c:,.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for n, row in enumerate(cells):
+        print(
+            "  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
