@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final, Self
@@ -62,6 +62,7 @@ from dagon.protocol import (
     Heartbeat,
     Offline,
     ProtocolError,
+    Rejections,
     RunId,
     SubmitRun,
     TaskAssignment,
@@ -136,8 +137,8 @@ class Coordinator:
         self._events: dict[RunId, list[dict[str, Any]]] = {}
         self._agents_changed = asyncio.Event()
         self._seen_ids: dict[str, None] = {}
-        self.rejections: Counter[str] = Counter()
-        self._last_reject_log: dict[str, float] = {}
+        self._rejections = Rejections(log)
+        self.rejections = self._rejections.counts
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -261,19 +262,12 @@ class Coordinator:
             try:
                 self._on_message(msg.topic, msg.payload)
             except ProtocolError as exc:
-                self._rejected(msg.topic, exc.reason, str(exc))
+                self._rejections(msg.topic, exc.reason, str(exc))
             except ValidationError as exc:
-                self._rejected(msg.topic, "invalid", str(exc))
+                self._rejections(msg.topic, "invalid", str(exc))
             handled += 1
             if handled % 256 == 0:
                 await asyncio.sleep(0)  # let drive/public loops run under sustained load
-
-    def _rejected(self, topic: str, reason: str, detail: str) -> None:
-        self.rejections[reason] += 1
-        now = time.monotonic()
-        if now - self._last_reject_log.get(reason, 0.0) >= 1.0:
-            self._last_reject_log[reason] = now
-            log.warning("rejected message on %s (%s): %s [%d so far]", topic, reason, detail, self.rejections[reason])
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")

@@ -9,18 +9,13 @@ rejected because they would escape the producer's directory.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Final
 
 from dagon.core._errors import ValidationError
+from dagon.protocol import NAME_RE, REFERENCE_RE
 
 __all__ = ["NAME_RE", "Reference", "check_name", "check_relative_path", "find_references"]
 
-# Characters that end a reference also may not appear in names.
-_STOP: Final = r"\s'\"`;|&()<>"
-NAME_RE: Final = re.compile(rf"[^{_STOP}/\x00-\x1f\x7f]+")
-_REF_RE: Final = re.compile(rf"workflow://([^{_STOP}/]*)/([^{_STOP}/]*)(/[^{_STOP}]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +71,7 @@ def find_references(command: str, *, task: str) -> list[Reference]:
     if "workflow://" not in command:
         return []
     refs = []
-    for match in _REF_RE.finditer(command):
+    for match in REFERENCE_RE.finditer(command):
         workflow, producer, rest = match.group(1), match.group(2), match.group(3) or ""
         text = match.group(0)
         if not producer:

@@ -45,10 +45,14 @@ from dagon.protocol._public import (
     decode_public,
     encode_public,
 )
+from dagon.protocol._refsyntax import NAME_RE, REFERENCE_RE
+from dagon.protocol._rejections import Rejections
 
 __all__ = [
     "CONTENT_TYPE_JSON",
     "DEFAULT_MAX_SIZE",
+    "NAME_RE",
+    "REFERENCE_RE",
     "PROTOCOL_VERSION",
     "SCHEMA_COORDINATOR",
     "SCHEMA_EVENTS",
@@ -73,6 +77,7 @@ __all__ = [
     "OutputFile",
     "ProtocolError",
     "Rejection",
+    "Rejections",
     "ResultStatus",
     "RunId",
     "StageInput",

@@ -1,0 +1,55 @@
+"""What this machine is: the agent's announced capabilities."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import socket
+from pathlib import Path
+
+import psutil
+
+from dagon.agent._config import AgentConfig
+from dagon.protocol import Capabilities
+
+__all__ = ["capabilities", "host_id"]
+
+RUNTIMES = ("process", "python")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("dagon")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def host_id() -> str:
+    """Identifies the machine (agents on one host can link each other's files)."""
+    for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            value = Path(candidate).read_text().strip()
+        except OSError:
+            continue
+        if value:
+            return value
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}-{boot}"
+
+
+def capabilities(config: AgentConfig) -> Capabilities:
+    return Capabilities(
+        hostname=socket.gethostname(),
+        host_id=host_id(),
+        arch=platform.machine(),
+        os=platform.system().lower(),
+        cpus=psutil.cpu_count() or 1,
+        memory=int(psutil.virtual_memory().total),
+        runtimes=RUNTIMES,
+        labels=dict(config.labels),
+        slots=config.slots,
+        version=_version(),
+    )

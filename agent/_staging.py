@@ -1,0 +1,145 @@
+"""Scratch directories, local staging of ``workflow://`` inputs, output manifests.
+
+All functions here do blocking filesystem work: the agent calls them through
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+from dagon.protocol import REFERENCE_RE, DagonError, OutputFile, StageInput
+
+__all__ = ["StagingError", "manifest", "rewrite_command", "safe_component", "stage_inputs"]
+
+MAX_MANIFEST_FILES: Final = 10_000
+_GLOB_CHARS: Final = frozenset("*?[")
+
+
+class StagingError(DagonError):
+    """An input could not be staged; the message names the reference."""
+
+
+def safe_component(name: str, what: str) -> str:
+    """Refuse names that would escape or break a path component."""
+    if not name or name in (".", "..") or "/" in name or "\x00" in name:
+        raise StagingError(f"{what} {name!r} cannot be used as a directory name")
+    return name
+
+
+def _check_relative(path: str, ref: str) -> None:
+    if not path or path.startswith("/") or ".." in path.split("/") or "\x00" in path:
+        raise StagingError(f"input {ref}: path {path!r} escapes the producer's directory")
+
+
+def _link(src: Path, dst: Path, mode: str) -> None:
+    if mode == "symlink":
+        dst.symlink_to(src)
+        return
+    if mode == "hardlink":
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            return
+        except OSError:
+            pass  # another filesystem, or links not allowed: fall back to a copy
+    shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _stage_one(src: Path, root: Path, dst: Path, mode: str, ref: str) -> None:
+    resolved = src.resolve()
+    if not resolved.is_relative_to(root):
+        raise StagingError(f"input {ref}: {src.relative_to(root)} points outside the producer's directory")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir() and not src.is_symlink():
+        if mode == "symlink":
+            dst.symlink_to(resolved, target_is_directory=True)
+            return
+        dst.mkdir(exist_ok=True)
+        for child in sorted(src.iterdir()):
+            _stage_one(child, root, dst / child.name, mode, ref)
+        return
+    _link(resolved, dst, mode)
+
+
+def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, mode: str) -> dict[str, str]:
+    """Stage every input under ``workdir/.dagon/inputs``; returns reference → staged path."""
+    staged: dict[str, str] = {}
+    for item in inputs:
+        ref = item.ref
+        if item.source_host != host_id:
+            raise StagingError(
+                f"input {ref}: produced by agent {item.source_agent!r} on another host; peer-to-peer staging"
+                " between hosts is not available yet (place consumers on the producer's host)"
+            )
+        _check_relative(item.path, ref)
+        if not item.source_dir:
+            raise StagingError(f"input {ref}: the producer {item.task!r} reported no working directory")
+        root = Path(item.source_dir).resolve()
+        if not root.is_dir():
+            raise StagingError(f"input {ref}: the producer's directory {root} no longer exists")
+        dest_root = workdir / ".dagon" / "inputs" / safe_component(item.workflow or "_", "workflow")
+        dest_root = dest_root / safe_component(item.task, "task")
+        if _GLOB_CHARS & set(item.path):
+            matches = sorted(Path(p) for p in glob.glob(glob.escape(str(root)) + "/" + item.path))
+        else:
+            candidate = root / item.path
+            matches = [candidate] if candidate.exists() or candidate.is_symlink() else []
+        if not matches:
+            raise StagingError(f"input {ref}: no such file in {item.task}'s output")
+        for src in matches:
+            rel = src.relative_to(root)
+            dst = dest_root / rel
+            if dst.exists() or dst.is_symlink():
+                continue  # the same input referenced twice
+            _stage_one(src, root, dst, mode, ref)
+        staged[ref] = str(dest_root / item.path)
+    return staged
+
+
+def rewrite_command(command: str, staged: dict[str, str]) -> str:
+    """Replace each ``workflow://`` reference by its staged path (exact match, no prefix clashes)."""
+    if not staged:
+        return command
+    return REFERENCE_RE.sub(lambda m: staged.get(m.group(0), m.group(0)), command)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(workdir: Path, patterns: Iterable[str] = ()) -> tuple[OutputFile, ...]:
+    """Regular files of a task's output (declared globs, else everything but ``.dagon/``)."""
+    root = workdir.resolve()
+    paths: list[Path] = []
+    patterns = list(patterns)
+    if patterns:
+        for pattern in patterns:
+            for p in sorted(glob.glob(glob.escape(str(root)) + "/" + pattern, recursive=True)):
+                paths.append(Path(p))
+    else:
+        for dirpath, dirnames, filenames in os.walk(root):
+            if Path(dirpath) == root and ".dagon" in dirnames:
+                dirnames.remove(".dagon")
+            dirnames.sort()
+            paths.extend(Path(dirpath) / name for name in sorted(filenames))
+            if len(paths) >= MAX_MANIFEST_FILES:
+                break
+    out = []
+    for path in paths[:MAX_MANIFEST_FILES]:
+        if path.is_symlink() or not path.is_file():
+            continue
+        rel = path.relative_to(root)
+        if rel.parts and rel.parts[0] == ".dagon":
+            continue
+        out.append(OutputFile(path=str(rel), size=path.stat().st_size, sha256=_sha256(path)))
+    return tuple(out)

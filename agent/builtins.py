@@ -1,0 +1,19 @@
+"""Callables for the python runtime that ship with dagon (tests, benchmarks, health checks)."""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["echo", "noop", "sleep"]
+
+
+def noop() -> None:
+    """Do nothing (measures pure scheduling overhead)."""
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def echo(value: object) -> object:
+    return value

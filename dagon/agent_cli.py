@@ -1,0 +1,70 @@
+"""``dagon-agent``: the agent daemon's command line (a systemd service in production)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from dagon.agent import Agent, AgentConfig, load_agent_config
+from dagon.protocol import ConfigError, DagonError
+from dagon.protocol.transport import MqttTransport, Transport, Will, redact_url
+
+__all__ = ["main"]
+
+log = logging.getLogger("dagon.agent_cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dagon-agent", description="Run dagon tasks on this node.")
+    p.add_argument("--broker", help="mqtt:// or mqtts:// URL (default: $DAGON_BROKER)")
+    p.add_argument("--id", help="agent id (default: $DAGON_AGENT_ID or a stable id in $DAGON_HOME/agent-id)")
+    p.add_argument("--scratch", help="scratch root (default: $DAGON_SCRATCH or $DAGON_HOME/scratch)")
+    p.add_argument("--labels", help="placement labels, e.g. site=lab,gpu=no (default: $DAGON_LABELS)")
+    p.add_argument("--slots", type=int, help="tasks run at once (default: $DAGON_SLOTS or the CPU count)")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--log-level", default=os.environ.get("DAGON_LOG_LEVEL", "INFO"))
+    return p
+
+
+async def _serve(config: AgentConfig) -> None:
+    assert config.broker is not None
+
+    def connect(will: Will) -> Transport:
+        assert config.broker is not None
+        return MqttTransport(
+            config.broker, client_id=f"dagon-agent-{config.agent_id}", will=will, protocol=config.mqtt_protocol
+        )
+
+    async with Agent(config=config, connect=connect) as agent:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.stop)
+        log.info("agent %s serving on %s", config.agent_id, redact_url(config.broker))
+        await agent.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    flags = {"broker": args.broker, "id": args.id, "scratch": args.scratch, "labels": args.labels, "slots": args.slots}
+    try:
+        config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)
+        if not config.broker:
+            raise ConfigError("no broker configured: pass --broker mqtt://HOST:PORT or set DAGON_BROKER")
+        asyncio.run(_serve(config))
+    except DagonError as exc:
+        sys.stderr.write(f"dagon-agent: error: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
