@@ -89,8 +89,8 @@ class Agents:
                 "--broker", self.url, "--id", f"bench-{i}", "--slots", str(self.slots),
                 "--scratch", str(home / "scratch"), *self.extra,
             ]  # fmt: skip
-            log = (home / "agent.log").open("wb")
-            self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+            with (home / "agent.log").open("wb") as log:
+                self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
         return self
 
     def __exit__(self, *exc: object) -> None:

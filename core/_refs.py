@@ -17,7 +17,6 @@ from dagon.protocol import NAME_RE, REFERENCE_RE
 __all__ = ["NAME_RE", "Reference", "check_name", "check_relative_path", "find_references"]
 
 
-
 @dataclass(frozen=True, slots=True)
 class Reference:
     """One ``workflow://`` reference found in a command.

@@ -1,0 +1,62 @@
+"""In-process stacks for integration tests: a real Coordinator and real Agents.
+
+Over a :class:`MemoryHub` (every message still goes through the real codec) or
+over a real broker URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from dagon.agent import Agent, load_agent_config
+from dagon.core import Coordinator, RunStore
+from dagon.protocol.transport import MemoryHub, MqttTransport, Transport, Will
+
+
+def agent_config(tmp: Path, name: str, *, slots: int = 4, broker: str = "memory://", labels: str = "") -> object:
+    flags: dict[str, object] = {"broker": broker, "id": name, "slots": slots, "scratch": str(tmp / name / "scratch")}
+    if labels:
+        flags["labels"] = labels
+    return load_agent_config(config_file=None, env={"DAGON_HOME": str(tmp / name)}, flags=flags)
+
+
+@contextlib.asynccontextmanager
+async def memory_stack(
+    hub: MemoryHub, tmp: Path, *, agents: int = 1, slots: int = 4, heartbeat_ttl: float = 15.0
+) -> AsyncIterator[tuple[Coordinator, list[Agent]]]:
+    store = RunStore(tmp / "runs.sqlite")
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            coordinator = await stack.enter_async_context(
+                Coordinator(
+                    connect=lambda will: hub.transport(will=will),
+                    coordinator_id="test",
+                    store=store,
+                    heartbeat_ttl=heartbeat_ttl,
+                )
+            )
+            started = []
+            for i in range(agents):
+                config = agent_config(tmp, f"agent{i}", slots=slots)
+
+                def connect(will: Will) -> Transport:
+                    return hub.transport(will=will)
+
+                started.append(await stack.enter_async_context(Agent(config=config, connect=connect)))  # type: ignore[arg-type]
+            await coordinator.wait_for_agents(agents)
+            yield coordinator, started
+    finally:
+        store.close()
+
+
+@contextlib.asynccontextmanager
+async def mqtt_agent(url: str, tmp: Path, name: str, *, slots: int = 4, protocol: str = "5") -> AsyncIterator[Agent]:
+    config = agent_config(tmp, name, slots=slots, broker=url)
+
+    def connect(will: Will) -> Transport:
+        return MqttTransport(url, client_id=f"dagon-agent-{name}", will=will, protocol=protocol)
+
+    async with Agent(config=config, connect=connect) as agent:  # type: ignore[arg-type]
+        yield agent

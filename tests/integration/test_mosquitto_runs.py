@@ -1,0 +1,144 @@
+"""Tier 3: the whole system against a real Mosquitto, agents as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dagon
+from dagon.core import RunState, TaskState
+from dagon.protocol import SCHEMA_RUN_STATUS, SCHEMA_TASK_RESULT, decode_public, topics
+from dagon.protocol.transport import MqttTransport
+
+pytestmark = pytest.mark.mosquitto
+
+
+def start_agent(url: str, tmp: Path, name: str, *, slots: int = 2) -> subprocess.Popen[bytes]:
+    home = tmp / name
+    home.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
+        "--broker", url, "--id", name, "--slots", str(slots), "--scratch", str(home / "scratch"),
+    ]  # fmt: skip
+    with (home / "agent.log").open("wb") as log:
+        return subprocess.Popen(cmd, env=dict(os.environ, DAGON_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def agents(mosquitto: Any, tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = [start_agent(mosquitto.url, tmp_path, f"agent{i}") for i in range(2)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def taskflow() -> dagon.Workflow:
+    wf = dagon.Workflow("taskflow")
+    wf.shell("A", "mkdir -p output && hostname > output/f1.txt")
+    wf.shell("B", "echo B > f2.txt; cat workflow:///A/output/f1.txt >> f2.txt")
+    wf.shell("C", "echo C > f2.txt; cat workflow:///A/output/f1.txt >> f2.txt")
+    wf.shell("D", "cat workflow:///B/f2.txt workflow:///C/f2.txt > f3.txt")
+    wf.shell("E", "cat workflow:///D/f3.txt > result.txt")
+    for i in range(8):
+        wf.shell(f"extra{i}", "sleep 0.2", after=["A"])
+    return wf
+
+
+async def test_demo_on_two_agent_processes_with_public_results(
+    mosquitto: Any, agents: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    async with dagon.connect(mosquitto.url, home=tmp_path / "client") as client:
+        assert client.coordinator is not None
+        async with asyncio.timeout(20):
+            await client.coordinator.wait_for_agents(2)
+        run = await client.submit(taskflow())
+        seen = [event async for event in run.events()]
+        result = await run.wait()
+    assert result.ok, result.cause
+    host = os.uname().nodename
+    result_txt = (Path(result["E"].workdir) / "result.txt").read_text()
+    assert result_txt == f"B\n{host}\nC\n{host}\n"
+    assert {t.agent for t in result.tasks.values()} == {"agent0", "agent1"}
+    assert any(e.task == "E" and e.state == "succeeded" for e in seen)
+    assert seen[-1].task is None and seen[-1].state == "succeeded"
+
+    # Retained public JSON is readable by any MQTT client afterwards.
+    async with MqttTransport(mosquitto.url, client_id="test-reader") as reader:
+        await reader.subscribe(topics.run_status(run.id), topics.run_task_result(run.id, "E"))
+        docs = {}
+        messages = reader.messages()
+        async with asyncio.timeout(5):
+            while len(docs) < 2:
+                msg = await anext(messages)
+                docs[msg.topic] = decode_public(msg.payload)
+    status = docs[topics.run_status(run.id)]
+    assert status["schema"] == SCHEMA_RUN_STATUS
+    assert status["state"] == "succeeded"
+    assert status["counts"] == {"succeeded": 13}
+    e_doc = docs[topics.run_task_result(run.id, "E")]
+    assert e_doc["schema"] == SCHEMA_TASK_RESULT
+    assert e_doc["exit_code"] == 0
+    assert e_doc["outputs"][0]["path"] == "result.txt"
+
+
+async def test_killed_agent_is_detected_and_its_task_requeued(mosquitto: Any, tmp_path: Path) -> None:
+    victim = start_agent(mosquitto.url, tmp_path, "victim", slots=1)
+    survivor: subprocess.Popen[bytes] | None = None
+    marker = tmp_path / "started"
+    try:
+        async with dagon.connect(mosquitto.url, home=tmp_path / "client", heartbeat_ttl=5) as client:
+            assert client.coordinator is not None
+            async with asyncio.timeout(20):
+                await client.coordinator.wait_for_agents(1)
+            wf = dagon.Workflow("requeue")
+            wf.shell("job", f"echo $DAGON_ATTEMPT >> {marker}; sleep 1; echo done > out.txt")
+            run = await client.submit(wf)
+            async with asyncio.timeout(10):
+                while not marker.exists():
+                    await asyncio.sleep(0.05)
+            victim.send_signal(signal.SIGKILL)  # no clean shutdown: only the Last Will tells
+            victim.wait()
+            survivor = start_agent(mosquitto.url, tmp_path, "survivor", slots=1)
+            result = await run.wait()
+    finally:
+        stop(victim)
+        if survivor is not None:
+            stop(survivor)
+    assert result.ok, result.cause
+    assert result["job"].agent == "survivor"
+    assert result["job"].attempt == 2
+    assert marker.read_text().split() == ["1", "2"]
+
+
+async def test_failing_task_over_mosquitto(
+    mosquitto: Any, agents: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    wf = dagon.Workflow("fails")
+    wf.shell("bad", "echo nope >&2; exit 7")
+    wf.shell("dependent", "true", after=["bad"])
+    async with dagon.connect(mosquitto.url, home=tmp_path / "client") as client:
+        result = await (await client.submit(wf)).wait()
+    assert result.state is RunState.FAILED
+    assert result["bad"].exit_code == 7
+    assert "nope" in result["bad"].stderr_tail
+    assert result["dependent"].state is TaskState.UPSTREAM_FAILED

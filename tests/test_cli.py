@@ -1,0 +1,131 @@
+"""The `dagon` command line, run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DAGON = [sys.executable, "-c", "from dagon.cli import main; raise SystemExit(main())"]
+AGENT = [sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())"]
+
+
+def dagon(*args: str, home: Path, timeout: float = 90, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "DAGON_BROKER"}
+    environ.update(DAGON_HOME=str(home), COLUMNS="200", **env)
+    return subprocess.run(
+        [*DAGON, *args], capture_output=True, text=True, timeout=timeout, env=environ, cwd=ROOT, check=False
+    )
+
+
+def test_version(tmp_path: Path) -> None:
+    out = dagon("--version", home=tmp_path)
+    assert out.returncode == 0
+    assert out.stdout.strip().startswith("dagon 0.")
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    out = dagon("run", "examples/taskflow/taskflow.py", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "succeeded" in out.stdout
+    results = list((tmp_path / "scratch").glob("*/E-1/result.txt"))
+    assert len(results) == 1
+    lines = results[0].read_text().splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("B-") and lines[2].startswith("C-")
+    assert (tmp_path / "runs.sqlite").exists()
+
+
+def test_failed_workflow_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
+    script = tmp_path / "fails.py"
+    script.write_text(
+        "import dagon\n"
+        "wf = dagon.Workflow('fails')\n"
+        "wf.shell('bad', 'echo broken-input >&2; exit 4')\n"
+        "wf.shell('next', 'true', after=['bad'])\n"
+    )
+    out = dagon("run", str(script), home=tmp_path / "home")
+    assert out.returncode == 1
+    assert "bad" in out.stdout
+    assert "exit code 4" in out.stdout
+    assert "broken-input" in out.stdout
+    assert "upstream_failed" in out.stdout
+
+
+def test_invalid_workflow_is_a_clear_error(tmp_path: Path) -> None:
+    script = tmp_path / "cycle.py"
+    script.write_text(
+        "import dagon\n"
+        "wf = dagon.Workflow('cyc')\n"
+        "wf.shell('a', 'cat workflow:///b/x')\n"
+        "wf.shell('b', 'cat workflow:///a/x')\n"
+    )
+    out = dagon("run", str(script), home=tmp_path / "home")
+    assert out.returncode == 2
+    assert "dependency cycle" in out.stderr
+    assert not (tmp_path / "home" / "scratch").exists()
+
+
+def test_dry_run_has_no_side_effects(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    out = dagon("run", "--dry-run", "examples/taskflow/taskflow.py", home=home)
+    assert out.returncode == 0, out.stderr
+    assert "5 task(s)" in out.stdout
+    assert "stages 'output/f1.txt' from A" in out.stdout
+    assert not home.exists()
+
+
+@pytest.mark.mosquitto
+def test_coordinator_agent_submit_status_agents(mosquitto: Any, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DAGON_BROKER"}
+    coord = subprocess.Popen(
+        [*DAGON, "coordinator", "--broker", mosquitto.url],
+        env=dict(env, DAGON_HOME=str(tmp_path / "coord")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    agent = subprocess.Popen(
+        [*AGENT, "--broker", mosquitto.url, "--id", "cli-agent", "--labels", "site=lab"],
+        env=dict(env, DAGON_HOME=str(tmp_path / "agent")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            out = dagon("agents", "--json", "--broker", mosquitto.url, home=tmp_path / "cli")
+            rows = json.loads(out.stdout or "[]") if out.returncode == 0 else []
+            if any(r["id"] == "cli-agent" for r in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        row = next(r for r in rows if r["id"] == "cli-agent")
+        assert row["labels"] == {"site": "lab"}
+        assert "process" in row["runtimes"]
+
+        out = dagon(
+            "submit", "examples/taskflow/taskflow.py", "--broker", mosquitto.url, "--wait", home=tmp_path / "cli"
+        )
+        assert out.returncode == 0, out.stderr
+        run_id = out.stdout.splitlines()[0].strip()
+        status = dagon("status", run_id, "--json", "--broker", mosquitto.url, home=tmp_path / "cli")
+        assert status.returncode == 0, status.stderr
+        doc = json.loads(status.stdout)
+        assert doc["state"] == "succeeded"
+        assert doc["counts"] == {"succeeded": 5}
+    finally:
+        for proc in (agent, coord):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert coord.returncode == 0
