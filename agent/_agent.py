@@ -22,7 +22,7 @@ from typing import Self
 
 from dagon.agent._config import AgentConfig
 from dagon.agent._host import capabilities
-from dagon.agent._staging import StagingError, manifest, rewrite_command, safe_component, stage_inputs
+from dagon.agent._staging import StagingError, has_outputs, manifest, rewrite_command, safe_component, stage_inputs
 from dagon.agent.runtimes import Outcome, PythonRuntime, run_process
 from dagon.protocol import (
     Ack,
@@ -46,7 +46,7 @@ from dagon.protocol import (
     TasksStarted,
     topics,
 )
-from dagon.protocol.transport import Transport, Will
+from dagon.protocol.transport import Publisher, Transport, Will
 
 __all__ = ["Agent"]
 
@@ -70,9 +70,11 @@ class Agent:
         self.capabilities = capabilities(config)
         will = Will(topics.agent_status(self.id), self.codec.encode(Offline(agent=self.id, reason="connection lost")))
         self._transport = connect(will)
+        self._publisher = Publisher(self._transport)
         self._rejections = Rejections(log)
         self.rejections = self._rejections.counts
-        self._running: dict[TaskRef, asyncio.Task[None]] = {}
+        self._running: dict[TaskRef, asyncio.Task[None]] = {}  # running and queued
+        self._slots = asyncio.Semaphore(config.slots)
         self._started: dict[str, list[StartedTask]] = defaultdict(list)
         self._finished: dict[str, list[TaskResult]] = defaultdict(list)
         self._outbox_wake = asyncio.Event()
@@ -173,8 +175,8 @@ class Agent:
                 reason = f"runtime {assignment.runtime!r} is not available on agent {self.id}"
                 rejected.append(Rejection(task=ref, reason=reason, permanent=True))
                 continue
-            if len(self._running) >= self.config.slots:
-                rejected.append(Rejection(task=ref, reason=f"all {self.config.slots} slots busy"))
+            if len(self._running) >= self.config.slots + self.config.queue_depth:
+                rejected.append(Rejection(task=ref, reason=f"all {self.config.slots} slots and the queue are busy"))
                 continue
             accepted += 1
             self._running[ref] = self._tg.create_task(
@@ -203,6 +205,19 @@ class Agent:
     # -- running -------------------------------------------------------------------
 
     async def _execute(self, a: TaskAssignment, reply_to: str) -> None:
+        try:
+            async with self._slots:
+                await self._execute_in_slot(a, reply_to)
+        except asyncio.CancelledError:
+            if a.ref in self._running:  # cancelled while still queued: never started
+                self._running.pop(a.ref, None)
+                now = time.time()
+                result = TaskResult(a.run, a.task, a.attempt, ResultStatus.CANCELLED, None, now, now, error="cancelled")
+                self._finished[reply_to].append(result)
+                self._outbox_wake.set()
+            raise
+
+    async def _execute_in_slot(self, a: TaskAssignment, reply_to: str) -> None:
         started = time.time()
         workdir = ""
         outcome: Outcome | None = None
@@ -234,7 +249,8 @@ class Agent:
             else:
                 assert path is not None
                 outcome = await self._run_shell(a, command, path)
-                outputs = await asyncio.to_thread(manifest, path, a.outputs)
+                if has_outputs(path):  # hashing happens off the loop; empty workdirs skip the hop
+                    outputs = await asyncio.to_thread(manifest, path, a.outputs)
         except asyncio.CancelledError:
             outcome = Outcome(ResultStatus.CANCELLED, None, error="cancelled")
             raise
@@ -269,12 +285,17 @@ class Agent:
 
     async def _run_shell(self, a: TaskAssignment, command: str, path: Path) -> Outcome:
         meta = path / ".dagon"
-        (meta / "command").write_text(command)
         env = dict(os.environ)
         env.update(a.env)
         env.update(DAGON_RUN=a.run, DAGON_TASK=a.task, DAGON_ATTEMPT=str(a.attempt), DAGON_WORKDIR=str(path))
         outcome = await run_process(
-            command, cwd=path, env=env, stdout=meta / "stdout", stderr=meta / "stderr", time_limit=a.timeout
+            command,
+            cwd=path,
+            env=env,
+            stdout=meta / "stdout",
+            stderr=meta / "stderr",
+            time_limit=a.timeout,
+            record=meta / "command",
         )
         tail = _tail(meta / "stderr")
         return Outcome(outcome.status, outcome.exit_code, outcome.cpu_time, outcome.max_rss, outcome.error, tail)
@@ -293,10 +314,10 @@ class Agent:
                 # "started" goes first: a coordinator never sees a result before its start.
                 if started.get(coordinator):
                     payload = self.codec.encode(TasksStarted(agent=self.id, tasks=tuple(started[coordinator])))
-                    await self._transport.publish(inbox, payload)
+                    await self._publisher.send(inbox, payload)
                 if finished.get(coordinator):
                     payload = self.codec.encode(TasksFinished(agent=self.id, results=tuple(finished[coordinator])))
-                    await self._transport.publish(inbox, payload)
+                    await self._publisher.send(inbox, payload)
             if not self._outbox_wake.is_set():
                 self._outbox_idle.set()
 
@@ -306,6 +327,7 @@ class Agent:
             self._outbox_wake.set()
             await self._outbox_idle.wait()
             await asyncio.sleep(0)
+        await self._publisher.drain()
 
     async def _heartbeat_loop(self) -> None:
         seq = 0

@@ -9,7 +9,9 @@
 | slots | ``--slots`` | ``DAGON_SLOTS`` | ``slots`` | CPU count |
 | home | — | ``DAGON_HOME`` | — | ``$XDG_STATE_HOME/dagon`` or ``~/.local/state/dagon`` |
 
-Further TOML-only keys: ``stage_mode`` (hardlink, symlink, copy), ``heartbeat_interval``,
+Further TOML-only keys: ``prefetch`` (assignments queued beyond the slots so a
+slot never idles waiting for the coordinator; default: as many as slots),
+``stage_mode`` (hardlink, symlink, copy), ``heartbeat_interval``,
 ``python_pool`` (thread, process), ``python_workers``, ``mqtt_protocol`` ("5", "3.1.1"),
 ``max_message_size``.
 """
@@ -41,6 +43,7 @@ class AgentConfig:
     broker: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    prefetch: int = -1  # -1: as many as slots
     stage_mode: str = "hardlink"
     heartbeat_interval: float = 5.0
     python_pool: str = "thread"
@@ -66,6 +69,10 @@ class AgentConfig:
         for key in self.labels:
             if not NAME_RE.fullmatch(key) or "=" in key or "," in key:
                 raise ConfigError(f"label name {key!r} is not valid")
+
+    @property
+    def queue_depth(self) -> int:
+        return self.slots if self.prefetch < 0 else self.prefetch
 
     @property
     def workers(self) -> int:
@@ -157,7 +164,7 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
     for key in ("stage_mode", "python_pool", "mqtt_protocol"):
         if pick(key) is not None:
             kwargs[key] = str(pick(key))
-    for key in ("python_workers", "max_message_size"):
+    for key in ("python_workers", "max_message_size", "prefetch"):
         if pick(key) is not None:
             kwargs[key] = _int(pick(key), key)
     if pick("heartbeat_interval") is not None:

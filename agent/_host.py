@@ -51,5 +51,6 @@ def capabilities(config: AgentConfig) -> Capabilities:
         runtimes=RUNTIMES,
         labels=dict(config.labels),
         slots=config.slots,
+        prefetch=config.queue_depth,
         version=_version(),
     )

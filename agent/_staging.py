@@ -16,7 +16,7 @@ from typing import Final
 
 from dagon.protocol import REFERENCE_RE, DagonError, OutputFile, StageInput
 
-__all__ = ["StagingError", "manifest", "rewrite_command", "safe_component", "stage_inputs"]
+__all__ = ["StagingError", "has_outputs", "manifest", "rewrite_command", "safe_component", "stage_inputs"]
 
 MAX_MANIFEST_FILES: Final = 10_000
 _GLOB_CHARS: Final = frozenset("*?[")
@@ -69,6 +69,7 @@ def _stage_one(src: Path, root: Path, dst: Path, mode: str, ref: str) -> None:
 
 def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, mode: str) -> dict[str, str]:
     """Stage every input under ``workdir/.dagon/inputs``; returns reference → staged path."""
+    (workdir / ".dagon").mkdir(parents=True, exist_ok=True)
     staged: dict[str, str] = {}
     for item in inputs:
         ref = item.ref
@@ -115,6 +116,12 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def has_outputs(workdir: Path) -> bool:
+    """Cheap check (one directory read) whether a task left anything besides ``.dagon/``."""
+    with os.scandir(workdir) as entries:
+        return any(entry.name != ".dagon" for entry in entries)
 
 
 def manifest(workdir: Path, patterns: Iterable[str] = ()) -> tuple[OutputFile, ...]:

@@ -16,13 +16,12 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, mosquitto, print_table
+from _harness import Agents, mosquitto, print_table, workspace
 
 import dagon
 
@@ -95,7 +94,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--links", type=int, default=1000)
     args = parser.parse_args()
-    with mosquitto() as url, tempfile.TemporaryDirectory() as tmp, Agents(url, 1, slots=4, root=Path(tmp)):
+    with mosquitto() as url, workspace() as tmp, Agents(url, 1, slots=4, root=Path(tmp)):
         elapsed, links = asyncio.run(measure(url, args.links))
         rtt = sorted(asyncio.run(mqtt_round_trip_ms(url, args.links)))
     links.sort()

@@ -17,13 +17,12 @@ import argparse
 import asyncio
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, mosquitto, print_table, rss_mb
+from _harness import Agents, mosquitto, print_table, rss_mb, workspace
 
 import dagon
 
@@ -70,7 +69,7 @@ def main() -> int:
     args = parser.parse_args()
     with (
         mosquitto() as url,
-        tempfile.TemporaryDirectory() as tmp,
+        workspace() as tmp,
         Agents(url, 2, slots=args.slots, root=Path(tmp)) as agents,
     ):
         m = asyncio.run(measure(url, args.tasks, agents))

@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, mosquitto, print_table
+from _harness import Agents, mosquitto, print_table, workspace
 
 import dagon
 
@@ -26,12 +25,12 @@ NOOP_TARGET = 3000.0
 SHELL_SHARE_TARGET = 0.70
 
 
-async def raw_spawn_rate(n: int, concurrency: int) -> float:
+async def raw_spawn_rate(n: int, concurrency: int, argv: tuple[str, ...] = ("true",)) -> float:
     sem = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
         async with sem:
-            proc = await asyncio.create_subprocess_exec("true")
+            proc = await asyncio.create_subprocess_exec(*argv)
             await proc.wait()
 
     start = time.perf_counter()
@@ -77,7 +76,7 @@ def main() -> int:
 
     rows = []
     ok = True
-    with mosquitto() as url, tempfile.TemporaryDirectory() as tmp:
+    with mosquitto() as url, workspace() as tmp:
         for count in (1, 2):
             with Agents(url, count, slots=args.noop_slots, root=Path(tmp) / f"noop{count}"):
                 elapsed = asyncio.run(timed_run(url, noop_workflow(args.tasks), count))
@@ -93,8 +92,11 @@ def main() -> int:
             rate = args.shell_tasks / elapsed
             share = rate / raw
             ok &= share >= SHELL_SHARE_TARGET
+            raw_bash = asyncio.run(raw_spawn_rate(args.shell_tasks, concurrency, ("/bin/bash", "-c", "true")))
             rows.append((f"raw spawn `true` (c={concurrency})", "-", args.shell_tasks, args.shell_tasks / raw, raw,
                          "baseline", ""))  # fmt: skip
+            rows.append((f"raw spawn `bash -c true` (c={concurrency})", "-", args.shell_tasks,
+                         args.shell_tasks / raw_bash, raw_bash, "info", f"{raw_bash / raw:.0%} of raw"))  # fmt: skip
             verdict = f"{share:.0%} " + ("ok" if share >= SHELL_SHARE_TARGET else "BELOW")
             target = f">= {SHELL_SHARE_TARGET:.0%} of raw"
             rows.append(("`true` (process)", count, args.shell_tasks, elapsed, rate, target, verdict))

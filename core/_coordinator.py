@@ -72,7 +72,7 @@ from dagon.protocol import (
     encode_public,
     topics,
 )
-from dagon.protocol.transport import Transport, Will
+from dagon.protocol.transport import Publisher, Transport, Will
 
 __all__ = ["Coordinator", "new_run_id"]
 
@@ -124,6 +124,7 @@ class Coordinator:
             encode_public({"schema": SCHEMA_COORDINATOR, "id": coordinator_id, "online": False}),
         )
         self._transport = connect(will)
+        self._publisher = Publisher(self._transport)
         self._tg: asyncio.TaskGroup | None = None
         self._wake = asyncio.Event()
         self._pending: list[Command] = []
@@ -171,6 +172,10 @@ class Coordinator:
         try:
             if self._tg is not None:
                 await self._flush()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await self._publisher.drain()
+                self._publisher.cancel()
                 for task in list(self._tg._tasks):
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -372,16 +377,13 @@ class Coordinator:
                 log.info("agent %s %s (%s)", cmd.agent, "online" if cmd.online else "offline", cmd.reason)
                 self._agents_changed.set()
         self._publish_progress(now)
-        sends = []
         for agent, batch in assign.items():
             for i in range(0, len(batch), _MAX_BATCH):
                 payload = self.codec.encode(AssignTasks(reply_to=self.id, tasks=tuple(batch[i : i + _MAX_BATCH])))
-                sends.append(self._transport.publish(topics.agent_tasks(agent), payload))
+                await self._publisher.send(topics.agent_tasks(agent), payload)
         for agent, refs in cancel.items():
             payload = self.codec.encode(CancelTasks(tasks=tuple(refs), reason="run cancelled"))
-            sends.append(self._transport.publish(topics.agent_tasks(agent), payload))
-        if sends:
-            await asyncio.gather(*sends)
+            await self._publisher.send(topics.agent_tasks(agent), payload)
         if self._persist:
             self._persist_wake.set()
 

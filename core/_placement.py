@@ -37,8 +37,12 @@ class AgentView:
         self.inflight: dict[TaskRef, TaskView] = {}  # attempts sent and not yet reported
 
     @property
+    def capacity(self) -> int:
+        return self.capabilities.slots + self.capabilities.prefetch
+
+    @property
     def free(self) -> int:
-        return self.capabilities.slots - len(self.inflight)
+        return self.capacity - len(self.inflight)
 
 
 def unmet_constraint(task: Task, caps: Capabilities, agent: AgentId) -> str | None:
@@ -75,7 +79,7 @@ class LeastLoaded:
                 continue
             if unmet_constraint(task, caps, agent.id) is not None:
                 continue
-            share = agent.free / caps.slots
+            share = agent.free / agent.capacity
             if share > best_share:
                 best, best_share = agent, share
         return best

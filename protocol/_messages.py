@@ -142,6 +142,7 @@ class Capabilities:
     labels: dict[str, str]
     slots: int
     version: str
+    prefetch: int = 0  # assignments the agent queues beyond its slots (hides dispatch latency)
 
 
 @dataclass(frozen=True, slots=True)

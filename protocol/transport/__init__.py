@@ -7,6 +7,7 @@ This subpackage is the only place in dagon that talks to a broker; the rest of
 from dagon.protocol.transport._base import Incoming, Transport, Will, topic_matches
 from dagon.protocol.transport._memory import MemoryHub, MemoryTransport
 from dagon.protocol.transport._mqtt import BrokerURL, MqttTransport, redact_url
+from dagon.protocol.transport._publisher import Publisher
 
 __all__ = [
     "BrokerURL",
@@ -14,6 +15,7 @@ __all__ = [
     "MemoryHub",
     "MemoryTransport",
     "MqttTransport",
+    "Publisher",
     "Transport",
     "Will",
     "redact_url",

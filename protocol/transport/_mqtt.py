@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -149,6 +150,8 @@ class MqttTransport:
             timeout=self._connect_timeout,
             tls_context=tls_context,
             max_inflight_messages=1000,
+            # Small control messages must not wait for Nagle + delayed ACK (~40 ms each way).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY,
         )
 

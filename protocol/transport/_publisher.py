@@ -1,0 +1,62 @@
+"""Pipelined publishing: many QoS 1 messages in flight, call order preserved.
+
+Awaiting each PUBACK before sending the next message costs a broker round trip
+per message. :class:`Publisher` starts each publish as a tracked task instead:
+tasks start in FIFO order, and the transport hands messages to the socket in
+the order publishes start, so per-topic order is kept while acknowledgements
+overlap. ``send`` applies backpressure once ``limit`` publishes are pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from dagon.protocol.transport._base import Transport
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(self, transport: Transport, *, limit: int = 1000) -> None:
+        self._transport = transport
+        self._limit = limit
+        self._pending: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.failures = 0
+
+    async def send(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, content_type: str | None = None
+    ) -> None:
+        """Start publishing; returns at once unless ``limit`` publishes are pending."""
+        while len(self._pending) >= self._limit:
+            self._room.clear()
+            await self._room.wait()
+        coro = self._transport.publish(topic, payload, qos=qos, retain=retain, content_type=content_type)
+        task = asyncio.get_running_loop().create_task(coro, name=f"publish {topic}")
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if len(self._pending) < self._limit:
+            self._room.set()
+        if not task.cancelled() and task.exception() is not None:
+            self.failures += 1
+            log.warning("publish failed: %s", task.exception())
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def drain(self) -> None:
+        """Wait until every started publish has completed (or failed)."""
+        while self._pending:
+            await asyncio.wait(list(self._pending))
+
+    def cancel(self) -> None:
+        for task in self._pending:
+            task.cancel()
