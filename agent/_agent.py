@@ -34,6 +34,7 @@ from dagon.protocol import (
     Control,
     Heartbeat,
     Offline,
+    OutputFile,
     ProtocolError,
     Rejection,
     Rejections,
@@ -221,15 +222,14 @@ class Agent:
         started = time.time()
         workdir = ""
         outcome: Outcome | None = None
-        outputs: tuple = ()  # type: ignore[type-arg]
+        outputs: tuple[OutputFile, ...] = ()
         try:
             needs_dir = a.runtime != "python" or bool(a.inputs)
             path: Path | None = None
             if needs_dir:
-                path = (
-                    self.config.scratch / safe_component(a.run, "run") / f"{safe_component(a.task, 'task')}-{a.attempt}"
-                )
-                (path / ".dagon").mkdir(parents=True, exist_ok=True)
+                # Created by the runtime's worker thread (or by staging), not on the event loop.
+                task_dir = f"{safe_component(a.task, 'task')}-{a.attempt}"
+                path = self.config.scratch / safe_component(a.run, "run") / task_dir
                 workdir = str(path)
             self._started[reply_to].append(StartedTask(a.run, a.task, a.attempt, started, workdir))
             self._outbox_wake.set()
