@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -125,6 +124,7 @@ class Coordinator:
         )
         self._transport = connect(will)
         self._publisher = Publisher(self._transport)
+        self._public_publisher = Publisher(self._transport, limit=2000)
         self._tg: asyncio.TaskGroup | None = None
         self._wake = asyncio.Event()
         self._pending: list[Command] = []
@@ -175,7 +175,9 @@ class Coordinator:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(5):
                         await self._publisher.drain()
+                        await self._public_publisher.drain()
                 self._publisher.cancel()
+                self._public_publisher.cancel()
                 for task in list(self._tg._tasks):
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -197,7 +199,7 @@ class Coordinator:
         """Let queued public messages and store writes go out (bounded wait)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                while not self._public.empty() or self._persist:
+                while not self._public.empty() or self._persist:  # (in-flight publishes: drained below)
                     self._persist_wake.set()
                     await asyncio.sleep(0.01)
 
@@ -392,18 +394,24 @@ class Coordinator:
         self._dirty_runs.add(run)
         if self.store is not None:
             self._persist.append(("t", (run, t.task, t.old.value, t.new.value, t.attempt, t.agent, t.cause, t.at)))
-        event = RunEvent(run, t.task, t.new.value, t.old.value, t.attempt, t.agent, t.cause, t.at)
-        for queue in self._watchers.get(run, ()):
-            queue.put_nowait(event)
-        if self.publish_results:
-            self._events.setdefault(run, []).append(event.to_doc())
+        watchers = self._watchers.get(run)
+        if watchers or self.publish_results:
+            event = RunEvent(run, t.task, t.new.value, t.old.value, t.attempt, t.agent, t.cause, t.at)
+            if watchers:
+                for queue in watchers:
+                    queue.put_nowait(event)
+            if self.publish_results:
+                self._events.setdefault(run, []).append(event.to_doc())
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
-            doc = task_result_doc(view)
+            if self.store is None and not self.publish_results:
+                return
+            payload = encode_public(task_result_doc(view))  # encoded once: stored and published
             if self.store is not None:
-                self._persist.append(("task", (run, t.task, t.new.value, t.attempt, t.agent, t.cause, json.dumps(doc))))
+                row = (run, t.task, t.new.value, t.attempt, t.agent, t.cause, payload.decode())
+                self._persist.append(("task", row))
             if self.publish_results:
-                self._public_put(topics.run_task_result(run, t.task), encode_public(doc), retain=True)
+                self._public_put(topics.run_task_result(run, t.task), payload, retain=True)
 
     def _on_run_transition(self, t: RunTransition) -> None:
         view = self.engine.runs[t.run]
@@ -459,19 +467,8 @@ class Coordinator:
 
     async def _public_loop(self) -> None:
         while True:
-            items = [await self._public.get()]
-            while not self._public.empty() and len(items) < 500:
-                items.append(self._public.get_nowait())
-            results = await asyncio.gather(
-                *(
-                    self._transport.publish(topic, payload, retain=retain, content_type=CONTENT_TYPE_JSON)
-                    for topic, payload, retain in items
-                ),
-                return_exceptions=True,
-            )
-            for res in results:
-                if isinstance(res, Exception):
-                    log.warning("public publish failed: %s", res)
+            topic, payload, retain = await self._public.get()
+            await self._public_publisher.send(topic, payload, retain=retain, content_type=CONTENT_TYPE_JSON)
 
     async def _persist_loop(self) -> None:
         store = self.store

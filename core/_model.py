@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from dagon.core._errors import ValidationError
@@ -22,6 +23,9 @@ __all__ = ["RUNTIMES_BUILTIN", "Graph", "Retry", "Task", "Workflow"]
 RUNTIMES_BUILTIN: Final = frozenset({"process", "python"})
 SPEC_VERSION: Final = 1
 _STAGE_MODES: Final = frozenset({"", "symlink", "hardlink", "copy"})
+# One shared, immutable empty mapping for the (usual) tasks without env, kwargs or
+# labels: at 100,000 tasks three empty dicts each would cost ~19 MB.
+EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +67,24 @@ class Task:
     command: str
     runtime: str = "process"
     args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     after: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     timeout: float | None = None
     retry: Retry = field(default_factory=Retry)
     cpus: float = 1.0
     memory: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     agent: str | None = None
     stage_mode: str = ""
+
+    def __post_init__(self) -> None:
+        # Copies keep callers' dicts from changing a validated task; empties share EMPTY.
+        self.kwargs = MappingProxyType(dict(self.kwargs)) if self.kwargs else EMPTY
+        self.env = MappingProxyType(dict(self.env)) if self.env else EMPTY
+        self.labels = MappingProxyType(dict(self.labels)) if self.labels else EMPTY
 
     def validate(self) -> None:
         check_name("task", self.name)
@@ -120,7 +130,11 @@ class Task:
         for key in ("args", "kwargs", "after", "inputs", "outputs", "env", "timeout", "cpus", "memory", "labels"):
             value = getattr(self, key)
             if value != getattr(defaults, key):
-                doc[key] = list(value) if isinstance(value, tuple) else value
+                if isinstance(value, tuple):
+                    value = list(value)
+                elif isinstance(value, Mapping):
+                    value = dict(value)
+                doc[key] = value
         if self.agent is not None:
             doc["agent"] = self.agent
         if self.stage_mode:
@@ -264,6 +278,7 @@ class Workflow:
         if not self._tasks:
             raise ValidationError(f"workflow {self.name!r} has no tasks")
         deps: dict[str, frozenset[str]] = {}
+        shared: dict[frozenset[str], frozenset[str]] = {}  # identical dependency sets share one object
         refs: dict[str, tuple[Reference, ...]] = {}
         tasks = self._tasks
         for name, task in tasks.items():
@@ -285,7 +300,8 @@ class Workflow:
                 )
             if name in needed:
                 raise ValidationError(f"task {name!r} depends on itself", tasks=[name])
-            deps[name] = frozenset(needed)
+            dep_set = frozenset(needed)
+            deps[name] = shared.setdefault(dep_set, dep_set)
             refs[name] = tuple(found)
         return Graph(deps=deps, refs=refs, order=_topological(deps))
 

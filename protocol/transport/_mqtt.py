@@ -33,6 +33,18 @@ __all__ = ["BrokerURL", "MqttTransport"]
 log = logging.getLogger(__name__)
 
 
+class _DropPendingCallNotices(logging.Filter):
+    """aiomqtt warns once more than ten publishes await their acknowledgement;
+    dagon pipelines publishes on purpose (see ``Publisher``), so that is normal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
+_client_log = logging.getLogger(f"{__name__}.aiomqtt")
+_client_log.addFilter(_DropPendingCallNotices())
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerURL:
     """A parsed ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://…`` URL."""
@@ -125,7 +137,7 @@ class MqttTransport:
         self._first: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
-        self._json_props: Properties | None = None
+        self._props: dict[str, Properties] = {}
         self.reconnects = 0
 
     # -- lifecycle ---------------------------------------------------------
@@ -144,6 +156,7 @@ class MqttTransport:
             username=self.url.username,
             password=self.url.password,
             identifier=self.client_id,
+            logger=_client_log,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=will,
             keepalive=self._keepalive,
@@ -244,8 +257,12 @@ class MqttTransport:
     ) -> None:
         props = None
         if content_type is not None and self.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.ContentType = content_type
+            props = self._props.get(content_type)
+            if props is None:
+                # Built once per content type: paho only reads it when packing.
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ContentType = content_type
+                self._props[content_type] = props
         while True:
             client = await self._live_client()
             try:
