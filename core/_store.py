@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,17 @@ class TaskRecord:
     result: dict[str, Any] | None
 
 
+def _columns(n: int) -> str:
+    return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(n))
+
+
+_INSERT_TRANSITIONS = f"INSERT INTO transitions SELECT {_columns(8)} FROM json_each(?)"
+_UPSERT_TASKS = (
+    f"INSERT INTO tasks (run, name, state, attempt, agent, cause, result) SELECT {_columns(7)} FROM json_each(?)"
+    " WHERE true ON CONFLICT (run, name) DO UPDATE SET state=excluded.state, attempt=excluded.attempt,"
+    " agent=excluded.agent, cause=excluded.cause, result=coalesce(excluded.result, tasks.result)"
+)
+
 # (run, task, old, new, attempt, agent, cause, at)
 Transition = tuple[str, str, str, str, int, str | None, str, float]
 # (run, task, state, attempt, agent, cause, result-json or None)
@@ -105,22 +116,25 @@ class RunStore:
     def write(
         self,
         *,
-        transitions: Iterable[Transition] = (),
-        tasks: Iterable[TaskRow] = (),
+        transitions: Sequence[Transition] = (),
+        tasks: Sequence[TaskRow] = (),
         runs: Iterable[tuple[str, str, str, float | None]] = (),
     ) -> None:
-        """Write one batch atomically: transitions, latest task rows, run states."""
+        """Write one batch atomically: transitions, latest task rows, run states.
+
+        Rows travel as one JSON array per table and are unpacked by SQLite
+        (``json_each``): one statement per batch instead of one per row, so a
+        writer thread does not wait for the GIL between rows while the event
+        loop is busy (that convoy made per-row ``executemany`` 40x slower).
+        """
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
-                db.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", transitions)
-                db.executemany(
-                    "INSERT INTO tasks (run, name, state, attempt, agent, cause, result) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (run, name) DO UPDATE SET state=excluded.state, attempt=excluded.attempt,"
-                    " agent=excluded.agent, cause=excluded.cause, result=coalesce(excluded.result, tasks.result)",
-                    tasks,
-                )
+                if transitions:
+                    db.execute(_INSERT_TRANSITIONS, (json.dumps(transitions),))
+                if tasks:
+                    db.execute(_UPSERT_TASKS, (json.dumps(tasks),))
                 db.executemany(
                     "UPDATE runs SET state=?, cause=?, finished_at=? WHERE id=?",
                     ((state, cause, finished, run) for run, state, cause, finished in runs),
