@@ -207,6 +207,7 @@ def _struct_conv(cls: type) -> _Conv:
     specs = [(name, _compile(tp)[0], required) for name, tp, required in _fields(cls)]
     known = frozenset(name for name, _, _ in specs)
     required_names = [name for name, _, req in specs if req]
+    required = frozenset(required_names)
 
     def conv(v: Any, path: str) -> Any:
         if type(v) is not dict:
@@ -218,10 +219,9 @@ def _struct_conv(cls: type) -> _Conv:
         if len(kwargs) != len(v):
             extra = sorted(str(k) for k in v if k not in known)
             raise ProtocolError(f"{path}: unexpected field(s) {extra}", reason="field")
-        if len(kwargs) < len(required_names):
+        if not required.issubset(kwargs):
             missing = [n for n in required_names if n not in kwargs]
-            if missing:
-                raise ProtocolError(f"{path}: missing field(s) {missing}", reason="field")
+            raise ProtocolError(f"{path}: missing field(s) {missing}", reason="field")
         return cls(**kwargs)
 
     _STRUCT_CACHE[cls] = conv

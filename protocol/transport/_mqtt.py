@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import socket
 import ssl
@@ -134,6 +135,7 @@ class MqttTransport:
         self._filters: dict[str, int] = {}
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
+        self._lost: asyncio.Future[None] | None = None  # resolves when the current connection ends
         self._first: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
@@ -207,6 +209,7 @@ class MqttTransport:
             try:
                 async with client:
                     self._client = client
+                    self._lost = asyncio.get_running_loop().create_future()
                     if self._filters:
                         await client.subscribe([(f, q) for f, q in self._filters.items()])
                     self._connected.set()
@@ -222,6 +225,8 @@ class MqttTransport:
             except aiomqtt.MqttError as exc:
                 self._connected.clear()
                 self._client = None
+                if self._lost is not None and not self._lost.done():
+                    self._lost.set_result(None)
                 if not self._first.done():
                     self._first.set_exception(
                         TransportError(f"could not connect to the MQTT broker at {self.url}: {exc}")
@@ -265,16 +270,32 @@ class MqttTransport:
                 self._props[content_type] = props
         while True:
             client = await self._live_client()
+            lost = self._lost
+            assert lost is not None
+            # A PUBACK that will never come (the connection died after the message left)
+            # must not hang the caller: race it against the end of this connection and
+            # publish again on the next one (at-least-once; receivers dedupe by message id).
+            sending = asyncio.ensure_future(
+                client.publish(topic, payload, qos=qos, retain=retain, properties=props, timeout=math.inf)
+            )
             try:
-                await client.publish(topic, payload, qos=qos, retain=retain, properties=props, timeout=60)
-                return
-            except aiomqtt.MqttError as exc:
-                if self._closing:
-                    raise TransportError(f"publish to {topic} failed: transport closing") from exc
-                # The connection dropped mid-publish: wait for the reconnect and retry
-                # (at-least-once; receivers are idempotent by message id).
-                self._connected.clear()
-                await asyncio.sleep(0.05)
+                await asyncio.wait([sending, lost], return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                sending.cancel()
+                raise
+            if sending.done():
+                try:
+                    sending.result()
+                    return
+                except aiomqtt.MqttError as exc:
+                    if self._closing:
+                        raise TransportError(f"publish to {topic} failed: transport closing") from exc
+            else:
+                sending.cancel()
+            if self._closing:
+                raise TransportError(f"publish to {topic} failed: transport closing")
+            self._connected.clear()
+            await asyncio.sleep(0.05)
 
     async def subscribe(self, *filters: str, qos: int = 1) -> None:
         for f in filters:
