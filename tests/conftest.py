@@ -1,112 +1,56 @@
 """Shared fixtures: a real Mosquitto, the embedded broker, the in-memory hub.
 
-In CI (``CI=true``) a missing Mosquitto is a failure, never a skip: the setup
-script installs it. Every process started here is stopped by PID.
+In CI (``CI=true``) a missing Mosquitto is a failure, never a skip: ``.ci/setup``
+installs it. Every process started here is stopped by PID in a ``finally``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
+import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from dagon._embedded import EmbeddedBroker
 from dagon.protocol.transport import MemoryHub
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests._broker import IN_CI, MOSQUITTO_MISSING, Mosquitto, mosquitto_binary
 
 
-def _wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{port} within {timeout} s")
-
-
-@dataclass
-class Mosquitto:
-    binary: str
-    config: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        _wait_port(self.port)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
-def _mosquitto_binary() -> str | None:
-    return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.path.exists(p)), None
-    )
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that asks for the real broker is a real-component test whether or not
+    # its author remembered the marker, so `-m "not mosquitto"` always works.
+    for item in items:
+        if "mosquitto" in getattr(item, "fixturenames", ()) and item.get_closest_marker("mosquitto") is None:
+            item.add_marker(pytest.mark.mosquitto)
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A real Mosquitto 2 broker on a free loopback port, for one test."""
-    binary = _mosquitto_binary()
+    """A real Mosquitto 2 broker on a free loopback port, for one test.
+
+    Yields an object with ``.url``, ``.port``, ``.pid``, ``.stop()``, ``.start()``
+    and ``.restart()`` (same port). Missing binary: skip locally, fail in CI.
+    """
+    binary = mosquitto_binary()
     if binary is None:
-        message = "mosquitto is not installed; run .ci/setup (apt-get install mosquitto)"
         if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "max_queued_messages 100000\n"
-        "log_dest none\n"
-    )
-    broker = Mosquitto(binary=binary, config=config, port=port)
-    broker.start()
+            pytest.fail(MOSQUITTO_MISSING)
+        pytest.skip(MOSQUITTO_MISSING)
+    broker = Mosquitto(binary=binary, workdir=tmp_path / "mosquitto")
     try:
+        broker.start()
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+async def embedded_broker() -> AsyncIterator[EmbeddedBroker]:
+    """The embedded amqtt broker (MQTT 3.1.1 only) on a free loopback port."""
+    async with EmbeddedBroker(port=0) as broker:
+        yield broker
 
 
 @pytest.fixture
@@ -115,8 +59,7 @@ def hub() -> MemoryHub:
 
 
 @pytest.fixture
-async def embedded_broker() -> AsyncIterator[object]:
-    from dagon._embedded import EmbeddedBroker
-
-    async with EmbeddedBroker(port=0) as broker:
-        yield broker
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A topic prefix unique to this test (brokers may be shared or reused)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:60]
+    return f"test/{name}-{os.urandom(3).hex()}"

@@ -104,10 +104,19 @@ async def run_process(
     command text. ``time_limit`` is the task's own limit: past it the group is
     killed and the outcome is TIMEOUT (not a bound on this call's wait).
     """
+    spawning = asyncio.ensure_future(asyncio.to_thread(_spawn, command, cwd, env, stdout, stderr, record))
     try:
-        proc = await asyncio.to_thread(_spawn, command, cwd, env, stdout, stderr, record)
+        proc = await asyncio.shield(spawning)
     except OSError as exc:
         return Outcome(ResultStatus.ERROR, None, error=f"could not start bash in {cwd}: {exc}")
+    except asyncio.CancelledError:
+        # Cancelled while the thread was forking: the child may exist; kill and reap it.
+        with contextlib.suppress(OSError):
+            late = await spawning
+            child = _Child(late)
+            await child.terminate()
+            child.reap()
+        raise
     child = _Child(proc)
     status = ResultStatus.SUCCEEDED
     try:

@@ -1,0 +1,91 @@
+"""Local staging of workflow:// inputs, command rewriting, manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from dagon.agent import StagingError, manifest, rewrite_command, stage_inputs
+from dagon.protocol import AgentId, StageInput, TaskName
+
+
+def producer(tmp_path: Path) -> Path:
+    root = tmp_path / "A-1"
+    (root / "out" / "sub").mkdir(parents=True)
+    (root / "out" / "f1.txt").write_text("one\n")
+    (root / "out" / "f2.txt").write_text("two\n")
+    (root / "out" / "sub" / "deep.txt").write_text("deep\n")
+    (root / ".dagon").mkdir()
+    (root / ".dagon" / "stdout").write_text("internal")
+    return root
+
+
+def inp(root: Path, path: str, *, host: str = "h1") -> StageInput:
+    return StageInput(f"workflow:///A/{path}", "wf", TaskName("A"), path, AgentId("a1"), host, str(root))
+
+
+@pytest.mark.parametrize("mode", ["hardlink", "symlink", "copy"])
+def test_modes_stage_file_and_rewrite(tmp_path: Path, mode: str) -> None:
+    root = producer(tmp_path)
+    work = tmp_path / "B-1"
+    staged = stage_inputs([inp(root, "out/f1.txt")], work, host_id="h1", mode=mode)
+    target = Path(staged["workflow:///A/out/f1.txt"])
+    assert target == work / ".dagon" / "inputs" / "wf" / "A" / "out" / "f1.txt"
+    assert target.read_text() == "one\n"
+    if mode == "hardlink":
+        assert os.stat(target).st_ino == os.stat(root / "out" / "f1.txt").st_ino
+    elif mode == "symlink":
+        assert target.is_symlink()
+    else:
+        assert not target.is_symlink()
+        assert os.stat(target).st_ino != os.stat(root / "out" / "f1.txt").st_ino
+    command = "cat workflow:///A/out/f1.txt>x; echo 'workflow:///A/out/f1.txt.bak'"
+    rewritten = rewrite_command(command, staged)
+    assert rewritten == f"cat {target}>x; echo 'workflow:///A/out/f1.txt.bak'"
+
+
+def test_glob_and_directory_inputs(tmp_path: Path) -> None:
+    root = producer(tmp_path)
+    work = tmp_path / "B-1"
+    staged = stage_inputs([inp(root, "out/*.txt"), inp(root, "out/sub")], work, host_id="h1", mode="hardlink")
+    base = work / ".dagon" / "inputs" / "wf" / "A"
+    assert staged["workflow:///A/out/*.txt"] == f"{base}/out/*.txt"
+    assert sorted(p.name for p in (base / "out").glob("*.txt")) == ["f1.txt", "f2.txt"]
+    assert (base / "out" / "sub" / "deep.txt").read_text() == "deep\n"
+
+
+@pytest.mark.parametrize("path", ["../secret", "/etc/passwd", "out/../../x"])
+def test_unsafe_paths_are_refused(tmp_path: Path, path: str) -> None:
+    root = producer(tmp_path)
+    with pytest.raises(StagingError, match="escapes the producer's directory"):
+        stage_inputs([inp(root, path)], tmp_path / "B-1", host_id="h1", mode="copy")
+
+
+def test_symlink_escaping_the_producer_is_refused(tmp_path: Path) -> None:
+    root = producer(tmp_path)
+    (tmp_path / "secret").write_text("s3cret")
+    (root / "out" / "link").symlink_to(tmp_path / "secret")
+    with pytest.raises(StagingError, match="points outside the producer's directory"):
+        stage_inputs([inp(root, "out/link")], tmp_path / "B-1", host_id="h1", mode="copy")
+
+
+def test_missing_input_and_other_host(tmp_path: Path) -> None:
+    root = producer(tmp_path)
+    with pytest.raises(StagingError, match=r"no such file in A's output"):
+        stage_inputs([inp(root, "out/nope.txt")], tmp_path / "B-1", host_id="h1", mode="copy")
+    with pytest.raises(StagingError, match="peer-to-peer staging"):
+        stage_inputs([inp(root, "out/f1.txt", host="h2")], tmp_path / "B-1", host_id="h1", mode="copy")
+
+
+def test_manifest_hashes_outputs_and_skips_dagon_dir(tmp_path: Path) -> None:
+    root = producer(tmp_path)
+    (root / "out" / "dangling").symlink_to(tmp_path / "missing")
+    files = {f.path: f for f in manifest(root)}
+    assert set(files) == {"out/f1.txt", "out/f2.txt", "out/sub/deep.txt"}
+    assert files["out/f1.txt"].size == 4
+    assert files["out/f1.txt"].sha256 == hashlib.sha256(b"one\n").hexdigest()
+    declared = manifest(root, ["out/f2.txt", "out/sub/*"])
+    assert [f.path for f in declared] == ["out/f2.txt", "out/sub/deep.txt"]
