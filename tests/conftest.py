@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from _broker import IN_CI, MOSQUITTO_MISSING, Mosquitto, mosquitto_binary
 
 from dagon._embedded import EmbeddedBroker
 from dagon.protocol.transport import MemoryHub
-from tests._broker import IN_CI, MOSQUITTO_MISSING, Mosquitto, mosquitto_binary
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

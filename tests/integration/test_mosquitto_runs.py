@@ -142,3 +142,28 @@ async def test_failing_task_over_mosquitto(
     assert result["bad"].exit_code == 7
     assert "nope" in result["bad"].stderr_tail
     assert result["dependent"].state is TaskState.UPSTREAM_FAILED
+
+
+async def test_garbage_on_every_topic_over_mosquitto(
+    mosquitto: Any, agents: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    async with dagon.connect(mosquitto.url, home=tmp_path / "client") as client:
+        coordinator = client.coordinator
+        assert coordinator is not None
+        async with asyncio.timeout(20):
+            await coordinator.wait_for_agents(2)
+        async with MqttTransport(mosquitto.url, client_id="intruder") as intruder:
+            for topic in (
+                topics.agent_tasks("agent0"),
+                topics.agent_control("agent1"),
+                topics.agent_telemetry("agent0"),
+                topics.agent_status("agent1"),
+                topics.coordinator_inbox(coordinator.id),
+            ):
+                for payload in (b"\xc1garbage", b"\x81\xa1v\x63", b'{"op": "assign"}'):
+                    await intruder.publish(topic, payload)
+        await asyncio.sleep(0.5)
+        assert sum(coordinator.rejections.values()) >= 9
+        result = await (await client.submit(taskflow())).wait()
+    assert result.ok, result.cause
+    assert all(proc.poll() is None for proc in agents), "an agent died on malformed input"
