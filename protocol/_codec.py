@@ -328,7 +328,7 @@ class Codec:
         if type(raw) is not dict:
             raise ProtocolError(f"envelope: expected map, got {_tname(raw)!r}", reason="malformed")
         version = raw.pop("v", None)
-        if version != PROTOCOL_VERSION:
+        if type(version) is not int or version != PROTOCOL_VERSION:  # True == 1.0 == 1
             raise ProtocolError(
                 f"envelope: protocol version {version!r} is not supported (this side speaks {PROTOCOL_VERSION})",
                 reason="version",

@@ -41,7 +41,7 @@ def decode_public(payload: bytes, *, schema: str | None = None) -> dict[str, Any
     """Parse a public JSON document, checking its schema name when given."""
     try:
         doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: deep nesting
         raise ProtocolError(f"not a JSON document: {exc}", reason="malformed") from exc
     if not isinstance(doc, dict):
         raise ProtocolError(f"expected a JSON object, got {type(doc).__name__}", reason="malformed")

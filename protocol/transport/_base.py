@@ -8,6 +8,7 @@ codec, so tests over the memory transport exercise the wire format too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -52,6 +53,18 @@ class Transport(Protocol):
         content_type: str | None = None,
     ) -> None:
         """Publish; with QoS 1 returns once the broker has acknowledged."""
+        ...
+
+    def begin_publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+    ) -> asyncio.Future[None]:
+        """Start publishing right now (call order is wire order); the future resolves on the ack."""
         ...
 
     async def subscribe(self, *filters: str, qos: int = 1) -> None:

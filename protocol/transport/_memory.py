@@ -85,6 +85,23 @@ class MemoryTransport:
             raise TransportError("memory transport is closed")
         self._hub._deliver(topic, payload, retain)
 
+    def begin_publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+    ) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._open:
+            fut.set_exception(TransportError("memory transport is closed"))
+        else:
+            self._hub._deliver(topic, payload, retain)
+            fut.set_result(None)
+        return fut
+
     async def subscribe(self, *filters: str, qos: int = 1) -> None:
         for f in filters:
             if f not in self._filters:

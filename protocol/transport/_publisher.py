@@ -1,10 +1,10 @@
 """Pipelined publishing: many QoS 1 messages in flight, call order preserved.
 
 Awaiting each PUBACK before sending the next message costs a broker round trip
-per message. :class:`Publisher` starts each publish as a tracked task instead:
-tasks start in FIFO order, and the transport hands messages to the socket in
-the order publishes start, so per-topic order is kept while acknowledgements
-overlap. ``send`` applies backpressure once ``limit`` publishes are pending.
+per message. :class:`Publisher` hands each message to the transport at once
+(``begin_publish``: call order is wire order) and tracks the acknowledgements
+as futures, so they overlap. ``send`` applies backpressure once ``limit``
+acknowledgements are pending.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Publisher:
     def __init__(self, transport: Transport, *, limit: int = 1000) -> None:
         self._transport = transport
         self._limit = limit
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
         self.failures = 0
@@ -35,12 +35,13 @@ class Publisher:
         while len(self._pending) >= self._limit:
             self._room.clear()
             await self._room.wait()
-        coro = self._transport.publish(topic, payload, qos=qos, retain=retain, content_type=content_type)
-        task = asyncio.get_running_loop().create_task(coro, name=f"publish {topic}")
-        self._pending.add(task)
-        task.add_done_callback(self._done)
+        fut = self._transport.begin_publish(topic, payload, qos=qos, retain=retain, content_type=content_type)
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            return
+        self._pending.add(fut)
+        fut.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Future[None]) -> None:
         self._pending.discard(task)
         if len(self._pending) < self._limit:
             self._room.set()
