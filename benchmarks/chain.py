@@ -67,7 +67,7 @@ def chain(n: int) -> dagon.Workflow:
 
 
 async def measure(url: str, n: int) -> tuple[float, list[float]]:
-    async with dagon.connect(url, publish_results=False) as client:
+    async with dagon.connect(url) as client:
         assert client.coordinator is not None
         async with asyncio.timeout(30):
             await client.coordinator.wait_for_agents(1)

@@ -52,8 +52,8 @@ def shell_workflow(n: int) -> dagon.Workflow:
     return wf
 
 
-async def timed_run(url: str, wf: dagon.Workflow, agents: int) -> float:
-    async with dagon.connect(url, publish_results=False) as client:
+async def timed_run(url: str, wf: dagon.Workflow, agents: int, *, public: bool = True) -> float:
+    async with dagon.connect(url, publish_results=public) as client:
         assert client.coordinator is not None
         async with asyncio.timeout(30):
             await client.coordinator.wait_for_agents(agents)
@@ -80,10 +80,12 @@ def main() -> int:
         for count in (1, 2):
             with Agents(url, count, slots=args.noop_slots, root=Path(tmp) / f"noop{count}"):
                 elapsed = asyncio.run(timed_run(url, noop_workflow(args.tasks), count))
+                quiet = asyncio.run(timed_run(url, noop_workflow(args.tasks), count, public=False))
             rate = args.tasks / elapsed
             ok &= rate >= NOOP_TARGET
             rows.append(("no-op (python)", count, args.tasks, elapsed, rate, f">= {NOOP_TARGET:,.0f}/s",
                          "ok" if rate >= NOOP_TARGET else "BELOW"))  # fmt: skip
+            rows.append(("no-op, public results off", count, args.tasks, quiet, args.tasks / quiet, "info", ""))
         for count in (1, 2):
             concurrency = count * args.shell_slots
             raw = asyncio.run(raw_spawn_rate(args.shell_tasks, concurrency))

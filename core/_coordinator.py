@@ -78,7 +78,9 @@ __all__ = ["Coordinator", "new_run_id"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH: Final = 2000  # assignments per message
-_STATUS_INTERVAL: Final = 0.5  # seconds between progress status publishes of a run
+_STATUS_INTERVAL: Final = 0.5
+_EVENTS_PER_MESSAGE: Final = 500
+_PERSIST_COALESCE: Final = 0.05  # seconds a store batch may wait to grow (write-behind)  # seconds between progress status publishes of a run
 
 
 def new_run_id(workflow: str) -> RunId:
@@ -135,7 +137,7 @@ class Coordinator:
         self._waiters: dict[RunId, asyncio.Future[RunResult]] = {}
         self._status_sent: dict[RunId, float] = {}
         self._dirty_runs: set[RunId] = set()
-        self._events: dict[RunId, list[dict[str, Any]]] = {}
+        self._events: dict[RunId, list[RunEvent]] = {}
         self._agents_changed = asyncio.Event()
         self._seen_ids: dict[str, None] = {}
         self._rejections = Rejections(log)
@@ -401,7 +403,7 @@ class Coordinator:
                 for queue in watchers:
                     queue.put_nowait(event)
             if self.publish_results:
-                self._events.setdefault(run, []).append(event.to_doc())
+                self._events.setdefault(run, []).append(event)
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
             if self.store is None and not self.publish_results:
@@ -418,7 +420,7 @@ class Coordinator:
         self._dirty_runs.add(t.run)
         event = RunEvent(t.run, None, t.new.value, None, 0, None, t.cause, t.at)
         if self.publish_results:
-            self._events.setdefault(t.run, []).append(event.to_doc())
+            self._events.setdefault(t.run, []).append(event)
         if t.new is RunState.RUNNING:
             log.info("run %s started (%d tasks)", t.run, len(view.tasks))
             return
@@ -434,9 +436,12 @@ class Coordinator:
 
     def _publish_progress(self, now: float) -> None:
         if self.publish_results and self._events:
-            for run, docs in self._events.items():
-                doc = {"schema": SCHEMA_EVENTS, "run": run, "events": docs}
-                self._public_put(topics.run_events(run), encode_public(doc), retain=False)
+            for run, events in self._events.items():
+                # Bounded messages: a fan-out can make 100,000 tasks ready in one cycle.
+                for i in range(0, len(events), _EVENTS_PER_MESSAGE):
+                    docs = [e.to_doc() for e in events[i : i + _EVENTS_PER_MESSAGE]]
+                    doc = {"schema": SCHEMA_EVENTS, "run": run, "events": docs}
+                    self._public_put(topics.run_events(run), encode_public(doc), retain=False)
             self._events.clear()
         if not self._dirty_runs:
             return
@@ -478,6 +483,9 @@ class Coordinator:
             if store is None or not self._persist:
                 self._persist.clear()
                 continue
+            # Let a burst accumulate: one bigger transaction costs far less than many
+            # small ones handed to the writer thread one by one.
+            await asyncio.sleep(_PERSIST_COALESCE)
             batch, self._persist = self._persist, []
             try:
                 await asyncio.to_thread(_write_batch, store, batch)
