@@ -8,11 +8,12 @@
 | labels | ``--labels k=v,…`` | ``DAGON_LABELS`` | ``labels`` (table) | none |
 | slots | ``--slots`` | ``DAGON_SLOTS`` | ``slots`` | CPU count |
 | home | — | ``DAGON_HOME`` | — | ``$XDG_STATE_HOME/dagon`` or ``~/.local/state/dagon`` |
+| MQTT version | — | ``DAGON_MQTT_PROTOCOL`` | ``mqtt_protocol`` | ``"5"`` (``"3.1.1"`` for amqtt) |
 
 Further TOML-only keys: ``prefetch`` (assignments queued beyond the slots so a
 slot never idles waiting for the coordinator; default: as many as slots),
 ``stage_mode`` (hardlink, symlink, copy), ``heartbeat_interval``,
-``python_pool`` (thread, process), ``python_workers``, ``mqtt_protocol`` ("5", "3.1.1"),
+``python_pool`` (thread, process), ``python_workers``,
 ``max_message_size``.
 """
 
@@ -161,9 +162,11 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
     slots = pick("slots", "DAGON_SLOTS")
     if slots is not None:
         kwargs["slots"] = _int(slots, "slots")
-    for key in ("stage_mode", "python_pool", "mqtt_protocol"):
+    for key in ("stage_mode", "python_pool"):
         if pick(key) is not None:
             kwargs[key] = str(pick(key))
+    if pick("mqtt_protocol", "DAGON_MQTT_PROTOCOL") is not None:
+        kwargs["mqtt_protocol"] = str(pick("mqtt_protocol", "DAGON_MQTT_PROTOCOL"))
     for key in ("python_workers", "max_message_size", "prefetch"):
         if pick(key) is not None:
             kwargs[key] = _int(pick(key), key)

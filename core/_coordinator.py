@@ -78,9 +78,9 @@ __all__ = ["Coordinator", "new_run_id"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH: Final = 2000  # assignments per message
-_STATUS_INTERVAL: Final = 0.5
-_EVENTS_PER_MESSAGE: Final = 500
-_PERSIST_COALESCE: Final = 0.05  # seconds a store batch may wait to grow (write-behind)  # seconds between progress status publishes of a run
+_STATUS_INTERVAL: Final = 0.5  # seconds between progress status publishes of a run
+_EVENTS_PER_MESSAGE: Final = 500  # events per public events message
+_PERSIST_COALESCE: Final = 0.05  # seconds a store batch may wait to grow (write-behind)
 
 
 def new_run_id(workflow: str) -> RunId:

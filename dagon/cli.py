@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", type=Path)
     broker_arg(run)
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
-    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    run.epilog = "Arguments dagon does not know (or everything after --) are passed to the script."
 
     submit = sub.add_parser("submit", help="hand a workflow script to a standalone coordinator")
     submit.add_argument("file", type=Path)
@@ -86,7 +86,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Flags may follow the script (`dagon run wf.py --broker URL`); what dagon does
+    # not know goes to the script, as does everything after `--`.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.args = extra[1:] if extra[:1] == ["--"] else extra
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

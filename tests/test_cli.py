@@ -129,3 +129,60 @@ def test_coordinator_agent_submit_status_agents(mosquitto: Any, tmp_path: Path) 
                 proc.kill()
                 proc.wait()
     assert coord.returncode == 0
+
+
+def test_dev_broker_serves_a_whole_run(tmp_path: Path) -> None:
+    """`dagon broker` (embedded amqtt, MQTT 3.1.1) + a `dagon-agent` + `dagon run --broker`."""
+    port = str(_free_port())
+    env = {k: v for k, v in os.environ.items() if k != "DAGON_BROKER"}
+    env.update(DAGON_MQTT_PROTOCOL="3.1.1")
+    broker = subprocess.Popen(
+        [*DAGON, "broker", "--port", port], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"mqtt://127.0.0.1:{port}"
+    agent = None
+    try:
+        _wait_port(int(port))
+        agent = subprocess.Popen(
+            [*AGENT, "--broker", url, "--id", "dev-agent"],
+            env=dict(env, DAGON_HOME=str(tmp_path / "agent")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        out = dagon(
+            "run", "examples/taskflow/taskflow.py", "--broker", url, home=tmp_path / "cli", DAGON_MQTT_PROTOCOL="3.1.1"
+        )
+        assert out.returncode == 0, out.stderr
+        assert "dev-agent" in out.stdout
+    finally:
+        for proc in (agent, broker):
+            if proc is None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert broker.returncode == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
