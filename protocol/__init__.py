@@ -5,7 +5,7 @@ decoding, MQTT topic builders and the public JSON encoding.
 """
 
 from dagon.protocol import _topics as topics
-from dagon.protocol._codec import DEFAULT_MAX_SIZE, PROTOCOL_VERSION, Codec, Envelope, new_message_id
+from dagon.protocol._codec import DEFAULT_MAX_SIZE, PROTOCOL_VERSION, Codec, Envelope, check_plain, new_message_id
 from dagon.protocol._errors import ConfigError, DagonError, ProtocolError, TransportError
 from dagon.protocol._messages import (
     Ack,
@@ -92,6 +92,7 @@ __all__ = [
     "ToAgent",
     "ToCoordinator",
     "TransportError",
+    "check_plain",
     "decode_public",
     "encode_public",
     "new_message_id",

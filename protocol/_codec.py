@@ -32,7 +32,7 @@ import msgpack
 from dagon.protocol import _messages as m
 from dagon.protocol._errors import ProtocolError
 
-__all__ = ["DEFAULT_MAX_SIZE", "PROTOCOL_VERSION", "Codec", "Envelope", "new_message_id"]
+__all__ = ["DEFAULT_MAX_SIZE", "PROTOCOL_VERSION", "Codec", "Envelope", "check_plain", "new_message_id"]
 
 PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_SIZE: Final = 16 * 1024 * 1024
@@ -112,7 +112,38 @@ def _conv_bool(v: Any, path: str) -> bool:
     return v
 
 
+_ATOMS: Final = (str, bytes, float, bool, type(None))
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+
+
+def check_plain(v: Any, path: str) -> None:
+    """Free-form values (python task args, results, control args) must be plain data:
+    what msgpack round-trips unchanged — no extension types, no non-str map keys."""
+    t = type(v)
+    if t in _ATOMS:
+        return
+    if t is int:
+        if not _INT_MIN <= v <= _INT_MAX:
+            raise ProtocolError(f"{path}: integer {v} does not fit in 64 bits", reason="value")
+        return
+    if t is list or t is tuple:
+        for i, x in enumerate(v):
+            check_plain(x, f"{path}[{i}]")
+        return
+    if t is dict:
+        for k, x in v.items():
+            if type(k) is not str:
+                raise ProtocolError(f"{path}: map keys must be strings, got {_tname(k)!r}", reason="type")
+            check_plain(x, f"{path}.{k}")
+        return
+    if t is msgpack.Timestamp:
+        raise ProtocolError(f"{path}: msgpack extension type -1 (timestamp) is not allowed", reason="malformed")
+    raise ProtocolError(f"{path}: {_tname(v)!r} is not plain data (use str, numbers, lists, maps)", reason="type")
+
+
 def _conv_any(v: Any, path: str) -> Any:
+    check_plain(v, path)
     return v
 
 
@@ -236,7 +267,14 @@ def _enc_identity(v: Any) -> Any:
     return v
 
 
+def _enc_plain(v: Any) -> Any:
+    check_plain(v, "free-form value")
+    return v
+
+
 def _enc_for(tp: Any) -> _Enc:
+    if tp is Any:
+        return _enc_plain
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return lambda v: v.value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
@@ -254,6 +292,8 @@ def _enc_for(tp: Any) -> _Enc:
         if enc is _enc_identity:
             return list
         return lambda v: [enc(x) for x in v]
+    if origin is dict and len(args) == 2 and args[1] is Any:
+        return _enc_plain
     return _enc_identity
 
 
@@ -267,7 +307,10 @@ def _struct_enc(cls: type) -> _Enc:
     specs = [(name, _enc_for(tp)) for name, tp, _ in _fields(cls)]
 
     def enc(obj: Any) -> dict[str, Any]:
-        return {name: e(getattr(obj, name)) for name, e in specs}
+        try:
+            return {name: e(getattr(obj, name)) for name, e in specs}
+        except ProtocolError as exc:
+            raise ProtocolError(f"cannot encode {cls.__name__}: {exc}", reason=exc.reason) from None
 
     _ENC_CACHE[cls] = enc
     return enc

@@ -18,7 +18,7 @@ from typing import Any, Final
 import msgpack
 
 from dagon.agent.runtimes._base import Outcome
-from dagon.protocol import ResultStatus
+from dagon.protocol import ProtocolError, ResultStatus, check_plain
 
 __all__ = ["PythonRuntime", "resolve_callable"]
 
@@ -77,8 +77,9 @@ class PythonRuntime:
             return Outcome(ResultStatus.FAILED, 1, stderr_tail=text[-4096:])
         if value is not None:
             try:
+                check_plain(value, "return value")
                 packed = msgpack.packb(value, use_bin_type=True)
-            except (TypeError, ValueError) as exc:
+            except (ProtocolError, TypeError, ValueError) as exc:
                 return Outcome(ResultStatus.ERROR, 0, error=f"return value of {path} is not serialisable: {exc}")
             if len(packed) > MAX_VALUE_BYTES:
                 return Outcome(

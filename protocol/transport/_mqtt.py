@@ -17,7 +17,7 @@ import socket
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -54,7 +54,7 @@ class BrokerURL:
     port: int
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
@@ -194,6 +194,11 @@ class MqttTransport:
 
     async def _stop(self) -> None:
         self._closing = True
+        # Wake every publish waiting for a connection or an ack: they fail with
+        # TransportError instead of hanging on a transport that is going away.
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        self._connected.set()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -247,6 +252,8 @@ class MqttTransport:
             raise TransportError("the MQTT transport is not open (use 'async with')")
         while True:
             await self._connected.wait()
+            if self._closing:
+                raise TransportError("the MQTT transport was closed")
             if self._client is not None:
                 return self._client
             self._connected.clear()

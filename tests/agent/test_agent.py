@@ -88,7 +88,7 @@ async def test_announces_runs_and_reports(hub: MemoryHub, tmp_path: Path) -> Non
 
 
 async def test_python_runtime(hub: MemoryHub, tmp_path: Path) -> None:
-    async with running_agent(hub, tmp_path, slots=5) as (_, coord):
+    async with running_agent(hub, tmp_path, slots=8) as (_, coord):
         await send(
             coord,
             assign("noop", "dagon.agent.builtins:noop", runtime="python"),
@@ -96,13 +96,17 @@ async def test_python_runtime(hub: MemoryHub, tmp_path: Path) -> None:
             assign("boom", "json:loads", runtime="python", args=("{not json",)),
             assign("missing", "no.such.module:fn", runtime="python"),
             assign("slow", "dagon.agent.builtins:sleep", runtime="python", args=(2,), timeout=0.2),
+            assign("odd", "builtins:dict", runtime="python", kwargs={}),
+            assign("keys", "dagon.agent.builtins:echo", runtime="python", args=([1],)),
         )
-        found = await results(coord, 5)
+        found = await results(coord, 7)
     assert found["noop"].status is ResultStatus.SUCCEEDED and found["noop"].workdir == ""
     assert found["echo"].value == {"k": [1, 2]}
     assert found["boom"].status is ResultStatus.FAILED and "JSONDecodeError" in found["boom"].stderr_tail
     assert found["missing"].status is ResultStatus.ERROR and "no.such.module" in found["missing"].error
     assert found["slow"].status is ResultStatus.TIMEOUT
+    assert found["odd"].status is ResultStatus.SUCCEEDED and found["odd"].value == {}
+    assert found["keys"].value == [1]
 
 
 async def _dead(pid: int) -> bool:
@@ -181,3 +185,24 @@ async def test_clean_shutdown_kills_tasks_and_publishes_offline(hub: MemoryHub, 
     finished = [m for m in seen if isinstance(m, TasksFinished)]
     assert finished and finished[-1].results[0].status is ResultStatus.CANCELLED
     assert await _dead(int(pid.read_text()))
+
+
+async def test_unencodable_return_value_fails_only_its_task(hub: MemoryHub, tmp_path: Path) -> None:
+    async with running_agent(hub, tmp_path) as (_, coord):
+        await send(
+            coord,
+            assign("intkeys", "dagon.agent.builtins:echo", runtime="python", args=({"k": 1},)),
+            assign("fine", "dagon.agent.builtins:noop", runtime="python"),
+        )
+        found = await results(coord, 2)
+        # a value msgpack packs but the wire contract refuses (non-str keys) is an ERROR, not a crash
+        await send(coord, assign("bad", "tests.agent.test_agent:_int_keys", runtime="python"))
+        bad = await results(coord, 1)
+    assert found["intkeys"].value == {"k": 1}
+    assert found["fine"].status is ResultStatus.SUCCEEDED
+    assert bad["bad"].status is ResultStatus.ERROR
+    assert "map keys must be strings" in bad["bad"].error
+
+
+def _int_keys() -> dict[int, str]:
+    return {1: "one"}

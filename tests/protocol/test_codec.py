@@ -418,10 +418,9 @@ def test_batches_and_every_shared_struct() -> None:
     assert codec.decode(codec.encode(Heartbeat(AgentId("a"), 1, 0, 2))).message == Heartbeat(AgentId("a"), 1, 0, 2)
 
 
-# -- known gaps (strict xfail: remove the marker when the codec is fixed) -------------
+# -- formerly known gaps, now fixed ---------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: msgpack's Timestamp extension (-1) bypasses ext_hook in Any fields")
 def test_timestamp_extension_is_rejected_too() -> None:
     body = raw(Control(action="a"))
     body["args"] = {"t": msgpack.Timestamp(1, 0)}
@@ -429,7 +428,6 @@ def test_timestamp_extension_is_rejected_too() -> None:
         codec.decode(pack(body))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: encode accepts non-str map keys in Any fields that decode rejects")
 def test_encode_refuses_what_decode_would_reject() -> None:
     message = Control(action="a", args={"counts": {1: "one"}})
     try:

@@ -58,6 +58,5 @@ def test_transport_constructor_validates() -> None:
         MqttTransport("mqtt://h", client_id="")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: BrokerURL's dataclass repr shows the password")
 def test_broker_url_repr_hides_the_password() -> None:
     assert "s3cret" not in repr(BrokerURL.parse("mqtt://alice:s3cret@h"))

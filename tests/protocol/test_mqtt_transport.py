@@ -146,7 +146,6 @@ async def test_reconnects_after_broker_restart_and_delivers_publish_made_during_
         assert (msg.payload, msg.retain) == (b"live", False)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: MqttTransport close does not wake a publish awaiting its PUBACK")
 async def test_close_fails_a_publish_that_awaits_its_ack(mosquitto: Mosquitto, topic_prefix: str) -> None:
     transport = MqttTransport(mosquitto.url, client_id=f"{topic_prefix}-c")
     await transport.__aenter__()
