@@ -10,6 +10,7 @@ any MQTT client can consume them. The schemas are documented in
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Final
 
 from dagon.protocol._errors import ProtocolError
@@ -31,10 +32,25 @@ SCHEMA_EVENTS: Final = "dagon.events/1"
 SCHEMA_COORDINATOR: Final = "dagon.coordinator/1"
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def encode_public(doc: dict[str, Any]) -> bytes:
+    """Strict JSON (NaN and infinities become null: JavaScript consumers reject them)."""
     if "schema" not in doc:
         raise ValueError("public documents carry a 'schema' field")
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    try:
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(doc), separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    return text.encode()
 
 
 def decode_public(payload: bytes, *, schema: str | None = None) -> dict[str, Any]:

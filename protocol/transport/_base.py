@@ -79,7 +79,10 @@ class Transport(Protocol):
 
 
 def topic_matches(filter_: str, topic: str) -> bool:
-    """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
+    """MQTT topic filter matching (``+`` one level, ``#`` the rest; wildcards at the
+    first level never match ``$``-topics such as ``$SYS``)."""
+    if topic.startswith("$") and filter_[:1] in ("+", "#"):
+        return False
     fparts = filter_.split("/")
     tparts = topic.split("/")
     for i, f in enumerate(fparts):
