@@ -3,7 +3,7 @@ public JSON documents (schemas in docs/mqtt-topics.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,27 @@ class TaskOutcome:
         )
 
 
+class _Outcomes(Mapping[str, TaskOutcome]):
+    """Task outcomes built on access: a 100,000-task run need not hold them all twice."""
+
+    __slots__ = ("_views",)
+
+    def __init__(self, views: Mapping[str, TaskView]) -> None:
+        self._views = views
+
+    def __getitem__(self, name: str) -> TaskOutcome:
+        return TaskOutcome.from_view(self._views[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} task outcomes>"
+
+
 @dataclass(frozen=True, slots=True)
 class RunResult:
     """The outcome of a run: its state and every task's outcome."""
@@ -136,7 +157,7 @@ class RunResult:
     workflow: str
     state: RunState
     cause: str
-    tasks: dict[str, TaskOutcome] = field(default_factory=dict)
+    tasks: Mapping[str, TaskOutcome] = field(default_factory=dict)
     submitted_at: float = 0.0
     finished_at: float | None = None
 
@@ -164,7 +185,7 @@ class RunResult:
             workflow=view.workflow.name,
             state=view.state,
             cause=view.cause,
-            tasks={name: TaskOutcome.from_view(t) for name, t in view.tasks.items()},
+            tasks=_Outcomes(view.tasks),
             submitted_at=view.submitted_at,
             finished_at=view.finished_at,
         )
