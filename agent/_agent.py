@@ -101,6 +101,7 @@ class Agent:
                 self._tg.create_task(self._receive_loop(), name=f"agent-{self.id}-receive"),
                 self._tg.create_task(self._heartbeat_loop(), name=f"agent-{self.id}-heartbeat"),
                 self._tg.create_task(self._outbox_loop(), name=f"agent-{self.id}-outbox"),
+                self._tg.create_task(self._reannounce_loop(), name=f"agent-{self.id}-reannounce"),
             ]
         except BaseException:
             await self._transport.__aexit__(None, None, None)
@@ -140,6 +141,14 @@ class Agent:
     def stop(self) -> None:
         """Ask :meth:`serve_forever` to return (the caller then leaves the context)."""
         self.stopped.set()
+
+    async def _reannounce_loop(self) -> None:
+        # A restarted broker forgets retained messages and has published our Last
+        # Will: tell every coordinator again that we are here.
+        while True:
+            await self._transport.wait_reconnect()
+            log.info("re-announcing agent %s after reconnecting", self.id)
+            await self._announce()
 
     async def _announce(self) -> None:
         payload = self.codec.encode(Announce(agent=self.id, capabilities=self.capabilities))

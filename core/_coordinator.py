@@ -163,6 +163,7 @@ class Coordinator:
             self._tg.create_task(self._drive_loop(), name="coordinator-drive")
             self._tg.create_task(self._public_loop(), name="coordinator-public")
             self._tg.create_task(self._persist_loop(), name="coordinator-persist")
+            self._tg.create_task(self._reannounce_loop(), name="coordinator-reannounce")
         except BaseException:
             await self._transport.__aexit__(None, None, None)
             raise
@@ -474,6 +475,16 @@ class Coordinator:
         while True:
             topic, payload, retain = await self._public.get()
             await self._public_publisher.send(topic, payload, retain=retain, content_type=CONTENT_TYPE_JSON)
+
+    async def _reannounce_loop(self) -> None:
+        while True:
+            await self._transport.wait_reconnect()
+            await self._transport.publish(
+                topics.coordinator_status(self.id),
+                encode_public({"schema": SCHEMA_COORDINATOR, "id": self.id, "online": True, "since": time.time()}),
+                retain=True,
+                content_type=CONTENT_TYPE_JSON,
+            )
 
     async def _persist_loop(self) -> None:
         store = self.store

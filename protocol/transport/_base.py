@@ -73,6 +73,10 @@ class Transport(Protocol):
 
     async def unsubscribe(self, *filters: str) -> None: ...
 
+    async def wait_reconnect(self) -> None:
+        """Return after the next reconnect to the broker (subscriptions already restored)."""
+        ...
+
     def messages(self) -> AsyncIterator[Incoming]:
         """Every message received on the subscriptions, in arrival order."""
         ...

@@ -102,6 +102,10 @@ class MemoryTransport:
             fut.set_result(None)
         return fut
 
+    async def wait_reconnect(self) -> None:
+        """The in-memory hub never drops a live client: waits forever."""
+        await asyncio.Event().wait()
+
     async def subscribe(self, *filters: str, qos: int = 1) -> None:
         for f in filters:
             if f not in self._filters:

@@ -136,6 +136,7 @@ class MqttTransport:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._lost: asyncio.Future[None] | None = None  # resolves when the current connection ends
+        self._reconnected = asyncio.Event()  # replaced after each reconnect (see wait_reconnect)
         self._first: asyncio.Future[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
@@ -222,6 +223,8 @@ class MqttTransport:
                         self._first.set_result(None)
                     else:
                         log.info("reconnected to MQTT broker %s", self.url)
+                        fired, self._reconnected = self._reconnected, asyncio.Event()
+                        fired.set()
                     delay = 0.2
                     async for msg in client.messages:
                         raw: object = msg.payload
@@ -257,6 +260,11 @@ class MqttTransport:
             if self._client is not None:
                 return self._client
             self._connected.clear()
+
+    async def wait_reconnect(self) -> None:
+        """Return after the next successful reconnect (a restarted broker may have
+        lost retained messages: owners of retained state publish it again)."""
+        await self._reconnected.wait()
 
     def _properties(self, content_type: str | None) -> Properties | None:
         if content_type is None or self.protocol != "5":

@@ -167,3 +167,24 @@ async def test_garbage_on_every_topic_over_mosquitto(
         result = await (await client.submit(taskflow())).wait()
     assert result.ok, result.cause
     assert all(proc.poll() is None for proc in agents), "an agent died on malformed input"
+
+
+async def test_run_survives_a_broker_restart(mosquitto: Any, tmp_path: Path) -> None:
+    agent = start_agent(mosquitto.url, tmp_path, "steady", slots=2)
+    try:
+        async with dagon.connect(mosquitto.url, home=tmp_path / "client") as client:
+            assert client.coordinator is not None
+            async with asyncio.timeout(20):
+                await client.coordinator.wait_for_agents(1)
+            wf = dagon.Workflow("restart")
+            for i in range(8):
+                wf.shell(f"t{i}", "sleep 0.5; echo done > out.txt")
+            run = await client.submit(wf)
+            await asyncio.sleep(0.8)
+            await asyncio.to_thread(mosquitto.restart)  # loses retained messages and sessions
+            async with asyncio.timeout(60):
+                result = await run.wait()
+    finally:
+        stop(agent)
+    assert result.ok, {n: t.cause for n, t in result.tasks.items()}
+    assert agent.returncode == 0  # the agent rode out the restart and shut down cleanly
