@@ -188,3 +188,31 @@ async def test_run_survives_a_broker_restart(mosquitto: Any, tmp_path: Path) -> 
         stop(agent)
     assert result.ok, {n: t.cause for n, t in result.tasks.items()}
     assert agent.returncode == 0  # the agent rode out the restart and shut down cleanly
+
+
+async def test_remote_submission_of_an_invalid_workflow_is_rejected_with_the_reason(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    from dagon.core import Coordinator, RunStore
+    from dagon.protocol import Codec, SubmitRun, decode_public
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    coordinator = Coordinator(
+        connect=lambda will: MqttTransport(mosquitto.url, client_id="standalone", will=will),
+        coordinator_id="main",
+        store=store,
+    )
+    try:
+        async with coordinator, MqttTransport(mosquitto.url, client_id="client") as client:
+            await client.subscribe(topics.run_status("bad-run"))
+            spec = {"version": 1, "name": "w", "tasks": [{"name": "a", "command": "cat workflow:///ghost/x"}]}
+            payload = Codec(sender="client").encode(SubmitRun(run="bad-run", workflow=spec))  # type: ignore[arg-type]
+            await client.publish(topics.coordinator_inbox("main"), payload)
+            async with asyncio.timeout(5):
+                msg = await anext(client.messages())
+            doc = decode_public(msg.payload)
+            assert doc["state"] == "rejected"
+            assert "ghost" in doc["cause"]
+            assert coordinator.engine.runs == {}
+    finally:
+        store.close()
