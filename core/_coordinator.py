@@ -404,7 +404,10 @@ class Coordinator:
                 for queue in watchers:
                     queue.put_nowait(event)
             if self.publish_results:
-                self._events.setdefault(run, []).append(event)
+                pending = self._events.setdefault(run, [])
+                pending.append(event)
+                if len(pending) >= _EVENTS_PER_MESSAGE:
+                    self._flush_events(run)
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
             if self.store is None and not self.publish_results:
@@ -437,13 +440,8 @@ class Coordinator:
 
     def _publish_progress(self, now: float) -> None:
         if self.publish_results and self._events:
-            for run, events in self._events.items():
-                # Bounded messages: a fan-out can make 100,000 tasks ready in one cycle.
-                for i in range(0, len(events), _EVENTS_PER_MESSAGE):
-                    docs = [e.to_doc() for e in events[i : i + _EVENTS_PER_MESSAGE]]
-                    doc = {"schema": SCHEMA_EVENTS, "run": run, "events": docs}
-                    self._public_put(topics.run_events(run), encode_public(doc), retain=False)
-            self._events.clear()
+            for run in list(self._events):
+                self._flush_events(run)
         if not self._dirty_runs:
             return
         still_dirty = set()
@@ -464,6 +462,14 @@ class Coordinator:
         if still_dirty:
             # Make sure the throttled status goes out even if nothing else happens.
             asyncio.get_running_loop().call_later(_STATUS_INTERVAL, self._wake.set)
+
+    def _flush_events(self, run: RunId) -> None:
+        # Bounded messages, encoded as they fill: a fan-out can make 100,000 tasks
+        # ready in one cycle, and their events should not all be alive at once.
+        events = self._events.pop(run, None)
+        if events:
+            doc = {"schema": SCHEMA_EVENTS, "run": run, "events": [e.to_doc() for e in events]}
+            self._public_put(topics.run_events(run), encode_public(doc), retain=False)
 
     def _public_put(self, topic: str, payload: bytes, *, retain: bool) -> None:
         try:

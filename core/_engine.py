@@ -361,7 +361,7 @@ class Engine:
 
     @staticmethod
     def _input_hosts(view: TaskView) -> frozenset[str]:
-        refs = view.run.graph.refs[view.spec.name]
+        refs = view.run.graph.refs_of(view.spec.name)
         if not refs:
             return frozenset()
         tasks = view.run.tasks
@@ -374,7 +374,7 @@ class Engine:
         spec = view.spec
         run = view.run
         inputs = []
-        for ref in run.graph.refs[spec.name]:
+        for ref in run.graph.refs_of(spec.name):
             producer = run.tasks[ref.task]
             inputs.append(
                 StageInput(

@@ -188,11 +188,17 @@ _DEFAULT_TASK: Final = Task(name="_", command="_")
 
 @dataclass(frozen=True, slots=True)
 class Graph:
-    """A validated workflow: dependencies, references and a topological order."""
+    """A validated workflow: dependencies, references and a topological order.
+
+    ``refs`` only has entries for tasks with references: use :meth:`refs_of`.
+    """
 
     deps: dict[str, frozenset[str]]
     refs: dict[str, tuple[Reference, ...]]
     order: tuple[str, ...]
+
+    def refs_of(self, task: str) -> tuple[Reference, ...]:
+        return self.refs.get(task, ())
 
 
 def _callable_path(func: Callable[..., Any] | str) -> str:
@@ -302,7 +308,8 @@ class Workflow:
                 raise ValidationError(f"task {name!r} depends on itself", tasks=[name])
             dep_set = frozenset(needed)
             deps[name] = shared.setdefault(dep_set, dep_set)
-            refs[name] = tuple(found)
+            if found:  # sparse: most tasks of big fan-outs reference nothing
+                refs[name] = tuple(found)
         return Graph(deps=deps, refs=refs, order=_topological(deps))
 
     # -- serialisation -----------------------------------------------------

@@ -50,7 +50,7 @@ def plan_text(workflow: _CoreWorkflow) -> str:
         if task.labels:
             where += " with " + ",".join(f"{k}={v}" for k, v in task.labels.items())
         lines.append(f"  {name}  [{task.runtime}] after: {deps}; runs on {where} (runtime {task.runtime})")
-        for ref in graph.refs[name]:
+        for ref in graph.refs_of(name):
             lines.append(f"      stages {ref.path!r} from {ref.task} ({ref.text})")
     return "\n".join(lines)
 
