@@ -67,6 +67,7 @@ class TaskView:
         "attempt",
         "cause",
         "dependents",
+        "exit_code",
         "finished_at",
         "host",
         "lost",
@@ -89,7 +90,8 @@ class TaskView:
         self.agent: AgentId | None = None
         self.host = ""
         self.workdir = ""
-        self.result: TaskResult | None = None
+        self.result: TaskResult | None = None  # None also when the result said nothing more (see _keep)
+        self.exit_code: int | None = None
         self.cause = ""
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -267,7 +269,8 @@ class Engine:
         view = self._current(ref, event.agent)
         if view is None:
             return
-        view.result = result
+        view.result = result if _keep(result) else None
+        view.exit_code = result.exit_code
         view.started_at = result.started_at
         view.finished_at = result.finished_at
         if result.workdir:
@@ -478,6 +481,23 @@ class Engine:
             run.cause = f"{len(failed)} task(s) failed: {', '.join(failed[:5])}" + ("…" if len(failed) > 5 else "")
         run.finished_at = self._now
         self._out.append(RunTransition(run.id, run.state, run.cause, self._now))
+
+
+def _keep(result: TaskResult) -> bool:
+    """Whether a result holds more than its exit code and times (which the view keeps).
+
+    A plain success of a python step carries nothing else; not keeping those
+    saves ~250 bytes per task in runs of 100,000 tiny tasks.
+    """
+    return not (
+        result.status is ResultStatus.SUCCEEDED
+        and not result.outputs
+        and not result.stderr_tail
+        and not result.error
+        and result.value is None
+        and not result.cpu_time
+        and not result.max_rss
+    )
 
 
 def _describe_failure(result: TaskResult) -> str:

@@ -58,6 +58,14 @@ class RunEvent:
         )
 
 
+def _duration(view: TaskView) -> float | None:
+    if view.exit_code is None and view.result is None:
+        return None  # never reported back by an agent
+    if view.started_at is None or view.finished_at is None:
+        return None
+    return max(0.0, view.finished_at - view.started_at)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskOutcome:
     """How a task ended (or where it is, for a run still in progress)."""
@@ -96,8 +104,8 @@ class TaskOutcome:
             state=view.state,
             attempt=view.attempt,
             agent=view.agent,
-            exit_code=result.exit_code if result else None,
-            duration=result.duration if result else None,
+            exit_code=view.exit_code,
+            duration=_duration(view),
             cpu_time=result.cpu_time if result else 0.0,
             max_rss=result.max_rss if result else 0,
             workdir=view.workdir,
