@@ -45,7 +45,7 @@ from dagon.core._events import (
 )
 from dagon.core._model import Workflow
 from dagon.core._results import RunEvent, RunResult, run_status_doc, task_result_doc
-from dagon.core._states import TERMINAL, RunState
+from dagon.core._states import TERMINAL, RunState, TaskState
 from dagon.core._store import RunStore, TaskRow, Transition
 from dagon.protocol import (
     CONTENT_TYPE_JSON,
@@ -395,15 +395,18 @@ class Coordinator:
     def _on_transition(self, t: TaskTransition) -> None:
         run = t.run
         self._dirty_runs.add(run)
-        if self.store is not None:
+        # pending -> ready is derived state (all dependencies succeeded): it is neither
+        # stored nor published, which halves the burst when a fan-out opens.
+        derived = t.old is TaskState.PENDING and t.new is TaskState.READY
+        if self.store is not None and not derived:
             self._persist.append(("t", (run, t.task, t.old.value, t.new.value, t.attempt, t.agent, t.cause, t.at)))
         watchers = self._watchers.get(run)
-        if watchers or self.publish_results:
+        if watchers or (self.publish_results and not derived):
             event = RunEvent(run, t.task, t.new.value, t.old.value, t.attempt, t.agent, t.cause, t.at)
             if watchers:
                 for queue in watchers:
                     queue.put_nowait(event)
-            if self.publish_results:
+            if self.publish_results and not derived:
                 pending = self._events.setdefault(run, [])
                 pending.append(event)
                 if len(pending) >= _EVENTS_PER_MESSAGE:
