@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["IN_CI", "MOSQUITTO_MISSING", "Mosquitto", "free_port", "mosquitto_binary"]
+__all__ = ["IN_CI", "MOSQUITTO_MISSING", "Mosquitto", "free_port", "mosquitto_binary", "stop_process", "wait_port"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MOSQUITTO_MISSING = "mosquitto not installed; run .ci/setup"
@@ -128,3 +128,25 @@ class Mosquitto:
             return " | ".join(self.log.read_text(errors="replace").splitlines()[-5:]) or "(no log)"
         except OSError:
             return "(no log)"
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM, SIGKILL after ``timeout``, always reaped (by PID, never by name)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _broker import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGON = [sys.executable, "-c", "from dagon.cli import main; raise SystemExit(main())"]
@@ -121,19 +121,14 @@ def test_coordinator_agent_submit_status_agents(mosquitto: Any, tmp_path: Path) 
         assert doc["state"] == "succeeded"
         assert doc["counts"] == {"succeeded": 5}
     finally:
-        for proc in (agent, coord):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(agent)
+        stop_process(coord)
     assert coord.returncode == 0
 
 
 def test_dev_broker_serves_a_whole_run(tmp_path: Path) -> None:
     """`dagon broker` (embedded amqtt, MQTT 3.1.1) + a `dagon-agent` + `dagon run --broker`."""
-    port = str(_free_port())
+    port = str(free_port())
     env = {k: v for k, v in os.environ.items() if k != "DAGON_BROKER"}
     env.update(DAGON_MQTT_PROTOCOL="3.1.1")
     broker = subprocess.Popen(
@@ -142,7 +137,7 @@ def test_dev_broker_serves_a_whole_run(tmp_path: Path) -> None:
     url = f"mqtt://127.0.0.1:{port}"
     agent = None
     try:
-        _wait_port(int(port))
+        wait_port(int(port))
         agent = subprocess.Popen(
             [*AGENT, "--broker", url, "--id", "dev-agent"],
             env=dict(env, DAGON_HOME=str(tmp_path / "agent")),
@@ -155,34 +150,6 @@ def test_dev_broker_serves_a_whole_run(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stderr
         assert "dev-agent" in out.stdout
     finally:
-        for proc in (agent, broker):
-            if proc is None:
-                continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(agent)
+        stop_process(broker)
     assert broker.returncode == 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")

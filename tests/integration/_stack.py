@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import dagon
 from dagon.agent import Agent, load_agent_config
 from dagon.core import Coordinator, RunStore
 from dagon.protocol.transport import MemoryHub, MqttTransport, Transport, Will
@@ -60,3 +61,17 @@ async def mqtt_agent(url: str, tmp: Path, name: str, *, slots: int = 4, protocol
 
     async with Agent(config=config, connect=connect) as agent:  # type: ignore[arg-type]
         yield agent
+
+
+def taskflow(*, extra: int = 0) -> dagon.Workflow:
+    """The classic 5-task demo (A; B, C after A; D after B and C; E after D), plus
+    ``extra`` independent tasks after A to spread work across agents."""
+    wf = dagon.Workflow("taskflow")
+    wf.shell("A", "mkdir -p output && echo from-A > output/f1.txt")
+    wf.shell("B", "echo B > f2.txt; cat workflow:///A/output/f1.txt >> f2.txt")
+    wf.shell("C", "echo C > f2.txt; cat workflow:///A/output/f1.txt >> f2.txt")
+    wf.shell("D", "cat workflow:///B/f2.txt workflow:///C/f2.txt > f3.txt")
+    wf.shell("E", "cat workflow:///D/f3.txt > result.txt")
+    for i in range(extra):
+        wf.shell(f"extra{i}", "sleep 0.2", after=["A"])
+    return wf

@@ -17,22 +17,12 @@ from dagon.core import RunState, TaskState, ValidationError
 from dagon.protocol import Codec, Control, topics
 from dagon.protocol.transport import MemoryHub
 
-from ._stack import memory_stack
-
-
-def demo() -> dagon.Workflow:
-    wf = dagon.Workflow("taskflow")
-    wf.shell("A", "mkdir -p output && echo from-A > output/f1.txt")
-    wf.shell("B", "echo B > f2.txt; cat workflow:///A/output/f1.txt >> f2.txt")
-    wf.shell("C", "echo C > f2.txt; cat workflow:///A/output/f1.txt >> f2.txt")
-    wf.shell("D", "cat workflow:///B/f2.txt workflow:///C/f2.txt > f3.txt")
-    wf.shell("E", "cat workflow:///D/f3.txt > result.txt")
-    return wf
+from ._stack import memory_stack, taskflow
 
 
 async def test_demo_dag_runs_in_order_with_staged_data(hub: MemoryHub, tmp_path: Path) -> None:
     async with memory_stack(hub, tmp_path) as (coordinator, _):
-        run = await coordinator.submit(demo())
+        run = await coordinator.submit(taskflow())
         events = [e async for e in coordinator.events(run)]
         result = await coordinator.wait(run)
     assert result.state is RunState.SUCCEEDED, result.cause
@@ -179,5 +169,5 @@ async def test_malformed_messages_on_every_topic_leave_everyone_serving(hub: Mem
             await asyncio.sleep(0.2)
         assert sum(coordinator.rejections.values()) > 0
         assert sum(agent.rejections.values()) > 0
-        result = await coordinator.wait(await coordinator.submit(demo()))
+        result = await coordinator.wait(await coordinator.submit(taskflow()))
         assert result.ok, result.cause

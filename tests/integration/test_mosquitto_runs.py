@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _broker import stop_process
 
 import dagon
 from dagon.core import RunState, TaskState
 from dagon.protocol import SCHEMA_RUN_STATUS, SCHEMA_TASK_RESULT, decode_public, topics
 from dagon.protocol.transport import MqttTransport
+
+from ._stack import taskflow
 
 pytestmark = pytest.mark.mosquitto
 
@@ -32,14 +35,7 @@ def start_agent(url: str, tmp: Path, name: str, *, slots: int = 2) -> subprocess
         return subprocess.Popen(cmd, env=dict(os.environ, DAGON_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop = stop_process
 
 
 @pytest.fixture
@@ -52,18 +48,6 @@ def agents(mosquitto: Any, tmp_path: Path) -> Iterator[list[subprocess.Popen[byt
             stop(proc)
 
 
-def taskflow() -> dagon.Workflow:
-    wf = dagon.Workflow("taskflow")
-    wf.shell("A", "mkdir -p output && hostname > output/f1.txt")
-    wf.shell("B", "echo B > f2.txt; cat workflow:///A/output/f1.txt >> f2.txt")
-    wf.shell("C", "echo C > f2.txt; cat workflow:///A/output/f1.txt >> f2.txt")
-    wf.shell("D", "cat workflow:///B/f2.txt workflow:///C/f2.txt > f3.txt")
-    wf.shell("E", "cat workflow:///D/f3.txt > result.txt")
-    for i in range(8):
-        wf.shell(f"extra{i}", "sleep 0.2", after=["A"])
-    return wf
-
-
 async def test_demo_on_two_agent_processes_with_public_results(
     mosquitto: Any, agents: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
@@ -71,13 +55,12 @@ async def test_demo_on_two_agent_processes_with_public_results(
         assert client.coordinator is not None
         async with asyncio.timeout(20):
             await client.coordinator.wait_for_agents(2)
-        run = await client.submit(taskflow())
+        run = await client.submit(taskflow(extra=8))
         seen = [event async for event in run.events()]
         result = await run.wait()
     assert result.ok, result.cause
-    host = os.uname().nodename
     result_txt = (Path(result["E"].workdir) / "result.txt").read_text()
-    assert result_txt == f"B\n{host}\nC\n{host}\n"
+    assert result_txt == "B\nfrom-A\nC\nfrom-A\n"
     assert {t.agent for t in result.tasks.values()} == {"agent0", "agent1"}
     assert any(e.task == "E" and e.state == "succeeded" for e in seen)
     assert seen[-1].task is None and seen[-1].state == "succeeded"
@@ -164,7 +147,7 @@ async def test_garbage_on_every_topic_over_mosquitto(
                     await intruder.publish(topic, payload)
         await asyncio.sleep(0.5)
         assert sum(coordinator.rejections.values()) >= 9
-        result = await (await client.submit(taskflow())).wait()
+        result = await (await client.submit(taskflow(extra=8))).wait()
     assert result.ok, result.cause
     assert all(proc.poll() is None for proc in agents), "an agent died on malformed input"
 
