@@ -260,7 +260,10 @@ class MqttTransport:
                     self._lost.set_result(None)
                 if not self._first.done():
                     self._first.set_exception(
-                        TransportError(f"could not connect to the MQTT broker at {self.url}: {exc}")
+                        TransportError(
+                            f"could not connect to the MQTT broker at {self.url}: {exc}; is it running and"
+                            " reachable? (set --broker or DAGON_BROKER; without either, dagon runs embedded)"
+                        )
                     )
                     return
                 self.reconnects += 1
