@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted:[/] running tasks were stopped", highlight=False)
         return 130
 
 
