@@ -292,7 +292,8 @@ class Coordinator:
             elif parts[4] == "status" and isinstance(msg, Offline) and msg.agent == agent:
                 self._feed(AgentOffline(agent, msg.reason or "offline"))
             elif parts[4] == "telemetry" and isinstance(msg, Heartbeat) and msg.agent == agent:
-                self.engine.handle(AgentSeen(agent), time.time())
+                self._pending.extend(self.engine.handle(AgentSeen(agent, held=msg.running), time.time()))
+                self._wake.set()
             else:
                 raise ProtocolError(f"{msg.OP} is not accepted on {topic}", reason="unexpected")
             return

@@ -67,6 +67,7 @@ class TaskView:
         "attempt",
         "cause",
         "dependents",
+        "dispatched_at",
         "exit_code",
         "finished_at",
         "host",
@@ -92,6 +93,7 @@ class TaskView:
         self.workdir = ""
         self.result: TaskResult | None = None  # None also when the result said nothing more (see _keep)
         self.exit_code: int | None = None
+        self.dispatched_at = 0.0
         self.cause = ""
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -124,6 +126,8 @@ class Engine:
         placement: the policy choosing an agent for a ready task.
         heartbeat_ttl: an agent silent for this long is considered lost.
         max_lost: how many times a task may be lost with its agent before it fails.
+        lost_assignment_grace: seconds after which a dispatched attempt that an
+            idle agent (heartbeat: holds nothing) never started is sent again.
         rng: randomness for retry jitter (seed it in tests).
     """
 
@@ -133,6 +137,7 @@ class Engine:
         placement: Placement | None = None,
         heartbeat_ttl: float = 15.0,
         max_lost: int = 3,
+        lost_assignment_grace: float = 30.0,
         rng: random.Random | None = None,
     ) -> None:
         if heartbeat_ttl <= 0:
@@ -140,6 +145,7 @@ class Engine:
         self.placement: Placement = placement or LeastLoaded()
         self.heartbeat_ttl = heartbeat_ttl
         self.max_lost = max_lost
+        self.lost_assignment_grace = lost_assignment_grace
         self._rng = rng or random.Random()
         self.runs: dict[RunId, RunView] = {}
         self.agents: dict[AgentId, AgentView] = {}
@@ -190,6 +196,8 @@ class Engine:
                 agent = self.agents.get(event.agent)
                 if agent is not None:
                     agent.last_seen = now
+                    if event.held == 0 and agent.inflight:
+                        self._reclaim_lost_assignments(agent)
             case RunSubmitted():
                 self._on_submit(event)
             case RunCancelRequested():
@@ -372,6 +380,7 @@ class Engine:
 
     def _dispatch(self, view: TaskView, agent: AgentView) -> None:
         view.attempt += 1
+        view.dispatched_at = self._now
         view.agent = agent.id
         view.host = agent.capabilities.host_id
         spec = view.spec
@@ -439,6 +448,16 @@ class Engine:
             if child.state is _S.PENDING:
                 self._move(child, _S.UPSTREAM_FAILED, f"upstream task {view.name!r} failed")
                 stack.extend(child.dependents)
+
+    def _reclaim_lost_assignments(self, agent: AgentView) -> None:
+        """The agent holds nothing, yet attempts sent to it long ago never started:
+        those assignments were lost (e.g. published while it was resubscribing
+        after a broker restart). Reports still in flight are fenced if they come."""
+        cutoff = self._now - self.lost_assignment_grace
+        for ref, view in list(agent.inflight.items()):
+            if view.state is _S.DISPATCHED and view.attempt == ref.attempt and view.dispatched_at < cutoff:
+                del agent.inflight[ref]
+                self._requeue(view, f"assignment never reached agent {agent.id}")
 
     def _agent_lost(self, agent_id: AgentId, reason: str) -> None:
         agent = self.agents.get(agent_id)

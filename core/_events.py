@@ -58,9 +58,14 @@ class AgentOffline:
 
 @dataclass(frozen=True, slots=True)
 class AgentSeen:
-    """Any sign of life (heartbeat, report) from an agent."""
+    """Any sign of life (heartbeat, report) from an agent.
+
+    ``held`` (from heartbeats): how many assignments the agent holds, running or
+    queued; None when unknown.
+    """
 
     agent: AgentId
+    held: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -301,3 +301,27 @@ def test_every_transition_is_reported_with_a_cause() -> None:
         (TaskState.DISPATCHED, TaskState.SUCCEEDED),
     ]
     assert all(c.cause for c in commands if isinstance(c, TaskTransition))
+
+
+def test_assignment_lost_on_the_way_is_sent_again() -> None:
+    from dagon.core import AgentSeen
+
+    engine = engine_with(("a1", 1), lost_assignment_grace=30.0)
+    wf = Workflow("lost")
+    wf.shell("t", "x")
+    submit(engine, wf)
+    (d,) = dispatches(engine.schedule(0))
+    engine.handle(AgentSeen(AgentId("a1"), held=0), 10.0)  # too early: may still be on its way
+    assert engine.run(R).tasks["t"].state is TaskState.DISPATCHED
+    engine.handle(AgentSeen(AgentId("a1"), held=1), 40.0)  # the agent holds it: fine
+    assert engine.run(R).tasks["t"].state is TaskState.DISPATCHED
+    engine.handle(AgentSeen(AgentId("a1"), held=0), 40.0)  # idle agent, old dispatch: lost
+    view = engine.run(R).tasks["t"]
+    assert view.state is TaskState.READY
+    assert "never reached agent a1" in view.cause
+    (again,) = dispatches(engine.schedule(40.0))
+    assert again.assignment.attempt == 2
+    finish(engine, d, 41.0)  # a late report of the first attempt is fenced off
+    assert engine.run(R).tasks["t"].state is TaskState.DISPATCHED
+    finish(engine, again, 42.0)
+    assert engine.run(R).state is RunState.SUCCEEDED
