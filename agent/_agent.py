@@ -53,8 +53,6 @@ __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL = 4096
-
 
 class Agent:
     """A dagon agent.
@@ -306,8 +304,7 @@ class Agent:
             time_limit=a.timeout,
             record=meta / "command",
         )
-        tail = _tail(meta / "stderr")
-        return Outcome(outcome.status, outcome.exit_code, outcome.cpu_time, outcome.max_rss, outcome.error, tail)
+        return outcome
 
     # -- reporting -------------------------------------------------------------------
 
@@ -346,14 +343,3 @@ class Agent:
             running = len(self._running)
             beat = Heartbeat(agent=self.id, seq=seq, running=running, free_slots=self.config.slots - running)
             await self._transport.publish(topics.agent_telemetry(self.id), self.codec.encode(beat), qos=0)
-
-
-def _tail(path: Path) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - STDERR_TAIL))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""

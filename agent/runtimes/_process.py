@@ -66,24 +66,60 @@ class _Child:
         return code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
+STDERR_TAIL: Final = 4096
+
+
+def _make_dirs(meta: Path) -> None:
+    # Two mkdir calls in the common case (the run directory exists); file-system
+    # calls are the dominant per-task cost on slow disks.
+    try:
+        os.mkdir(meta.parent)
+        os.mkdir(meta)
+    except FileExistsError:
+        meta.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError:
+        meta.mkdir(parents=True, exist_ok=True)
+
+
 def _spawn(
     command: str, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path, record: Path | None
-) -> subprocess.Popen[bytes]:
-    """Blocking part of a start (directories, files, fork/exec): runs in a worker thread."""
-    stdout.parent.mkdir(parents=True, exist_ok=True)
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Blocking part of a start (directories, files, fork/exec): runs in a worker thread.
+
+    Returns the child and a descriptor of its stderr file, kept open so the tail
+    can be read after exit without opening the file again.
+    """
+    _make_dirs(stdout.parent)
     if record is not None:
         record.write_text(command)
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        return subprocess.Popen(
-            ["/bin/bash", "-c", command],
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-            close_fds=True,
-        )
+    err_fd = os.open(stderr, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        with stdout.open("wb") as out:
+            proc = subprocess.Popen(
+                ["/bin/bash", "-c", command],
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err_fd,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except BaseException:
+        os.close(err_fd)
+        raise
+    return proc, err_fd
+
+
+def _read_tail(fd: int) -> str:
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return ""
+        start = max(0, size - STDERR_TAIL)
+        return os.pread(fd, size - start, start).decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 async def run_process(
@@ -106,13 +142,14 @@ async def run_process(
     """
     spawning = asyncio.ensure_future(asyncio.to_thread(_spawn, command, cwd, env, stdout, stderr, record))
     try:
-        proc = await asyncio.shield(spawning)
+        proc, err_fd = await asyncio.shield(spawning)
     except OSError as exc:
         return Outcome(ResultStatus.ERROR, None, error=f"could not start bash in {cwd}: {exc}")
     except asyncio.CancelledError:
         # Cancelled while the thread was forking: the child may exist; kill and reap it.
         with contextlib.suppress(OSError):
-            late = await spawning
+            late, late_fd = await spawning
+            os.close(late_fd)
             child = _Child(late)
             await child.terminate()
             child.reap()
@@ -128,9 +165,11 @@ async def run_process(
         # Kill and reap before letting the cancellation through.
         await asyncio.shield(child.terminate())
         child.reap()
+        os.close(err_fd)
         raise
     code, cpu, rss = child.reap()
+    tail = _read_tail(err_fd)
     if status is ResultStatus.SUCCEEDED and code != 0:
         status = ResultStatus.FAILED
     error = f"killed after the {time_limit:g} s timeout" if status is ResultStatus.TIMEOUT else ""
-    return Outcome(status, code, cpu_time=cpu, max_rss=rss, error=error)
+    return Outcome(status, code, cpu_time=cpu, max_rss=rss, error=error, stderr_tail=tail)
