@@ -128,6 +128,7 @@ class Coordinator:
         self._publisher = Publisher(self._transport)
         self._public_publisher = Publisher(self._transport, limit=2000)
         self._tg: asyncio.TaskGroup | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._pending: list[Command] = []
         self._public: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=100_000)
@@ -159,11 +160,13 @@ class Coordinator:
             )
             self._tg = asyncio.TaskGroup()
             await self._tg.__aenter__()
-            self._tg.create_task(self._receive_loop(), name="coordinator-receive")
-            self._tg.create_task(self._drive_loop(), name="coordinator-drive")
-            self._tg.create_task(self._public_loop(), name="coordinator-public")
-            self._tg.create_task(self._persist_loop(), name="coordinator-persist")
-            self._tg.create_task(self._reannounce_loop(), name="coordinator-reannounce")
+            self._loops = [
+                self._tg.create_task(self._receive_loop(), name="coordinator-receive"),
+                self._tg.create_task(self._drive_loop(), name="coordinator-drive"),
+                self._tg.create_task(self._public_loop(), name="coordinator-public"),
+                self._tg.create_task(self._persist_loop(), name="coordinator-persist"),
+                self._tg.create_task(self._reannounce_loop(), name="coordinator-reannounce"),
+            ]
         except BaseException:
             await self._transport.__aexit__(None, None, None)
             raise
@@ -181,7 +184,7 @@ class Coordinator:
                         await self._public_publisher.drain()
                 self._publisher.cancel()
                 self._public_publisher.cancel()
-                for task in list(self._tg._tasks):
+                for task in self._loops:
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._tg.__aexit__(None, None, None)
