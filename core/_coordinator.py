@@ -61,6 +61,7 @@ from dagon.protocol import (
     Heartbeat,
     Offline,
     ProtocolError,
+    Rejection,
     Rejections,
     RunId,
     SubmitRun,
@@ -388,13 +389,31 @@ class Coordinator:
         self._publish_progress(now)
         for agent, batch in assign.items():
             for i in range(0, len(batch), _MAX_BATCH):
-                payload = self.codec.encode(AssignTasks(reply_to=self.id, tasks=tuple(batch[i : i + _MAX_BATCH])))
-                await self._publisher.send(topics.agent_tasks(agent), payload)
+                for payload in self._encode_assignments(agent, batch[i : i + _MAX_BATCH]):
+                    await self._publisher.send(topics.agent_tasks(agent), payload)
         for agent, refs in cancel.items():
             payload = self.codec.encode(CancelTasks(tasks=tuple(refs), reason="run cancelled"))
             await self._publisher.send(topics.agent_tasks(agent), payload)
         if self._persist:
             self._persist_wake.set()
+
+    def _encode_assignments(self, agent: AgentId, batch: list[TaskAssignment]) -> list[bytes]:
+        """Encoded assignment messages; a task that cannot be encoded (e.g. over the
+        message size limit) fails with the reason instead of stalling the others."""
+        try:
+            return [self.codec.encode(AssignTasks(reply_to=self.id, tasks=tuple(batch)))]
+        except ProtocolError:
+            pass
+        payloads = []
+        for assignment in batch:
+            try:
+                payloads.append(self.codec.encode(AssignTasks(reply_to=self.id, tasks=(assignment,))))
+            except ProtocolError as exc:
+                log.error("task %s of run %s cannot be sent: %s", assignment.task, assignment.run, exc)
+                rejection = Rejection(task=assignment.ref, reason=f"cannot be sent: {exc}", permanent=True)
+                self._pending.extend(self.engine.handle(TaskRejected(agent, rejection), time.time()))
+                self._wake.set()
+        return payloads
 
     def _on_transition(self, t: TaskTransition) -> None:
         run = t.run

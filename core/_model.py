@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from dagon.core._errors import ValidationError
 from dagon.core._refs import Reference, check_name, check_relative_path, find_references
+from dagon.protocol import ProtocolError, check_plain
 
 __all__ = ["RUNTIMES_BUILTIN", "Graph", "Retry", "Task", "Workflow"]
 
@@ -109,6 +110,13 @@ class Task:
             )
         for pattern in self.outputs:
             check_relative_path(pattern, what="declared output", task=self.name)
+        try:
+            check_plain(list(self.args), "args")
+            check_plain(dict(self.kwargs), "kwargs")
+        except ProtocolError as exc:
+            raise ValidationError(
+                f"task {self.name!r}: {exc}; python task arguments travel as plain data", tasks=[self.name]
+            ) from None
         for key, value in self.env.items():
             if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
                 raise ValidationError(f"task {self.name!r}: env {key!r} must map names to strings", tasks=[self.name])

@@ -171,3 +171,21 @@ async def test_malformed_messages_on_every_topic_leave_everyone_serving(hub: Mem
         assert sum(agent.rejections.values()) > 0
         result = await coordinator.wait(await coordinator.submit(taskflow()))
         assert result.ok, result.cause
+
+
+async def test_a_task_too_big_to_send_fails_alone(hub: MemoryHub, tmp_path: Path) -> None:
+    wf = dagon.Workflow("big")
+    wf.shell("huge", "echo " + "x" * 200_000)
+    wf.shell("small", "echo ok")
+    async with memory_stack(hub, tmp_path) as (coordinator, _):
+        coordinator.codec.max_size = 100_000
+        result = await coordinator.wait(await coordinator.submit(wf))
+    assert result["huge"].state is TaskState.FAILED
+    assert "cannot be sent" in result["huge"].cause
+    assert result["small"].ok
+
+
+def test_python_arguments_must_be_plain_data() -> None:
+    wf = dagon.Workflow("args")
+    with pytest.raises(ValidationError, match="plain data"):
+        wf.python("p", "dagon.agent.builtins:echo", {1, 2})
