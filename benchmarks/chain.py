@@ -101,10 +101,10 @@ def main() -> int:
     p50 = statistics.median(links)
     p99 = links[int(len(links) * 0.99) - 1]
     rows = [
-        ("dagon (Mosquitto, 1 agent)", args.links, elapsed, elapsed / args.links * 1000, p50, p99,
-         "ok" if p50 <= TARGET_P50_MS else "ABOVE TARGET"),
-        ("baseline: MQTT request/response, same broker", args.links, sum(rtt) / 1000, statistics.mean(rtt),
-         statistics.median(rtt), rtt[int(len(rtt) * 0.99) - 1], "same run"),
+        ("dagon (Mosquitto, 1 agent)", args.links, elapsed, f"{elapsed / args.links * 1000:.2f}",
+         f"{p50:.2f}", f"{p99:.2f}", "ok" if p50 <= TARGET_P50_MS else "ABOVE TARGET"),
+        ("baseline: MQTT request/response, same broker", args.links, sum(rtt) / 1000, f"{statistics.mean(rtt):.2f}",
+         f"{statistics.median(rtt):.2f}", f"{rtt[int(len(rtt) * 0.99) - 1]:.2f}", "same run"),
         ("reference: Parsl HTEX", "-", "-", 1.6, "-", "-", "published"),
         ("reference: Dask distributed", "-", "-", 5.8, "-", "-", "published"),
     ]  # fmt: skip
