@@ -46,7 +46,8 @@ from dagon.core._events import (
 from dagon.core._model import Workflow
 from dagon.core._results import RunEvent, RunResult, run_status_doc, task_result_doc
 from dagon.core._states import TERMINAL, RunState, TaskState
-from dagon.core._store import RunStore, TaskRow, Transition
+from dagon.core._store import RunStore
+from dagon.core._writer import StoreWriter
 from dagon.protocol import (
     CONTENT_TYPE_JSON,
     SCHEMA_COORDINATOR,
@@ -81,7 +82,6 @@ log = logging.getLogger(__name__)
 _MAX_BATCH: Final = 2000  # assignments per message
 _STATUS_INTERVAL: Final = 0.5  # seconds between progress status publishes of a run
 _EVENTS_PER_MESSAGE: Final = 500  # events per public events message
-_PERSIST_COALESCE: Final = 0.05  # seconds a store batch may wait to grow (write-behind)
 
 
 def new_run_id(workflow: str) -> RunId:
@@ -133,8 +133,7 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._pending: list[Command] = []
         self._public: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=100_000)
-        self._persist: list[tuple[str, Any]] = []
-        self._persist_wake = asyncio.Event()
+        self._writer = StoreWriter(store) if store is not None else None
         self._watchers: dict[RunId, list[asyncio.Queue[RunEvent | None]]] = defaultdict(list)
         self._waiters: dict[RunId, asyncio.Future[RunResult]] = {}
         self._status_sent: dict[RunId, float] = {}
@@ -165,7 +164,11 @@ class Coordinator:
                 self._tg.create_task(self._receive_loop(), name="coordinator-receive"),
                 self._tg.create_task(self._drive_loop(), name="coordinator-drive"),
                 self._tg.create_task(self._public_loop(), name="coordinator-public"),
-                self._tg.create_task(self._persist_loop(), name="coordinator-persist"),
+                *(
+                    [self._tg.create_task(self._writer.run(), name="coordinator-store-writer")]
+                    if self._writer is not None
+                    else []
+                ),
                 self._tg.create_task(self._reannounce_loop(), name="coordinator-reannounce"),
             ]
         except BaseException:
@@ -206,9 +209,9 @@ class Coordinator:
         """Let queued public messages and store writes go out (bounded wait)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                while not self._public.empty() or self._persist:  # (in-flight publishes: drained below)
-                    self._persist_wake.set()
-                    await asyncio.sleep(0.01)
+                await self._public.join()
+                if self._writer is not None:
+                    await self._writer.drain()
 
     # -- public API ----------------------------------------------------------
 
@@ -346,8 +349,8 @@ class Coordinator:
             self._public_put(topics.run_status(msg.run), encode_public(doc), retain=True)
             log.warning("rejected run %s: %s", msg.run, exc)
             return
-        if self.store is not None:
-            self._persist.append(("create", (msg.run, workflow.name, workflow.to_dict(), time.time())))
+        if self._writer is not None:
+            self._writer.create_run(msg.run, workflow.name, workflow.to_dict(), time.time())
         self._pending.extend(self.engine.handle(RunSubmitted(msg.run, workflow, graph), time.time()))
         log.info("accepted run %s of workflow %s (%d tasks)", msg.run, workflow.name, len(workflow))
 
@@ -394,8 +397,8 @@ class Coordinator:
         for agent, refs in cancel.items():
             payload = self.codec.encode(CancelTasks(tasks=tuple(refs), reason="run cancelled"))
             await self._publisher.send(topics.agent_tasks(agent), payload)
-        if self._persist:
-            self._persist_wake.set()
+        if self._writer is not None:
+            self._writer.flush_soon()
 
     def _encode_assignments(self, agent: AgentId, batch: list[TaskAssignment]) -> list[bytes]:
         """Encoded assignment messages; a task that cannot be encoded (e.g. over the
@@ -421,8 +424,8 @@ class Coordinator:
         # pending -> ready is derived state (all dependencies succeeded): it is neither
         # stored nor published, which halves the burst when a fan-out opens.
         derived = t.old is TaskState.PENDING and t.new is TaskState.READY
-        if self.store is not None and not derived:
-            self._persist.append(("t", (run, t.task, t.old.value, t.new.value, t.attempt, t.agent, t.cause, t.at)))
+        if self._writer is not None and not derived:
+            self._writer.transition((run, t.task, t.old.value, t.new.value, t.attempt, t.agent, t.cause, t.at))
         watchers = self._watchers.get(run)
         if watchers or (self.publish_results and not derived):
             event = RunEvent(run, t.task, t.new.value, t.old.value, t.attempt, t.agent, t.cause, t.at)
@@ -436,12 +439,11 @@ class Coordinator:
                     self._flush_events(run)
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
-            if self.store is None and not self.publish_results:
+            if self._writer is None and not self.publish_results:
                 return
             payload = encode_public(task_result_doc(view))  # encoded once: stored and published
-            if self.store is not None:
-                row = (run, t.task, t.new.value, t.attempt, t.agent, t.cause, payload.decode())
-                self._persist.append(("task", row))
+            if self._writer is not None:
+                self._writer.task_row((run, t.task, t.new.value, t.attempt, t.agent, t.cause, payload.decode()))
             if self.publish_results:
                 self._public_put(topics.run_task_result(run, t.task), payload, retain=True)
 
@@ -455,8 +457,8 @@ class Coordinator:
             log.info("run %s started (%d tasks)", t.run, len(view.tasks))
             return
         log.info("run %s %s: %s", t.run, t.new.value, t.cause)
-        if self.store is not None:
-            self._persist.append(("run", (t.run, t.new.value, t.cause, t.at)))
+        if self._writer is not None:
+            self._writer.run_state(t.run, t.new.value, t.cause, t.at)
         for queue in self._watchers.pop(t.run, ()):
             queue.put_nowait(event)
             queue.put_nowait(None)
@@ -506,7 +508,10 @@ class Coordinator:
     async def _public_loop(self) -> None:
         while True:
             topic, payload, retain = await self._public.get()
-            await self._public_publisher.send(topic, payload, retain=retain, content_type=CONTENT_TYPE_JSON)
+            try:
+                await self._public_publisher.send(topic, payload, retain=retain, content_type=CONTENT_TYPE_JSON)
+            finally:
+                self._public.task_done()
 
     async def _reannounce_loop(self) -> None:
         while True:
@@ -518,41 +523,8 @@ class Coordinator:
                 content_type=CONTENT_TYPE_JSON,
             )
 
-    async def _persist_loop(self) -> None:
-        store = self.store
-        while True:
-            await self._persist_wake.wait()
-            self._persist_wake.clear()
-            if store is None or not self._persist:
-                self._persist.clear()
-                continue
-            # Let a burst accumulate: one bigger transaction costs far less than many
-            # small ones handed to the writer thread one by one.
-            await asyncio.sleep(_PERSIST_COALESCE)
-            batch, self._persist = self._persist, []
-            try:
-                await asyncio.to_thread(_write_batch, store, batch)
-            except Exception:
-                log.exception("run store write failed; %d records not persisted", len(batch))
-
     def _run_view(self, run: RunId) -> RunView:
         try:
             return self.engine.runs[run]
         except KeyError:
             raise RunNotFound(run) from None
-
-
-def _write_batch(store: RunStore, batch: list[tuple[str, Any]]) -> None:
-    transitions: list[Transition] = []
-    tasks: list[TaskRow] = []
-    runs: list[tuple[str, str, str, float | None]] = []
-    for kind, item in batch:
-        if kind == "t":
-            transitions.append(item)
-        elif kind == "task":
-            tasks.append(item)
-        elif kind == "run":
-            runs.append(item)
-        elif kind == "create":
-            store.create_run(*item)
-    store.write(transitions=transitions, tasks=tasks, runs=runs)

@@ -189,3 +189,26 @@ def test_python_arguments_must_be_plain_data() -> None:
     wf = dagon.Workflow("args")
     with pytest.raises(ValidationError, match="plain data"):
         wf.python("p", "dagon.agent.builtins:echo", {1, 2})
+
+
+async def test_the_run_store_records_the_run(hub: MemoryHub, tmp_path: Path) -> None:
+    from dagon.core import RunStore
+
+    async with memory_stack(hub, tmp_path) as (coordinator, _):
+        run = await coordinator.submit(taskflow())
+        result = await coordinator.wait(run)
+    assert result.ok
+    store = RunStore(tmp_path / "runs.sqlite")  # written behind, flushed on exit
+    try:
+        record = store.get_run(run)
+        assert record is not None
+        assert (record.workflow, record.state) == ("taskflow", "succeeded")
+        tasks = {t.name: t for t in store.tasks(run)}
+        assert set(tasks) == {"A", "B", "C", "D", "E"}
+        assert tasks["E"].state == "succeeded"
+        assert tasks["E"].result is not None and tasks["E"].result["exit_code"] == 0
+        moves = [(t[1], t[3]) for t in store.transitions(run)]
+        assert ("A", "dispatched") in moves and ("E", "succeeded") in moves
+        assert all(new != "ready" for _, new in moves if _ == "A")  # derived state is not stored
+    finally:
+        store.close()
