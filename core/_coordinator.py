@@ -44,14 +44,14 @@ from dagon.core._events import (
     Tick,
 )
 from dagon.core._model import Workflow
-from dagon.core._results import RunEvent, RunResult, run_status_doc, task_result_doc
+from dagon.core._output import PublicOutput
+from dagon.core._results import RunEvent, RunResult, task_result_doc
 from dagon.core._states import TERMINAL, RunState, TaskState
 from dagon.core._store import RunStore
 from dagon.core._writer import StoreWriter
 from dagon.protocol import (
     CONTENT_TYPE_JSON,
     SCHEMA_COORDINATOR,
-    SCHEMA_EVENTS,
     Ack,
     AgentId,
     Announce,
@@ -80,8 +80,6 @@ __all__ = ["Coordinator", "new_run_id"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH: Final = 2000  # assignments per message
-_STATUS_INTERVAL: Final = 0.5  # seconds between progress status publishes of a run
-_EVENTS_PER_MESSAGE: Final = 500  # events per public events message
 
 
 def new_run_id(workflow: str) -> RunId:
@@ -127,18 +125,16 @@ class Coordinator:
         )
         self._transport = connect(will)
         self._publisher = Publisher(self._transport)
-        self._public_publisher = Publisher(self._transport, limit=2000)
         self._tg: asyncio.TaskGroup | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._pending: list[Command] = []
-        self._public: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=100_000)
         self._writer = StoreWriter(store) if store is not None else None
         self._watchers: dict[RunId, list[asyncio.Queue[RunEvent | None]]] = defaultdict(list)
         self._waiters: dict[RunId, asyncio.Future[RunResult]] = {}
-        self._status_sent: dict[RunId, float] = {}
-        self._dirty_runs: set[RunId] = set()
-        self._events: dict[RunId, list[RunEvent]] = {}
+        self._output = PublicOutput(
+            self._transport, coordinator_id=coordinator_id, results=publish_results, wake=self._wake.set
+        )
         self._agents_changed = asyncio.Event()
         self._seen_ids: dict[str, None] = {}
         self._rejections = Rejections(log)
@@ -163,7 +159,7 @@ class Coordinator:
             self._loops = [
                 self._tg.create_task(self._receive_loop(), name="coordinator-receive"),
                 self._tg.create_task(self._drive_loop(), name="coordinator-drive"),
-                self._tg.create_task(self._public_loop(), name="coordinator-public"),
+                self._tg.create_task(self._output.run(), name="coordinator-public"),
                 *(
                     [self._tg.create_task(self._writer.run(), name="coordinator-store-writer")]
                     if self._writer is not None
@@ -185,9 +181,9 @@ class Coordinator:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(5):
                         await self._publisher.drain()
-                        await self._public_publisher.drain()
+                        await self._output.drain()
                 self._publisher.cancel()
-                self._public_publisher.cancel()
+                self._output.close()
                 for task in self._loops:
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -209,7 +205,7 @@ class Coordinator:
         """Let queued public messages and store writes go out (bounded wait)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                await self._public.join()
+                await self._output.drain()
                 if self._writer is not None:
                     await self._writer.drain()
 
@@ -345,8 +341,7 @@ class Coordinator:
             workflow = Workflow.from_dict(msg.workflow)
             graph = workflow.graph()
         except ValidationError as exc:
-            doc = {"schema": "dagon.run-status/1", "run": msg.run, "state": "rejected", "cause": str(exc)}
-            self._public_put(topics.run_status(msg.run), encode_public(doc), retain=True)
+            self._output.rejected(msg.run, str(exc))
             log.warning("rejected run %s: %s", msg.run, exc)
             return
         if self._writer is not None:
@@ -389,7 +384,7 @@ class Coordinator:
             elif isinstance(cmd, AgentChanged):
                 log.info("agent %s %s (%s)", cmd.agent, "online" if cmd.online else "offline", cmd.reason)
                 self._agents_changed.set()
-        self._publish_progress(now)
+        self._output.flush(self.engine.runs, now)
         for agent, batch in assign.items():
             for i in range(0, len(batch), _MAX_BATCH):
                 for payload in self._encode_assignments(agent, batch[i : i + _MAX_BATCH]):
@@ -420,7 +415,7 @@ class Coordinator:
 
     def _on_transition(self, t: TaskTransition) -> None:
         run = t.run
-        self._dirty_runs.add(run)
+        self._output.touch(run)
         # pending -> ready is derived state (all dependencies succeeded): it is neither
         # stored nor published, which halves the burst when a fan-out opens.
         derived = t.old is TaskState.PENDING and t.new is TaskState.READY
@@ -432,11 +427,8 @@ class Coordinator:
             if watchers:
                 for queue in watchers:
                     queue.put_nowait(event)
-            if self.publish_results and not derived:
-                pending = self._events.setdefault(run, [])
-                pending.append(event)
-                if len(pending) >= _EVENTS_PER_MESSAGE:
-                    self._flush_events(run)
+            if not derived:
+                self._output.event(event)
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
             if self._writer is None and not self.publish_results:
@@ -444,15 +436,13 @@ class Coordinator:
             payload = encode_public(task_result_doc(view))  # encoded once: stored and published
             if self._writer is not None:
                 self._writer.task_row((run, t.task, t.new.value, t.attempt, t.agent, t.cause, payload.decode()))
-            if self.publish_results:
-                self._public_put(topics.run_task_result(run, t.task), payload, retain=True)
+            self._output.task_result(run, t.task, payload)
 
     def _on_run_transition(self, t: RunTransition) -> None:
         view = self.engine.runs[t.run]
-        self._dirty_runs.add(t.run)
+        self._output.touch(t.run)
         event = RunEvent(t.run, None, t.new.value, None, 0, None, t.cause, t.at)
-        if self.publish_results:
-            self._events.setdefault(t.run, []).append(event)
+        self._output.event(event)
         if t.new is RunState.RUNNING:
             log.info("run %s started (%d tasks)", t.run, len(view.tasks))
             return
@@ -465,53 +455,6 @@ class Coordinator:
         fut = self._waiters.pop(t.run, None)
         if fut is not None and not fut.done():
             fut.set_result(RunResult.from_view(view))
-
-    def _publish_progress(self, now: float) -> None:
-        if self.publish_results and self._events:
-            for run in list(self._events):
-                self._flush_events(run)
-        if not self._dirty_runs:
-            return
-        still_dirty = set()
-        for run in self._dirty_runs:
-            view = self.engine.runs.get(run)
-            if view is None:
-                continue
-            finished = view.state is not RunState.RUNNING
-            if finished or now - self._status_sent.get(run, 0.0) >= _STATUS_INTERVAL:
-                self._status_sent[run] = now
-                doc = run_status_doc(view, coordinator=self.id)
-                self._public_put(topics.run_status(run), encode_public(doc), retain=True)
-                if finished:
-                    self._status_sent.pop(run, None)
-            else:
-                still_dirty.add(run)
-        self._dirty_runs = still_dirty
-        if still_dirty:
-            # Make sure the throttled status goes out even if nothing else happens.
-            asyncio.get_running_loop().call_later(_STATUS_INTERVAL, self._wake.set)
-
-    def _flush_events(self, run: RunId) -> None:
-        # Bounded messages, encoded as they fill: a fan-out can make 100,000 tasks
-        # ready in one cycle, and their events should not all be alive at once.
-        events = self._events.pop(run, None)
-        if events:
-            doc = {"schema": SCHEMA_EVENTS, "run": run, "events": [e.to_doc() for e in events]}
-            self._public_put(topics.run_events(run), encode_public(doc), retain=False)
-
-    def _public_put(self, topic: str, payload: bytes, *, retain: bool) -> None:
-        try:
-            self._public.put_nowait((topic, payload, retain))
-        except asyncio.QueueFull:
-            self.rejections["public_queue_full"] += 1
-
-    async def _public_loop(self) -> None:
-        while True:
-            topic, payload, retain = await self._public.get()
-            try:
-                await self._public_publisher.send(topic, payload, retain=retain, content_type=CONTENT_TYPE_JSON)
-            finally:
-                self._public.task_done()
 
     async def _reannounce_loop(self) -> None:
         while True:
