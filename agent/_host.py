@@ -41,6 +41,7 @@ def host_id() -> str:
 
 
 def capabilities(config: AgentConfig) -> Capabilities:
+    """What this agent announces: host facts, runtimes, labels, slots and version."""
     return Capabilities(
         hostname=socket.gethostname(),
         host_id=host_id(),

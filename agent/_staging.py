@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from dagon.protocol import REFERENCE_RE, DagonError, OutputFile, StageInput
 
-__all__ = ["StagingError", "has_outputs", "manifest", "rewrite_command", "safe_component", "stage_inputs"]
+__all__ = [
+    "StagingError",
+    "has_outputs",
+    "manifest",
+    "rewrite_command",
+    "rewrite_value",
+    "safe_component",
+    "stage_inputs",
+    "task_dir_name",
+]
+
+log = logging.getLogger(__name__)
 
 MAX_MANIFEST_FILES: Final = 10_000
 _GLOB_CHARS: Final = frozenset("*?[")
@@ -27,10 +39,19 @@ class StagingError(DagonError):
 
 
 def safe_component(name: str, what: str) -> str:
-    """Refuse names that would escape or break a path component."""
+    """Return ``name`` if it is usable as one path component.
+
+    Raises:
+        StagingError: it is empty, ``.`` or ``..``, or contains ``/`` or NUL.
+    """
     if not name or name in (".", "..") or "/" in name or "\x00" in name:
-        raise StagingError(f"{what} {name!r} cannot be used as a directory name")
+        raise StagingError(f"{what} {name!r} cannot be used as a directory name (no '/', NUL, '.' or '..')")
     return name
+
+
+def task_dir_name(run: str, task: str, attempt: int) -> Path:
+    """``<run>/<task>-<attempt>``, relative to the scratch root (names checked)."""
+    return Path(safe_component(run, "run name")) / f"{safe_component(task, 'task name')}-{attempt}"
 
 
 def _check_relative(path: str, ref: str) -> None:
@@ -51,18 +72,19 @@ def _link(src: Path, dst: Path, mode: str) -> None:
     shutil.copy2(src, dst, follow_symlinks=False)
 
 
-def _stage_one(src: Path, root: Path, dst: Path, mode: str, ref: str) -> None:
+def _stage_one(src: Path, root: Path, dst: Path, mode: str, ref: str, parents: frozenset[Path] = frozenset()) -> None:
     resolved = src.resolve()
     if not resolved.is_relative_to(root):
         raise StagingError(f"input {ref}: {src.relative_to(root)} points outside the producer's directory")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir() and not src.is_symlink():
-        if mode == "symlink":
-            dst.symlink_to(resolved, target_is_directory=True)
-            return
+    if resolved.is_dir():
+        if resolved in parents:
+            raise StagingError(f"input {ref}: {src.relative_to(root)} is a symlink loop")
+        # Directories are recreated in every mode (never linked whole) so each file
+        # inside passes the containment check above.
         dst.mkdir(exist_ok=True)
-        for child in sorted(src.iterdir()):
-            _stage_one(child, root, dst / child.name, mode, ref)
+        for child in sorted(resolved.iterdir()):
+            _stage_one(child, root, dst / child.name, mode, ref, parents | {resolved})
         return
     _link(resolved, dst, mode)
 
@@ -103,11 +125,28 @@ def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, m
     return staged
 
 
-def rewrite_command(command: str, staged: dict[str, str]) -> str:
-    """Replace each ``workflow://`` reference by its staged path (exact match, no prefix clashes)."""
+def rewrite_command(command: str, staged: Mapping[str, str]) -> str:
+    """Replace each ``workflow://`` reference by its staged path.
+
+    References are found with the same grammar the coordinator used to extract
+    them, so ``workflow:///A/x`` never rewrites part of ``workflow:///A/x.txt``.
+    """
     if not staged:
         return command
     return REFERENCE_RE.sub(lambda m: staged.get(m.group(0), m.group(0)), command)
+
+
+def rewrite_value(value: Any, staged: Mapping[str, str]) -> Any:
+    """:func:`rewrite_command` applied to every string inside plain data (python task arguments)."""
+    if not staged:
+        return value
+    if isinstance(value, str):
+        return rewrite_command(value, staged)
+    if isinstance(value, list | tuple):
+        return type(value)(rewrite_value(v, staged) for v in value)
+    if isinstance(value, dict):
+        return {k: rewrite_value(v, staged) for k, v in value.items()}
+    return value
 
 
 def _sha256(path: Path) -> str:
@@ -131,6 +170,9 @@ def manifest(workdir: Path, patterns: Iterable[str] = ()) -> tuple[OutputFile, .
     patterns = list(patterns)
     if patterns:
         for pattern in patterns:
+            if pattern.startswith("/") or ".." in pattern.split("/"):
+                log.warning("ignoring declared output %r: it is not inside the task's directory", pattern)
+                continue
             for p in sorted(glob.glob(glob.escape(str(root)) + "/" + pattern, recursive=True)):
                 paths.append(Path(p))
     else:
@@ -141,10 +183,15 @@ def manifest(workdir: Path, patterns: Iterable[str] = ()) -> tuple[OutputFile, .
             paths.extend(Path(dirpath) / name for name in sorted(filenames))
             if len(paths) >= MAX_MANIFEST_FILES:
                 break
+    if len(paths) > MAX_MANIFEST_FILES:
+        log.warning("%s: more than %d output files, the manifest lists the first ones", root, MAX_MANIFEST_FILES)
     out = []
+    seen: set[Path] = set()
     for path in paths[:MAX_MANIFEST_FILES]:
-        if path.is_symlink() or not path.is_file():
+        # Symlinks are not followed: neither a link nor a file reached through a linked directory.
+        if path in seen or path.is_symlink() or not path.is_file() or path.resolve().parent != path.parent:
             continue
+        seen.add(path)
         rel = path.relative_to(root)
         if rel.parts and rel.parts[0] == ".dagon":
             continue

@@ -12,8 +12,10 @@ def noop() -> None:
 
 
 def sleep(seconds: float) -> None:
+    """Block the worker for ``seconds`` (exercises timeouts and slot accounting)."""
     time.sleep(seconds)
 
 
 def echo(value: object) -> object:
+    """Return ``value`` unchanged (round-trips arguments and results through the wire)."""
     return value

@@ -27,7 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="placement labels, e.g. site=lab,gpu=no (default: $DAGON_LABELS)")
     p.add_argument("--slots", type=int, help="tasks run at once (default: $DAGON_SLOTS or the CPU count)")
     p.add_argument("--config", type=Path, help="TOML configuration file")
-    p.add_argument("--log-level", default=os.environ.get("DAGON_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=os.environ.get("DAGON_LOG_LEVEL", "INFO").upper(),
+        help="log verbosity (default: $DAGON_LOG_LEVEL or INFO)",
+    )
     return p
 
 
@@ -43,22 +49,32 @@ async def _serve(config: AgentConfig) -> None:
     async with Agent(config=config, connect=connect) as agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, agent.stop)
-        log.info("agent %s serving on %s", config.agent_id, redact_url(config.broker))
-        await agent.serve_forever()
+            # Only wakes serve_forever: leaving the block does the graceful shutdown.
+            loop.add_signal_handler(sig, agent.stopped.set)
+        try:
+            log.info("agent %s serving on %s", config.agent_id, redact_url(config.broker))
+            await agent.serve_forever()
+            log.info("agent %s shutting down", config.agent_id)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``dagon-agent`` until SIGINT/SIGTERM or a ``shutdown`` control message.
+
+    Returns:
+        0 after a clean shutdown, 2 for a configuration or connection error.
+    """
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     flags = {"broker": args.broker, "id": args.id, "scratch": args.scratch, "labels": args.labels, "slots": args.slots}
     try:
         config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)
         if not config.broker:
             raise ConfigError("no broker configured: pass --broker mqtt://HOST:PORT or set DAGON_BROKER")
+        logging.basicConfig(
+            level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         asyncio.run(_serve(config))
     except DagonError as exc:
         sys.stderr.write(f"dagon-agent: error: {exc}\n")

@@ -1,7 +1,15 @@
 """Agent runtimes: how a task's command actually runs."""
 
 from dagon.agent.runtimes._base import Outcome
-from dagon.agent.runtimes._process import run_process
-from dagon.agent.runtimes._python import PythonRuntime, resolve_callable
+from dagon.agent.runtimes._process import KILL_GRACE, STDERR_TAIL, run_process
+from dagon.agent.runtimes._python import MAX_VALUE_BYTES, PythonRuntime, resolve_callable
 
-__all__ = ["Outcome", "PythonRuntime", "resolve_callable", "run_process"]
+__all__ = [
+    "KILL_GRACE",
+    "MAX_VALUE_BYTES",
+    "STDERR_TAIL",
+    "Outcome",
+    "PythonRuntime",
+    "resolve_callable",
+    "run_process",
+]

@@ -4,7 +4,9 @@ The child is reaped through a pidfd registered with the event loop and
 ``os.wait4`` — no thread per child — which also yields its real CPU time and
 peak RSS. Timeout and cancellation terminate the whole process group (SIGTERM,
 then SIGKILL after a grace period) and always reap it, even when the awaiting
-task is itself being cancelled.
+task is itself being cancelled. Processes a task leaves running in the
+background are killed when it ends (a task cannot outlive its slot); a daemon
+that must survive has to leave the process group (``setsid``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from dagon.agent.runtimes._base import Outcome
 from dagon.protocol import ResultStatus
 
-__all__ = ["run_process"]
+__all__ = ["KILL_GRACE", "STDERR_TAIL", "run_process"]
 
 KILL_GRACE: Final = 2.0
+_T = TypeVar("_T")
 
 
 class _Child:
@@ -54,11 +57,24 @@ class _Child:
         # Leftovers of the group (children that ignored SIGTERM) go too.
         self.signal_group(signal.SIGKILL)
 
+    async def terminate_and_reap(self) -> None:
+        """Kill and reap the group even if the caller is cancelled again meanwhile.
+
+        Used on the way out of a cancellation: the caller re-raises it afterwards.
+        """
+        await _finish(asyncio.ensure_future(self.terminate()))
+        self.reap()
+
     def reap(self) -> tuple[int, float, int]:
-        """Exit code (128+N for signal N), CPU seconds, peak RSS bytes."""
+        """Exit code (128+N for signal N), CPU seconds, peak RSS bytes.
+
+        Only called once the pidfd said the child exited, so ``wait4`` does not block.
+        """
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
-        _, status, usage = os.wait4(self.pid, 0)
+        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        if pid == 0:  # pragma: no cover - the pidfd was readable, so the child has exited
+            _, status, usage = os.wait4(self.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         self.proc.returncode = code  # so Popen's finaliser does not try to reap again
         if code < 0:
@@ -111,6 +127,15 @@ def _spawn(
     return proc, err_fd
 
 
+async def _finish(fut: asyncio.Future[_T]) -> _T:
+    """Wait for ``fut`` through any number of cancellations (the caller is already
+    handling one and re-raises it afterwards)."""
+    while not fut.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(fut)
+    return fut.result()
+
+
 def _read_tail(fd: int) -> str:
     try:
         size = os.fstat(fd).st_size
@@ -148,11 +173,9 @@ async def run_process(
     except asyncio.CancelledError:
         # Cancelled while the thread was forking: the child may exist; kill and reap it.
         with contextlib.suppress(OSError):
-            late, late_fd = await spawning
+            late, late_fd = await _finish(spawning)
             os.close(late_fd)
-            child = _Child(late)
-            await child.terminate()
-            child.reap()
+            await _Child(late).terminate_and_reap()
         raise
     child = _Child(proc)
     status = ResultStatus.SUCCEEDED
@@ -162,11 +185,12 @@ async def run_process(
             status = ResultStatus.TIMEOUT
             await child.terminate()
     except asyncio.CancelledError:
-        # Kill and reap before letting the cancellation through.
-        await asyncio.shield(child.terminate())
-        child.reap()
         os.close(err_fd)
+        await child.terminate_and_reap()
         raise
+    # The leader is a zombie until reaped, so its pid (the group id) cannot be reused
+    # yet: background processes the task left behind are killed safely here.
+    child.signal_group(signal.SIGKILL)
     code, cpu, rss = child.reap()
     tail = _read_tail(err_fd)
     if status is ResultStatus.SUCCEEDED and code != 0:

@@ -1,0 +1,130 @@
+"""Coalesced reporting of started and finished tasks to their coordinators.
+
+Reports are queued per coordinator (the assignment's ``reply_to``). The outbox
+loop waits for the first pending report, then takes everything that piled up
+meanwhile and publishes at most one ``TasksStarted`` and one ``TasksFinished``
+per coordinator: batches grow with load and nothing waits when idle.
+
+Invariant: a task's ``StartedTask`` is queued before its ``TaskResult`` and a
+flush sends a coordinator's started batch before its finished batch, so no
+coordinator ever sees a result before the start of the same attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from dagon.protocol import (
+    AgentId,
+    Codec,
+    Message,
+    ProtocolError,
+    StartedTask,
+    TaskResult,
+    TasksFinished,
+    TasksStarted,
+    topics,
+)
+from dagon.protocol.transport import Publisher
+
+__all__ = ["Outbox"]
+
+log = logging.getLogger(__name__)
+
+_R = TypeVar("_R", StartedTask, TaskResult)
+
+
+class Outbox:
+    """Queues reports and publishes them in coalesced batches.
+
+    Args:
+        agent: this agent's id (the ``agent`` field of every report).
+        codec: encodes the reports.
+        publisher: pipelined publisher on the agent's transport.
+    """
+
+    def __init__(self, *, agent: AgentId, codec: Codec, publisher: Publisher) -> None:
+        self._agent = agent
+        self._codec = codec
+        self._publisher = publisher
+        self._started: defaultdict[str, list[StartedTask]] = defaultdict(list)
+        self._finished: defaultdict[str, list[TaskResult]] = defaultdict(list)
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.batches = 0
+
+    @property
+    def depth(self) -> int:
+        """Reports queued and not yet handed to the transport."""
+        return sum(map(len, self._started.values())) + sum(map(len, self._finished.values()))
+
+    def started(self, coordinator: str, item: StartedTask) -> None:
+        """Queue a start report for ``coordinator``."""
+        self._started[coordinator].append(item)
+        self._wake.set()
+
+    def finished(self, coordinator: str, item: TaskResult) -> None:
+        """Queue a result for ``coordinator``."""
+        self._finished[coordinator].append(item)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Publish queued reports as they come, forever (the agent's outbox loop)."""
+        while True:
+            await self._wake.wait()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Hand every queued report to the publisher now."""
+        async with self._lock:
+            self._wake.clear()
+            started, self._started = self._started, defaultdict(list)
+            finished, self._finished = self._finished, defaultdict(list)
+            for coordinator in started.keys() | finished.keys():
+                inbox = topics.coordinator_inbox(coordinator)
+                if started.get(coordinator):
+                    await self._send(inbox, started[coordinator], self._started_message)
+                if finished.get(coordinator):
+                    await self._send(inbox, finished[coordinator], self._finished_message)
+
+    def _started_message(self, items: Sequence[StartedTask]) -> Message:
+        return TasksStarted(agent=self._agent, tasks=tuple(items))
+
+    def _finished_message(self, items: Sequence[TaskResult]) -> Message:
+        return TasksFinished(agent=self._agent, results=tuple(items))
+
+    async def _send(self, inbox: str, items: Sequence[_R], build: Callable[[Sequence[_R]], Message]) -> None:
+        try:
+            payload = self._codec.encode(build(items))
+        except ProtocolError as exc:
+            if exc.reason != "oversize":
+                log.exception("cannot encode a report for %s; %d report(s) dropped", inbox, len(items))
+                return
+            if len(items) > 1:  # split until every part fits
+                half = len(items) // 2
+                await self._send(inbox, items[:half], build)
+                await self._send(inbox, items[half:], build)
+                return
+            item = items[0]
+            if not isinstance(item, TaskResult):  # pragma: no cover - a start report is tiny
+                log.error("start report for %s is over the message size limit", inbox)
+                return
+            # One result too big on its own (huge manifest): send it without the bulky parts.
+            slim = dataclasses.replace(
+                item,
+                outputs=(),
+                value=None,
+                stderr_tail=item.stderr_tail[-1024:],
+                error=" ".join(filter(None, [item.error, f"[report truncated: {exc}]"])),
+            )
+            log.warning(
+                "result of %s/%s is over the message size limit; sent without its manifest", item.run, item.task
+            )
+            payload = self._codec.encode(TasksFinished(agent=self._agent, results=(slim,)))
+        await self._publisher.send(inbox, payload)
+        self.batches += 1

@@ -1,0 +1,134 @@
+"""Running one assignment: scratch directory, staging, runtime, manifest → ``TaskResult``.
+
+Every way an attempt can end — success, failure, timeout, cancellation, a
+refused input, a bug in the agent — ends in exactly one result handed to
+``on_finish``; nothing raised here reaches the agent's task group except the
+cancellation itself (re-raised after the result was recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dagon.agent._config import AgentConfig
+from dagon.agent._staging import (
+    StagingError,
+    has_outputs,
+    manifest,
+    rewrite_command,
+    rewrite_value,
+    stage_inputs,
+    task_dir_name,
+)
+from dagon.agent.runtimes import Outcome, PythonRuntime, run_process
+from dagon.protocol import OutputFile, ResultStatus, StartedTask, TaskAssignment, TaskResult
+
+__all__ = ["TaskRunner"]
+
+log = logging.getLogger(__name__)
+
+OnStart = Callable[[StartedTask], None]
+OnFinish = Callable[[TaskResult], None]
+
+
+class TaskRunner:
+    """Runs assignments with the agent's runtimes.
+
+    Args:
+        config: the agent's settings (scratch root, staging mode).
+        host_id: this machine's id (inputs produced here are linked or copied).
+        python: the python runtime's worker pool.
+    """
+
+    def __init__(self, *, config: AgentConfig, host_id: str, python: PythonRuntime) -> None:
+        self._config = config
+        self._host_id = host_id
+        self._python = python
+
+    def workdir(self, a: TaskAssignment) -> Path | None:
+        """``<scratch>/<run>/<task>-<attempt>``; ``None`` for python tasks without inputs.
+
+        Raises:
+            StagingError: the run or task name cannot be used as a directory name.
+        """
+        if a.runtime == "python" and not a.inputs:
+            return None
+        return self._config.scratch / task_dir_name(a.run, a.task, a.attempt)
+
+    async def run(self, a: TaskAssignment, *, on_start: OnStart, on_finish: OnFinish) -> None:
+        """Run ``a``; report its start (once it has a directory) and always its result."""
+        started = time.time()
+        workdir = ""
+        outcome = Outcome(ResultStatus.ERROR, None, error="the agent stopped before the task ended")
+        outputs: tuple[OutputFile, ...] = ()
+        try:
+            path = self.workdir(a)
+            workdir = str(path) if path is not None else ""
+            on_start(StartedTask(a.run, a.task, a.attempt, started, workdir))
+            outcome, outputs = await self._run(a, path)
+        except asyncio.CancelledError:
+            outcome = Outcome(ResultStatus.CANCELLED, None, error="cancelled")
+            raise
+        except StagingError as exc:
+            outcome = Outcome(ResultStatus.ERROR, None, error=str(exc))
+        except Exception as exc:
+            log.exception("task %s/%s attempt %d failed inside the agent", a.run, a.task, a.attempt)
+            outcome = Outcome(ResultStatus.ERROR, None, error=f"agent error: {type(exc).__name__}: {exc}")
+        finally:
+            on_finish(
+                TaskResult(
+                    run=a.run,
+                    task=a.task,
+                    attempt=a.attempt,
+                    status=outcome.status,
+                    exit_code=outcome.exit_code,
+                    started_at=started,
+                    finished_at=time.time(),
+                    cpu_time=outcome.cpu_time,
+                    max_rss=outcome.max_rss,
+                    stderr_tail=outcome.stderr_tail,
+                    error=outcome.error,
+                    workdir=workdir,
+                    outputs=outputs,
+                    value=outcome.value,
+                )
+            )
+
+    async def _run(self, a: TaskAssignment, path: Path | None) -> tuple[Outcome, tuple[OutputFile, ...]]:
+        staged: dict[str, str] = {}
+        if a.inputs:
+            assert path is not None
+            mode = a.stage_mode or self._config.stage_mode
+            staged = await asyncio.to_thread(stage_inputs, a.inputs, path, host_id=self._host_id, mode=mode)
+        if a.runtime == "python":
+            args = rewrite_value(a.args, staged)
+            kwargs = rewrite_value(a.kwargs, staged)
+            return await self._python.run(a.command, args, kwargs, time_limit=a.timeout), ()
+        assert path is not None
+        outcome = await self._run_process(a, rewrite_command(a.command, staged), path)
+        outputs: tuple[OutputFile, ...] = ()
+        # Hashing runs in a thread; the cheap emptiness check spares the thread hop
+        # for the many tasks that write nothing.
+        if outcome.status is not ResultStatus.ERROR and has_outputs(path):
+            outputs = await asyncio.to_thread(manifest, path, a.outputs)
+        return outcome, outputs
+
+    async def _run_process(self, a: TaskAssignment, command: str, path: Path) -> Outcome:
+        meta = path / ".dagon"
+        env = dict(os.environ)
+        env.update(a.env)
+        env.update(DAGON_RUN=a.run, DAGON_TASK=a.task, DAGON_ATTEMPT=str(a.attempt), DAGON_WORKDIR=str(path))
+        return await run_process(
+            command,
+            cwd=path,
+            env=env,
+            stdout=meta / "stdout",
+            stderr=meta / "stderr",
+            time_limit=a.timeout,
+            record=meta / "command",
+        )
