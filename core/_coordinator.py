@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final, Self
 
-from dagon.core._engine import Engine, RunView
-from dagon.core._errors import RunNotFound, ValidationError
+from dagon.core._engine import Engine
+from dagon.core._errors import ValidationError
 from dagon.core._events import (
     AgentAnnounced,
     AgentChanged,
@@ -465,9 +465,3 @@ class Coordinator:
                 retain=True,
                 content_type=CONTENT_TYPE_JSON,
             )
-
-    def _run_view(self, run: RunId) -> RunView:
-        try:
-            return self.engine.runs[run]
-        except KeyError:
-            raise RunNotFound(run) from None

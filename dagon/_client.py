@@ -18,11 +18,11 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from dagon._remote import RemoteRuns, find_coordinator
 from dagon._settings import broker_from_env, dagon_home
@@ -93,8 +93,8 @@ class Client:
         self._reader: asyncio.Task[None] | None = None
         self.url = ""
 
-    def _connect(self, client_id: str) -> Any:
-        def factory(will: Will | None) -> Transport:
+    def _connect(self, client_id: str) -> Callable[[Will], Transport]:
+        def factory(will: Will) -> Transport:
             return MqttTransport(self.url, client_id=client_id, will=will, protocol=self._protocol)
 
         return factory

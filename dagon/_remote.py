@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,8 +132,7 @@ class RemoteRuns:
 async def find_coordinator(transport: Transport, messages: AsyncIterator[Any], *, wait: float = 2.0) -> str:
     """The id of an online coordinator, from the retained coordinator statuses."""
     await transport.subscribe(topics.all_coordinator_status())
-    online: list[str] = []
-    deadline = time.monotonic() + wait
+    found: str | None = None
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(wait):
             async for msg in messages:
@@ -144,14 +142,13 @@ async def find_coordinator(transport: Transport, messages: AsyncIterator[Any], *
                     doc = decode_public(msg.payload, schema=SCHEMA_COORDINATOR)
                 except ProtocolError:
                     continue
+                # in-process coordinators of other clients ("client-…") take no submissions
                 if doc.get("online") and not str(doc.get("id", "")).startswith("client-"):
-                    online.append(str(doc["id"]))
-                    break
-                if time.monotonic() > deadline:
+                    found = str(doc["id"])
                     break
     await transport.unsubscribe(topics.all_coordinator_status())
-    if not online:
+    if found is None:
         raise DagonError(
             "no dagon coordinator is online on this broker; start one with 'dagon coordinator --broker URL'"
         )
-    return online[0]
+    return found

@@ -9,16 +9,18 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from dagon.agent import default_home
+
 __all__ = ["broker_from_env", "dagon_home"]
 
 
 def dagon_home(env: Mapping[str, str] | None = None) -> Path:
-    """``$DAGON_HOME``, else ``$XDG_STATE_HOME/dagon``, else ``~/.local/state/dagon``."""
-    env = os.environ if env is None else env
-    if env.get("DAGON_HOME"):
-        return Path(env["DAGON_HOME"]).expanduser()
-    state = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "dagon"
+    """``$DAGON_HOME``, else ``$XDG_STATE_HOME/dagon``, else ``~/.local/state/dagon``.
+
+    The same rule the agent uses (one definition, in :mod:`dagon.agent`), so the
+    embedded agent and the CLI always agree on where local state lives.
+    """
+    return default_home(os.environ if env is None else env)
 
 
 def broker_from_env(broker: str | None, env: Mapping[str, str] | None = None) -> str | None:
