@@ -413,6 +413,9 @@ class Engine:
             inputs=tuple(inputs),
             outputs=spec.outputs,
             stage_mode=spec.stage_mode,
+            cpus=float(spec.cpus),
+            memory=spec.memory,
+            runtime_options=dict(spec.runtime_options),
         )
         agent.inflight[assignment.ref] = view
         self._move(view, _S.DISPATCHED, f"placed on {agent.id}")

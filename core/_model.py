@@ -62,6 +62,9 @@ class Task:
         cpus, memory: resources the task needs (memory in bytes).
         labels: an agent must carry all these labels to run it.
         agent: pin the task to one agent id.
+        stage_mode: how inputs are staged on the same host (symlink, hardlink, copy; "" = agent default).
+        runtime_options: runtime-specific settings as plain data (e.g. a container's ``image``);
+            each runtime documents and validates its own keys.
     """
 
     name: str
@@ -80,12 +83,14 @@ class Task:
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     agent: str | None = None
     stage_mode: str = ""
+    runtime_options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
     def __post_init__(self) -> None:
         # Copies keep callers' dicts from changing a validated task; empties share EMPTY.
         self.kwargs = MappingProxyType(dict(self.kwargs)) if self.kwargs else EMPTY
         self.env = MappingProxyType(dict(self.env)) if self.env else EMPTY
         self.labels = MappingProxyType(dict(self.labels)) if self.labels else EMPTY
+        self.runtime_options = MappingProxyType(dict(self.runtime_options)) if self.runtime_options else EMPTY
 
     def validate(self) -> None:
         check_name("task", self.name)
@@ -113,9 +118,11 @@ class Task:
         try:
             check_plain(list(self.args), "args")
             check_plain(dict(self.kwargs), "kwargs")
+            check_plain(dict(self.runtime_options), "runtime_options")
         except ProtocolError as exc:
             raise ValidationError(
-                f"task {self.name!r}: {exc}; python task arguments travel as plain data", tasks=[self.name]
+                f"task {self.name!r}: {exc}; task arguments and runtime options travel as plain data",
+                tasks=[self.name],
             ) from None
         for key, value in self.env.items():
             if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
@@ -135,7 +142,7 @@ class Task:
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "command": self.command, "runtime": self.runtime}
         defaults = _DEFAULT_TASK
-        for key in ("args", "kwargs", "after", "inputs", "outputs", "env", "timeout", "cpus", "memory", "labels"):
+        for key in _OPTIONAL_FIELDS:
             value = getattr(self, key)
             if value != getattr(defaults, key):
                 if isinstance(value, tuple):
@@ -161,7 +168,7 @@ class Task:
             raise ValidationError(f"a task must be a mapping, got {type(doc).__name__}")
         known = {
             "name", "command", "runtime", "args", "kwargs", "after", "inputs", "outputs", "env",
-            "timeout", "cpus", "memory", "labels", "agent", "stage_mode", "retry",
+            "timeout", "cpus", "memory", "labels", "agent", "stage_mode", "retry", "runtime_options",
         }  # fmt: skip
         extra = sorted(set(doc) - known)
         if extra:
@@ -185,6 +192,7 @@ class Task:
                 labels=dict(doc.get("labels", {})),
                 agent=doc.get("agent"),
                 stage_mode=doc.get("stage_mode", ""),
+                runtime_options=dict(doc.get("runtime_options", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"task {doc.get('name')!r}: invalid spec ({exc})") from exc
@@ -192,6 +200,10 @@ class Task:
 
 
 _DEFAULT_TASK: Final = Task(name="_", command="_")
+# Serialised only when they differ from the default (agent, stage_mode and retry have their own rules).
+_OPTIONAL_FIELDS: Final = (
+    "args", "kwargs", "after", "inputs", "outputs", "env", "timeout", "cpus", "memory", "labels", "runtime_options",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

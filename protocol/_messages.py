@@ -122,6 +122,9 @@ class TaskAssignment:
     inputs: tuple[StageInput, ...] = ()
     outputs: tuple[str, ...] = ()
     stage_mode: str = ""
+    cpus: float = 1.0
+    memory: int = 0  # bytes; 0 = no limit requested
+    runtime_options: dict[str, Any] = field(default_factory=dict)  # runtime-specific, plain data
 
     @property
     def ref(self) -> TaskRef:
