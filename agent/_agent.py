@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -21,7 +21,7 @@ from dagon.agent._config import AgentConfig
 from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
-from dagon.agent.runtimes import PythonRuntime
+from dagon.agent.runtimes import PythonRuntime, Runtime
 from dagon.protocol import (
     Ack,
     AgentId,
@@ -73,11 +73,17 @@ class Agent:
         completed: attempts finished so far.
     """
 
-    def __init__(self, *, config: AgentConfig, connect: Callable[[Will], Transport]) -> None:
+    def __init__(
+        self, *, config: AgentConfig, connect: Callable[[Will], Transport], runtimes: Sequence[Runtime] = ()
+    ) -> None:
         self.config = config
         self.id = AgentId(config.agent_id)
         self.codec = Codec(sender=f"agent/{config.agent_id}", max_size=config.max_message_size)
-        self.capabilities = capabilities(config)
+        names = [r.name for r in runtimes]
+        if len(set(names)) != len(names) or {"process", "python"} & set(names):
+            raise ValueError(f"runtime names must be unique and not 'process' or 'python', got {names}")
+        self._runtimes = {r.name: r for r in runtimes}
+        self.capabilities = capabilities(config, names)
         will = Will(topics.agent_status(self.id), self.codec.encode(Offline(agent=self.id, reason="connection lost")))
         self._transport = connect(will)
         self._publisher = Publisher(self._transport)
@@ -85,7 +91,9 @@ class Agent:
         self._reject = Rejections(log)
         self.rejections: Counter[str] = self._reject.counts
         self._python = PythonRuntime(pool=config.python_pool, workers=config.workers)
-        self._runner = TaskRunner(config=config, host_id=self.capabilities.host_id, python=self._python)
+        self._runner = TaskRunner(
+            config=config, host_id=self.capabilities.host_id, python=self._python, runtimes=self._runtimes
+        )
         self._tasks: dict[TaskRef, asyncio.Task[None]] = {}  # accepted: running or waiting for a slot
         self._queued: dict[TaskRef, str] = {}  # waiting for a slot → coordinator to report to
         self._slots = asyncio.Semaphore(config.slots)
@@ -109,7 +117,7 @@ class Agent:
             self._tg = asyncio.TaskGroup()
             await self._tg.__aenter__()
         except BaseException:
-            self._python.close()
+            await self._close_runtimes()
             await self._transport.__aexit__(None, None, None)
             raise
         name = f"agent-{self.id}"
@@ -176,8 +184,16 @@ class Agent:
                 await self._transport.publish(topics.agent_status(self.id), payload, retain=True)
         except (TimeoutError, DagonError) as exc:
             log.warning("agent %s: could not publish its offline status: %s", self.id, exc or "timeout")
-        self._python.close()
+        await self._close_runtimes()
         log.info("agent %s stopped after %d task(s)", self.id, self.completed)
+
+    async def _close_runtimes(self) -> None:
+        self._python.close()
+        for runtime in self._runtimes.values():
+            try:
+                await runtime.aclose()
+            except Exception:
+                log.exception("agent %s: closing runtime %r failed", self.id, runtime.name)
 
     async def _announce(self) -> None:
         payload = self.codec.encode(Announce(agent=self.id, capabilities=self.capabilities))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -40,7 +41,7 @@ def host_id() -> str:
     return f"{socket.gethostname()}-{boot}"
 
 
-def capabilities(config: AgentConfig) -> Capabilities:
+def capabilities(config: AgentConfig, extra_runtimes: Sequence[str] = ()) -> Capabilities:
     """What this agent announces: host facts, runtimes, labels, slots and version."""
     return Capabilities(
         hostname=socket.gethostname(),
@@ -49,7 +50,7 @@ def capabilities(config: AgentConfig) -> Capabilities:
         os=platform.system().lower(),
         cpus=psutil.cpu_count() or 1,
         memory=int(psutil.virtual_memory().total),
-        runtimes=RUNTIMES,
+        runtimes=(*RUNTIMES, *extra_runtimes),
         labels=dict(config.labels),
         slots=config.slots,
         prefetch=config.queue_depth,

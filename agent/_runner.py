@@ -12,8 +12,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from dagon.agent._config import AgentConfig
 from dagon.agent._staging import (
@@ -25,7 +26,7 @@ from dagon.agent._staging import (
     stage_inputs,
     task_dir_name,
 )
-from dagon.agent.runtimes import Outcome, PythonRuntime, run_process
+from dagon.agent.runtimes import Execution, Outcome, PythonRuntime, Runtime, run_process
 from dagon.protocol import OutputFile, ResultStatus, StartedTask, TaskAssignment, TaskResult
 
 __all__ = ["TaskRunner"]
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 OnStart = Callable[[StartedTask], None]
 OnFinish = Callable[[TaskResult], None]
+EMPTY_RUNTIMES: Mapping[str, Runtime] = MappingProxyType({})
 
 
 class TaskRunner:
@@ -43,12 +45,21 @@ class TaskRunner:
         config: the agent's settings (scratch root, staging mode).
         host_id: this machine's id (inputs produced here are linked or copied).
         python: the python runtime's worker pool.
+        runtimes: further runtimes by name (containers, jobs, …).
     """
 
-    def __init__(self, *, config: AgentConfig, host_id: str, python: PythonRuntime) -> None:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        host_id: str,
+        python: PythonRuntime,
+        runtimes: Mapping[str, Runtime] = EMPTY_RUNTIMES,
+    ) -> None:
         self._config = config
         self._host_id = host_id
         self._python = python
+        self._runtimes = runtimes
 
     def workdir(self, a: TaskAssignment) -> Path | None:
         """``<scratch>/<run>/<task>-<attempt>``; ``None`` for python tasks without inputs.
@@ -110,7 +121,12 @@ class TaskRunner:
             kwargs = rewrite_value(a.kwargs, staged)
             return await self._python.run(a.command, args, kwargs, time_limit=a.timeout), ()
         assert path is not None
-        outcome = await self._run_process(a, rewrite_command(a.command, staged), path)
+        command = rewrite_command(a.command, staged)
+        runtime = self._runtimes.get(a.runtime)
+        if runtime is not None:
+            outcome = await runtime.run(await self._execution(a, command, path))
+        else:
+            outcome = await self._run_process(a, command, path)
         outputs: tuple[OutputFile, ...] = ()
         # Hashing runs in a thread; the cheap emptiness check spares the thread hop
         # for the many tasks that write nothing.
@@ -118,11 +134,24 @@ class TaskRunner:
             outputs = await asyncio.to_thread(manifest, path, a.outputs)
         return outcome, outputs
 
+    @staticmethod
+    def _task_env(a: TaskAssignment, path: Path) -> dict[str, str]:
+        env = dict(a.env)
+        env.update(DAGON_RUN=a.run, DAGON_TASK=a.task, DAGON_ATTEMPT=str(a.attempt), DAGON_WORKDIR=str(path))
+        return env
+
+    async def _execution(self, a: TaskAssignment, command: str, path: Path) -> Execution:
+        meta = path / ".dagon"
+        await asyncio.to_thread(meta.mkdir, parents=True, exist_ok=True)
+        return Execution(
+            assignment=a, command=command, workdir=path, env=self._task_env(a, path), stdout=meta / "stdout",
+            stderr=meta / "stderr",
+        )  # fmt: skip
+
     async def _run_process(self, a: TaskAssignment, command: str, path: Path) -> Outcome:
         meta = path / ".dagon"
         env = dict(os.environ)
-        env.update(a.env)
-        env.update(DAGON_RUN=a.run, DAGON_TASK=a.task, DAGON_ATTEMPT=str(a.attempt), DAGON_WORKDIR=str(path))
+        env.update(self._task_env(a, path))
         return await run_process(
             command,
             cwd=path,

@@ -1,15 +1,17 @@
 """Agent runtimes: how a task's command actually runs."""
 
-from dagon.agent.runtimes._base import Outcome
+from dagon.agent.runtimes._base import Execution, Outcome, Runtime
 from dagon.agent.runtimes._process import KILL_GRACE, STDERR_TAIL, run_process
 from dagon.agent.runtimes._python import MAX_VALUE_BYTES, PythonRuntime, resolve_callable
 
 __all__ = [
     "KILL_GRACE",
+    "Execution",
     "MAX_VALUE_BYTES",
     "STDERR_TAIL",
     "Outcome",
     "PythonRuntime",
+    "Runtime",
     "resolve_callable",
     "run_process",
 ]

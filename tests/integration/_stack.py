@@ -7,11 +7,11 @@ over a real broker URL.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import dagon
-from dagon.agent import Agent, load_agent_config
+from dagon.agent import Agent, Runtime, load_agent_config
 from dagon.core import Coordinator, RunStore
 from dagon.protocol.transport import MemoryHub, MqttTransport, Transport, Will
 
@@ -25,7 +25,13 @@ def agent_config(tmp: Path, name: str, *, slots: int = 4, broker: str = "memory:
 
 @contextlib.asynccontextmanager
 async def memory_stack(
-    hub: MemoryHub, tmp: Path, *, agents: int = 1, slots: int = 4, heartbeat_ttl: float = 15.0
+    hub: MemoryHub,
+    tmp: Path,
+    *,
+    agents: int = 1,
+    slots: int = 4,
+    heartbeat_ttl: float = 15.0,
+    runtimes: Sequence[Runtime] = (),
 ) -> AsyncIterator[tuple[Coordinator, list[Agent]]]:
     store = RunStore(tmp / "runs.sqlite")
     try:
@@ -45,7 +51,8 @@ async def memory_stack(
                 def connect(will: Will) -> Transport:
                     return hub.transport(will=will)
 
-                started.append(await stack.enter_async_context(Agent(config=config, connect=connect)))  # type: ignore[arg-type]
+                agent = Agent(config=config, connect=connect, runtimes=runtimes)  # type: ignore[arg-type]
+                started.append(await stack.enter_async_context(agent))
             await coordinator.wait_for_agents(agents)
             yield coordinator, started
     finally:
