@@ -37,9 +37,12 @@ from dagon.protocol import (
     Rejection,
     Rejections,
     ResultStatus,
+    Signer,
     TaskAssignment,
     TaskRef,
     TaskResult,
+    Trust,
+    raw_public_key,
     topics,
 )
 from dagon.protocol.transport import Incoming, Publisher, Transport, Will
@@ -63,6 +66,11 @@ class Agent:
         config: validated settings (see :func:`load_agent_config`).
         connect: builds the (unopened) transport, given the agent's Last Will
             (a retained ``Offline`` on its status topic).
+        runtimes: runtimes besides ``process`` and ``python`` (containers, jobs …).
+        signer: the agent's key; signs everything it reports.
+        trust: the coordinator keys whose signed tasks and control messages it obeys.
+        insecure: allow running without ``signer``/``trust`` (development only:
+            anyone who can publish to the broker can then make this agent run anything).
 
     Attributes:
         id: the agent id.
@@ -74,11 +82,26 @@ class Agent:
     """
 
     def __init__(
-        self, *, config: AgentConfig, connect: Callable[[Will], Transport], runtimes: Sequence[Runtime] = ()
+        self,
+        *,
+        config: AgentConfig,
+        connect: Callable[[Will], Transport],
+        runtimes: Sequence[Runtime] = (),
+        signer: Signer | None = None,
+        trust: Trust | None = None,
+        insecure: bool = False,
     ) -> None:
+        if (signer is None or trust is None) and not insecure:
+            raise ValueError(
+                "an agent signs its reports and obeys only signed tasks: pass signer= and trust="
+                " (see dagon._keys), or insecure=True for development"
+            )
         self.config = config
         self.id = AgentId(config.agent_id)
-        self.codec = Codec(sender=f"agent/{config.agent_id}", max_size=config.max_message_size)
+        self.codec = Codec(
+            sender=f"agent/{config.agent_id}", max_size=config.max_message_size, signer=signer, trust=trust
+        )
+        self._key = raw_public_key(signer.public_key) if signer is not None else b""
         names = [r.name for r in runtimes]
         if len(set(names)) != len(names) or {"process", "python"} & set(names):
             raise ValueError(f"runtime names must be unique and not 'process' or 'python', got {names}")
@@ -196,7 +219,7 @@ class Agent:
                 log.exception("agent %s: closing runtime %r failed", self.id, runtime.name)
 
     async def _announce(self) -> None:
-        payload = self.codec.encode(Announce(agent=self.id, capabilities=self.capabilities))
+        payload = self.codec.encode(Announce(agent=self.id, capabilities=self.capabilities, key=self._key))
         await self._transport.publish(topics.agent_status(self.id), payload, retain=True)
 
     async def _reannounce_loop(self) -> None:

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import psutil
 
+from dagon._keys import coordinator_signer, enroll
+from dagon._settings import dagon_home
+
 __all__ = ["Agents", "free_port", "mosquitto", "print_table", "rss_mb", "workspace"]
 
 
@@ -29,6 +32,10 @@ def workspace() -> tempfile.TemporaryDirectory[str]:
     a task directory with its three files). Override with DAGON_BENCH_DIR."""
     base = Path(os.environ.get("DAGON_BENCH_DIR") or Path.home() / ".cache" / "dagon-bench")
     base.mkdir(parents=True, exist_ok=True)
+    # The coordinator's home too (keys, pinned agent keys, run store): fresh agents
+    # get fresh keys, which a long-lived home would refuse as changed.
+    os.environ["DAGON_HOME"] = str(base / "coordinator")
+    shutil.rmtree(base / "coordinator", ignore_errors=True)
     return tempfile.TemporaryDirectory(prefix="run-", dir=base)
 
 
@@ -90,13 +97,18 @@ class Agents:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Agents:
+        # The benchmark's own coordinator (dagon.connect in this process) signs with
+        # the key in its DAGON_HOME; enroll it with every agent, as an operator would.
+        coordinator_home = dagon_home()
+        coordinator_signer(coordinator_home)
         for i in range(self.count):
             home = self.root / f"agent{i}"
             home.mkdir(parents=True, exist_ok=True)
+            enroll(home, coordinator_home / "keys" / "coordinator.pub")
             env = dict(os.environ, DAGON_HOME=str(home))
             cmd = [
                 sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
-                "--broker", self.url, "--id", f"bench-{i}", "--slots", str(self.slots),
+                "--broker", self.url, "--id", f"bench-{self.root.name}-{i}", "--slots", str(self.slots),
                 "--scratch", str(home / "scratch"), *self.extra,
             ]  # fmt: skip
             with (home / "agent.log").open("wb") as log:

@@ -27,6 +27,7 @@ from dagon.core._refs import Reference, find_references
 from dagon.core._results import RunEvent, RunResult, TaskOutcome
 from dagon.core._states import LEGAL, RUN_TERMINAL, TERMINAL, RunState, TaskState
 from dagon.core._store import RunStore
+from dagon.core._trust import CoordinatorTrust
 
 __all__ = [
     "LEGAL",
@@ -40,6 +41,7 @@ __all__ = [
     "CancelAttempt",
     "Command",
     "Coordinator",
+    "CoordinatorTrust",
     "Dispatch",
     "Engine",
     "Event",

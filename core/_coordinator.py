@@ -48,6 +48,7 @@ from dagon.core._output import PublicOutput
 from dagon.core._results import RunEvent, RunResult, task_result_doc
 from dagon.core._states import TERMINAL, RunState, TaskState
 from dagon.core._store import RunStore
+from dagon.core._trust import CoordinatorTrust
 from dagon.core._writer import StoreWriter
 from dagon.protocol import (
     CONTENT_TYPE_JSON,
@@ -65,6 +66,7 @@ from dagon.protocol import (
     Rejection,
     Rejections,
     RunId,
+    Signer,
     SubmitRun,
     TaskAssignment,
     TaskRef,
@@ -98,6 +100,10 @@ class Coordinator:
         heartbeat_ttl: seconds of silence after which an agent counts as lost.
         publish_results: publish retained per-task JSON results and events.
         max_message_size: limit for decoded messages.
+        signer: signs every message to agents (assignments, cancellations, control).
+        trust: whose signatures are accepted on reports and submissions.
+        insecure: allow running without ``signer``/``trust`` (development only:
+            anyone who can publish to the broker can then forge results).
     """
 
     def __init__(
@@ -110,15 +116,24 @@ class Coordinator:
         publish_results: bool = True,
         max_message_size: int | None = None,
         engine: Engine | None = None,
+        signer: Signer | None = None,
+        trust: CoordinatorTrust | None = None,
+        insecure: bool = False,
     ) -> None:
+        if (signer is None or trust is None) and not insecure:
+            raise ValueError(
+                "a coordinator signs what it sends and verifies what it receives: pass signer= and trust="
+                " (see dagon._keys), or insecure=True for development"
+            )
         self.id = coordinator_id
         self.engine = engine or Engine(heartbeat_ttl=heartbeat_ttl)
         self.store = store
         self.publish_results = publish_results
-        codec_args: dict[str, Any] = {"sender": f"coordinator/{coordinator_id}"}
+        codec_args: dict[str, Any] = {"sender": f"coordinator/{coordinator_id}", "signer": signer, "trust": trust}
         if max_message_size is not None:
             codec_args["max_size"] = max_message_size
         self.codec = Codec(**codec_args)
+        self._trust = trust
         will = Will(
             topics.coordinator_status(coordinator_id),
             encode_public({"schema": SCHEMA_COORDINATOR, "id": coordinator_id, "online": False}),
@@ -291,6 +306,8 @@ class Coordinator:
             env = self.codec.decode(payload)
             msg = env.message
             if parts[4] == "status" and isinstance(msg, Announce) and msg.agent == agent:
+                if self._trust is not None:
+                    self._trust.pin(agent, msg.key)
                 self._feed(AgentAnnounced(agent, msg.capabilities))
             elif parts[4] == "status" and isinstance(msg, Offline) and msg.agent == agent:
                 self._feed(AgentOffline(agent, msg.reason or "offline"))

@@ -24,12 +24,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from dagon._keys import client_signer, coordinator_signer, coordinator_trust, warn_insecure
 from dagon._remote import RemoteRuns, find_coordinator
-from dagon._settings import broker_from_env, dagon_home
-from dagon.core import Coordinator, RunEvent, RunResult, Workflow
+from dagon._settings import broker_from_env, dagon_home, insecure_from_env
+from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workflow
 from dagon.core._coordinator import new_run_id
 from dagon.core._store import RunStore
-from dagon.protocol import CancelRun, Codec, DagonError, RunId, SubmitRun, topics
+from dagon.protocol import CancelRun, Codec, DagonError, RunId, Signer, SubmitRun, topics
 from dagon.protocol.transport import MqttTransport, Transport, Will
 
 __all__ = ["Client", "RunHandle", "connect"]
@@ -74,8 +75,10 @@ class Client:
         agent_slots: int | None = None,
         heartbeat_ttl: float = 15.0,
         publish_results: bool = True,
+        insecure: bool | None = None,
     ) -> None:
         self.home = home or dagon_home()
+        self.insecure = insecure_from_env(insecure)
         self.broker = broker_from_env(broker)
         if coordinator is not None and self.broker is None:
             raise DagonError("a standalone coordinator needs a broker: pass broker= or set DAGON_BROKER")
@@ -117,11 +120,14 @@ class Client:
         else:
             assert self.broker is not None
             self.url = self.broker
+        if self.insecure:
+            warn_insecure(log)
         if self.coordinator_id is None:
             self.home.mkdir(parents=True, exist_ok=True)
             store = RunStore(self.home / "runs.sqlite")
             self._stack.callback(store.close)
             coordinator_id = f"client-{suffix}"
+            signer, trust = await asyncio.to_thread(self._coordinator_keys)
             self.coordinator = await self._stack.enter_async_context(
                 Coordinator(
                     connect=self._connect(coordinator_id),
@@ -129,12 +135,17 @@ class Client:
                     store=store,
                     heartbeat_ttl=self._heartbeat_ttl,
                     publish_results=self._publish_results,
+                    signer=signer,
+                    trust=trust,
+                    insecure=self.insecure,
                 )
             )
             if self.embedded:
                 from dagon._local import start_embedded_agent
 
-                await start_embedded_agent(self._stack, url=self.url, home=self.home, slots=self._agent_slots)
+                await start_embedded_agent(
+                    self._stack, url=self.url, home=self.home, slots=self._agent_slots, insecure=self.insecure
+                )
                 async with asyncio.timeout(30):
                     await self.coordinator.wait_for_agents(1)
             return
@@ -142,10 +153,16 @@ class Client:
         self._transport = await self._stack.enter_async_context(transport)
         if self.coordinator_id == "auto":
             self.coordinator_id = await find_coordinator(transport, transport.messages())
-        self._codec = Codec(sender=f"client/{suffix}")
+        signer = None if self.insecure else await asyncio.to_thread(client_signer, self.home)
+        self._codec = Codec(sender=f"client/{suffix}", signer=signer)
         self._remote = RemoteRuns(transport)
         self._reader = asyncio.create_task(self._read(), name="dagon-client-reader")
         self._stack.push_async_callback(self._stop_reader)
+
+    def _coordinator_keys(self) -> tuple[Signer | None, CoordinatorTrust | None]:
+        if self.insecure:
+            return None, None
+        return coordinator_signer(self.home), coordinator_trust(self.home)
 
     async def _stop_reader(self) -> None:
         if self._reader is not None:
@@ -218,6 +235,7 @@ def connect(
     agent_slots: int | None = None,
     heartbeat_ttl: float = 15.0,
     publish_results: bool = True,
+    insecure: bool | None = None,
 ) -> Client:
     """Connect to dagon; use as ``async with dagon.connect(...) as client``.
 
@@ -232,6 +250,9 @@ def connect(
         heartbeat_ttl: seconds of agent silence before its tasks are requeued.
         publish_results: publish public JSON task results and events (in-process
             coordinator only; run status is always published).
+        insecure: neither sign nor verify messages (development only; default
+            ``$DAGON_INSECURE``). By default everything is signed with the keys in
+            ``$DAGON_HOME/keys``, created on first use.
     """
     return Client(
         broker=broker,
@@ -241,4 +262,5 @@ def connect(
         agent_slots=agent_slots,
         heartbeat_ttl=heartbeat_ttl,
         publish_results=publish_results,
+        insecure=insecure,
     )

@@ -6,17 +6,21 @@ is where an in-process agent is put next to an in-process coordinator.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+from dagon._keys import agent_keys
 from dagon.agent import Agent, load_agent_config
 from dagon.protocol.transport import MqttTransport, Transport, Will
 
 __all__ = ["start_embedded_agent"]
 
 
-async def start_embedded_agent(stack: AsyncExitStack, *, url: str, home: Path, slots: int | None) -> Agent:
+async def start_embedded_agent(
+    stack: AsyncExitStack, *, url: str, home: Path, slots: int | None, insecure: bool = False
+) -> Agent:
     """Start an agent connected to the embedded broker at ``url``; stopped by ``stack``."""
     flags: dict[str, object] = {"broker": url}
     if slots is not None:
@@ -28,4 +32,7 @@ async def start_embedded_agent(stack: AsyncExitStack, *, url: str, home: Path, s
     def connect(will: Will) -> Transport:
         return MqttTransport(url, client_id=f"dagon-agent-{config.agent_id}", will=will, protocol="3.1.1")
 
-    return await stack.enter_async_context(Agent(config=config, connect=connect))
+    # Same home as the in-process coordinator: the agent trusts its key with no enrolment.
+    signer, trust = (None, None) if insecure else await asyncio.to_thread(agent_keys, home)
+    agent = Agent(config=config, connect=connect, signer=signer, trust=trust, insecure=insecure)
+    return await stack.enter_async_context(agent)

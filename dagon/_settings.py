@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dagon.agent import default_home
 
-__all__ = ["broker_from_env", "dagon_home"]
+__all__ = ["broker_from_env", "dagon_home", "insecure_from_env"]
 
 
 def dagon_home(env: Mapping[str, str] | None = None) -> Path:
@@ -29,3 +29,11 @@ def broker_from_env(broker: str | None, env: Mapping[str, str] | None = None) ->
         return broker
     env = os.environ if env is None else env
     return env.get("DAGON_BROKER") or None
+
+
+def insecure_from_env(insecure: bool | None, env: Mapping[str, str] | None = None) -> bool:
+    """The argument when given, else whether ``$DAGON_INSECURE`` is set to 1/true/yes."""
+    if insecure is not None:
+        return insecure
+    env = os.environ if env is None else env
+    return env.get("DAGON_INSECURE", "").strip().lower() in ("1", "true", "yes")

@@ -1,4 +1,8 @@
-"""``dagon-agent``: the agent daemon's command line (a systemd service in production)."""
+"""``dagon-agent``: the agent daemon's command line (a systemd service in production).
+
+``dagon-agent [flags]`` serves; ``dagon-agent enroll PUBKEY_FILE [--yes]`` trusts a
+coordinator key; ``dagon-agent key`` prints this agent's public key.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,14 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
+from dagon._keys import agent_keys, agent_signer, enroll, read_public_key, warn_insecure
+from dagon._settings import insecure_from_env
 from dagon.agent import Agent, AgentConfig, load_agent_config
-from dagon.protocol import ConfigError, DagonError
+from dagon.protocol import ConfigError, DagonError, fingerprint, public_key_line
 from dagon.protocol.transport import MqttTransport, Transport, Will, redact_url
 
 __all__ = ["main"]
@@ -28,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, help="tasks run at once (default: $DAGON_SLOTS or the CPU count)")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="obey unsigned tasks and sign nothing (development only; default: $DAGON_INSECURE)",
+    )
+    p.add_argument(
         "--log-level",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -37,8 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: AgentConfig) -> None:
+async def _serve(config: AgentConfig, *, insecure: bool) -> None:
     assert config.broker is not None
+    if insecure:
+        signer, trust = None, None
+        warn_insecure(log)
+    else:
+        signer, trust = await asyncio.to_thread(agent_keys, config.home)
+        log.info("agent key %s; obeying %d coordinator key(s)", fingerprint(signer.public_key), len(trust))
 
     def connect(will: Will) -> Transport:
         assert config.broker is not None
@@ -46,7 +65,7 @@ async def _serve(config: AgentConfig) -> None:
             config.broker, client_id=f"dagon-agent-{config.agent_id}", will=will, protocol=config.mqtt_protocol
         )
 
-    async with Agent(config=config, connect=connect) as agent:
+    async with Agent(config=config, connect=connect, signer=signer, trust=trust, insecure=insecure) as agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Only wakes serve_forever: leaving the block does the graceful shutdown.
@@ -66,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 after a clean shutdown, 2 for a configuration or connection error.
     """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["enroll"], ["key"]):
+        return _keys_main(argv)
     args = _parser().parse_args(argv)
     flags = {"broker": args.broker, "id": args.id, "scratch": args.scratch, "labels": args.labels, "slots": args.slots}
     try:
@@ -75,7 +97,40 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, insecure=insecure_from_env(args.insecure)))
+    except DagonError as exc:
+        sys.stderr.write(f"dagon-agent: error: {exc}\n")
+        return 2
+    return 0
+
+
+def _keys_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="dagon-agent", description="Manage the keys of this node's agent.")
+    p.add_argument("--config", type=Path, help="TOML configuration file (for its home)")
+    sub = p.add_subparsers(dest="command", required=True)
+    enroll_p = sub.add_parser("enroll", help="trust a coordinator's public key (its coordinator.pub)")
+    enroll_p.add_argument("pubkey", type=Path)
+    enroll_p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    sub.add_parser("key", help="print this agent's public key (created on first use)")
+    args = p.parse_args(argv)
+    try:
+        home = load_agent_config(config_file=args.config, env=os.environ, flags={}).home
+        if args.command == "key":
+            signer = agent_signer(home)
+            sys.stdout.write(public_key_line(signer.public_key, f"dagon-agent@{socket.gethostname()}"))
+            sys.stderr.write(f"fingerprint {fingerprint(signer.public_key)}\n")
+            return 0
+        key = read_public_key(args.pubkey)
+        sys.stdout.write(f"coordinator key {args.pubkey}\n  fingerprint {fingerprint(key)}\n")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise ConfigError("not a terminal: compare the fingerprint, then run again with --yes")
+            answer = input("Obey tasks signed by this key? Compare the fingerprint with `dagon keys show`. [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                sys.stdout.write("not enrolled\n")
+                return 1
+        target = enroll(home, args.pubkey)
+        sys.stdout.write(f"enrolled: {target} (restart the agent to use it)\n")
     except DagonError as exc:
         sys.stderr.write(f"dagon-agent: error: {exc}\n")
         return 2

@@ -24,17 +24,22 @@ from rich.console import Console
 from rich.table import Table
 
 import dagon
-from dagon._settings import broker_from_env, dagon_home
+from dagon._keys import coordinator_signer, coordinator_trust, warn_insecure
+from dagon._settings import broker_from_env, dagon_home, insecure_from_env
 from dagon._workflow import RunnerContext, runner_context
 from dagon.core import Workflow as CoreWorkflow
 from dagon.protocol import (
     SCHEMA_RUN_STATUS,
+    AgentId,
     Announce,
     Codec,
     DagonError,
     Offline,
     ProtocolError,
     decode_public,
+    fingerprint,
+    public_key_line,
+    raw_public_key,
     topics,
 )
 from dagon.protocol.transport import MqttTransport, redact_url
@@ -53,10 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     def broker_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--broker", help="mqtt:// or mqtts:// URL (default: $DAGON_BROKER)")
 
+    def insecure_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--insecure",
+            action="store_true",
+            default=None,
+            help="neither sign nor verify messages (development only; default: $DAGON_INSECURE)",
+        )
+
     run = sub.add_parser("run", help="run a workflow script with live progress")
     run.add_argument("file", type=Path)
     broker_arg(run)
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    insecure_arg(run)
     run.epilog = "Arguments dagon does not know (or everything after --) are passed to the script."
 
     submit = sub.add_parser("submit", help="hand a workflow script to a standalone coordinator")
@@ -64,11 +78,30 @@ def _parser() -> argparse.ArgumentParser:
     broker_arg(submit)
     submit.add_argument("--coordinator", default="auto", help="coordinator id (default: the online one)")
     submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    insecure_arg(submit)
 
     coord = sub.add_parser("coordinator", help="run a standalone coordinator service")
     broker_arg(coord)
     coord.add_argument("--id", default="main", help="coordinator id (default: main)")
     coord.add_argument("--heartbeat-ttl", type=float, default=15.0, help="seconds before a silent agent is lost")
+    coord.add_argument(
+        "--enrolled-agents-only",
+        action="store_true",
+        help="accept only agents whose keys are in keys/known_agents (default: pin new agents' keys on first sight)",
+    )
+    insecure_arg(coord)
+
+    keys = sub.add_parser("keys", help="manage this coordinator's keys and whom it trusts")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    init = keys_sub.add_parser("init", help="create the coordinator key pair in $DAGON_HOME/keys")
+    init.add_argument("--force", action="store_true", help="replace an existing pair (agents must re-enroll)")
+    keys_sub.add_parser("show", help="print the coordinator public key and its fingerprint")
+    keys_sub.add_parser("client", help="print this home's client key, to enroll with `dagon keys trust-client`")
+    trust_client = keys_sub.add_parser("trust-client", help="accept runs submitted with this client key")
+    trust_client.add_argument("pubkey", type=Path)
+    trust_agent = keys_sub.add_parser("trust-agent", help="pin an agent's key (see `dagon-agent key`)")
+    trust_agent.add_argument("agent")
+    trust_agent.add_argument("pubkey", type=Path)
 
     status = sub.add_parser("status", help="show a run")
     status.add_argument("run")
@@ -104,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         "status": _cmd_status,
         "agents": _cmd_agents,
         "broker": _cmd_broker,
+        "keys": _cmd_keys,
     }
+    if getattr(args, "insecure", None):
+        os.environ["DAGON_INSECURE"] = "1"  # reaches the Workflow.run() calls of the script too
     try:
         return handlers[args.command](args)
     except DagonError as exc:
@@ -221,6 +257,15 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     home = dagon_home()
     protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
 
+    insecure = insecure_from_env(args.insecure)
+    if insecure:
+        warn_insecure(log)
+        signer, trust = None, None
+    else:
+        signer = coordinator_signer(home)
+        trust = coordinator_trust(home, accept_new_agents=not args.enrolled_agents_only)
+        log.warning("coordinator key %s", fingerprint(signer.public_key))
+
     async def start(stop: asyncio.Event) -> None:
         store = RunStore(home / "runs.sqlite")
         try:
@@ -231,6 +276,9 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                 coordinator_id=args.id,
                 store=store,
                 heartbeat_ttl=args.heartbeat_ttl,
+                signer=signer,
+                trust=trust,
+                insecure=insecure,
             )
             async with coordinator:
                 log.warning("coordinator %r serving on %s (store %s)", args.id, redact_url(broker), store.path)
@@ -239,6 +287,54 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
             store.close()
 
     asyncio.run(_serve(start))
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from dagon import _keys
+
+    home = dagon_home()
+    directory = _keys.keys_dir(home)
+    out = sys.stdout
+    if args.keys_command == "init":
+        existing = directory / "coordinator.key"
+        if existing.exists() and not args.force:
+            raise DagonError(f"{existing} already exists; `dagon keys show` prints it (--force replaces it)")
+        if args.force:
+            for name in ("coordinator.key", "coordinator.pub"):
+                (directory / name).unlink(missing_ok=True)
+        signer = _keys.coordinator_signer(home)
+        out.write(f"created {existing}\n")
+    elif args.keys_command == "show":
+        signer = _keys.coordinator_signer(home)
+    elif args.keys_command == "client":
+        signer = _keys.client_signer(home)
+        own = _keys.load_or_create(home, "coordinator", create=False)
+        name = "coordinator.pub" if own is not None and own.key_id == signer.key_id else "client.pub"
+        out.write(f"{directory / name}\n{public_key_line(signer.public_key, 'dagon-client')}")
+        out.write(f"fingerprint {fingerprint(signer.public_key)}\n")
+        out.write("on the coordinator's machine: dagon keys trust-client client.pub\n")
+        return 0
+    elif args.keys_command == "trust-client":
+        target = _keys.enroll(home, args.pubkey, kind="clients")
+        out.write(f"accepting runs signed by {fingerprint(_keys.read_public_key(target))} ({target})\n")
+        return 0
+    else:
+        key = _keys.read_public_key(args.pubkey)
+        trust = _keys.coordinator_trust(home)
+        pinned = trust.pinned(args.agent)
+        if pinned is not None and pinned != raw_public_key(key):
+            raise DagonError(
+                f"agent {args.agent!r} is already pinned to {fingerprint(pinned)} in {directory / 'known_agents'};"
+                " remove that line first"
+            )
+        trust.pin(AgentId(args.agent), raw_public_key(key))
+        out.write(f"agent {args.agent} pinned to {fingerprint(key)}\n")
+        return 0
+    out.write(f"{directory / 'coordinator.pub'}\n")
+    out.write(public_key_line(signer.public_key, "dagon-coordinator"))
+    out.write(f"fingerprint {fingerprint(signer.public_key)}\n")
+    out.write("on each agent's machine: dagon-agent enroll coordinator.pub\n")
     return 0
 
 

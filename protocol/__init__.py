@@ -1,10 +1,26 @@
 """The wire contract shared by coordinator, agents and clients. No I/O.
 
 Typed messages grouped by direction, the versioned msgpack codec with strict
-decoding, MQTT topic builders and the public JSON encoding.
+decoding, MQTT topic builders, the public JSON encoding and message authentication
+(Ed25519 signatures, freshness, replay protection).
 """
 
 from dagon.protocol import _topics as topics
+from dagon.protocol._auth import (
+    ACTING_OPS,
+    DEFAULT_FRESHNESS,
+    KeyRing,
+    ReplayGuard,
+    Signer,
+    Trust,
+    fingerprint,
+    key_id,
+    parse_public_key,
+    private_key_from_pem,
+    private_key_to_pem,
+    public_key_line,
+    raw_public_key,
+)
 from dagon.protocol._codec import DEFAULT_MAX_SIZE, PROTOCOL_VERSION, Codec, Envelope, check_plain, new_message_id
 from dagon.protocol._errors import ConfigError, DagonError, ProtocolError, TransportError
 from dagon.protocol._messages import (
@@ -49,6 +65,19 @@ from dagon.protocol._refsyntax import NAME_RE, REFERENCE_RE
 from dagon.protocol._rejections import Rejections
 
 __all__ = [
+    "ACTING_OPS",
+    "DEFAULT_FRESHNESS",
+    "KeyRing",
+    "ReplayGuard",
+    "Signer",
+    "Trust",
+    "fingerprint",
+    "key_id",
+    "parse_public_key",
+    "private_key_from_pem",
+    "private_key_to_pem",
+    "public_key_line",
+    "raw_public_key",
     "CONTENT_TYPE_JSON",
     "DEFAULT_MAX_SIZE",
     "NAME_RE",

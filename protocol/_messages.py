@@ -229,6 +229,7 @@ class Announce(Message):
     OP: ClassVar[str] = "announce"
     agent: AgentId
     capabilities: Capabilities
+    key: bytes = b""  # the agent's raw Ed25519 public key, which signs everything it reports
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,22 @@ def test_dry_run_has_no_side_effects(tmp_path: Path) -> None:
 
 @pytest.mark.mosquitto
 def test_coordinator_agent_submit_status_agents(mosquitto: Any, tmp_path: Path) -> None:
+    """Three homes as on three machines: keys are created and enrolled with the CLI only."""
     env = {k: v for k, v in os.environ.items() if k != "DAGON_BROKER"}
+    init = dagon("keys", "init", home=tmp_path / "coord")
+    assert init.returncode == 0, init.stderr
+    coordinator_pub = tmp_path / "coord" / "keys" / "coordinator.pub"
+    fingerprint = init.stdout.split("fingerprint ")[1].split()[0]
+    enroll = subprocess.run(
+        [*AGENT, "enroll", str(coordinator_pub), "--yes"],
+        env=dict(env, DAGON_HOME=str(tmp_path / "agent")), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert enroll.returncode == 0, enroll.stderr
+    assert fingerprint in enroll.stdout
+    client = dagon("keys", "client", home=tmp_path / "cli")
+    assert client.returncode == 0 and "client.pub" in client.stdout, client.stderr
+    trust = dagon("keys", "trust-client", str(tmp_path / "cli" / "keys" / "client.pub"), home=tmp_path / "coord")
+    assert trust.returncode == 0, trust.stderr
     coord = subprocess.Popen(
         [*DAGON, "coordinator", "--broker", mosquitto.url],
         env=dict(env, DAGON_HOME=str(tmp_path / "coord")),
@@ -126,8 +141,8 @@ def test_coordinator_agent_submit_status_agents(mosquitto: Any, tmp_path: Path) 
     assert coord.returncode == 0
 
 
-def test_dev_broker_serves_a_whole_run(tmp_path: Path) -> None:
-    """`dagon broker` (embedded amqtt, MQTT 3.1.1) + a `dagon-agent` + `dagon run --broker`."""
+def test_dev_broker_serves_a_whole_run_insecure(tmp_path: Path) -> None:
+    """`dagon broker` (embedded amqtt, MQTT 3.1.1) + a `dagon-agent --insecure` + `dagon run --broker --insecure`."""
     port = str(free_port())
     env = {k: v for k, v in os.environ.items() if k != "DAGON_BROKER"}
     env.update(DAGON_MQTT_PROTOCOL="3.1.1")
@@ -139,16 +154,19 @@ def test_dev_broker_serves_a_whole_run(tmp_path: Path) -> None:
     try:
         wait_port(int(port))
         agent = subprocess.Popen(
-            [*AGENT, "--broker", url, "--id", "dev-agent"],
+            [*AGENT, "--broker", url, "--id", "dev-agent", "--insecure"],
             env=dict(env, DAGON_HOME=str(tmp_path / "agent")),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         out = dagon(
-            "run", "examples/taskflow/taskflow.py", "--broker", url, home=tmp_path / "cli", DAGON_MQTT_PROTOCOL="3.1.1"
-        )
+            "run", "examples/taskflow/taskflow.py", "--broker", url, "--insecure", home=tmp_path / "cli",
+            DAGON_MQTT_PROTOCOL="3.1.1",
+        )  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert "dev-agent" in out.stdout
+        assert "INSECURE MODE" in out.stderr
+        assert not (tmp_path / "cli" / "keys").exists()
     finally:
         stop_process(agent)
         stop_process(broker)

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from _keys import COORDINATOR, agent_security
+
 from dagon.agent import Agent, AgentConfig, load_agent_config
 from dagon.protocol import (
     AssignTasks,
@@ -28,7 +30,7 @@ from dagon.protocol.transport import MemoryHub, MemoryTransport
 
 COORD = "c1"
 AGENT = "ag"
-codec = Codec(sender="coord")
+codec = Codec(sender="coord", signer=COORDINATOR)  # the agent under test trusts this key
 _M = TypeVar("_M", bound=Message)
 
 
@@ -86,7 +88,10 @@ async def running_agent(hub: MemoryHub, tmp_path: Path, **config: Any) -> AsyncI
     transport = hub.transport()
     async with transport:
         await transport.subscribe(topics.coordinator_inbox(COORD))
-        async with Agent(config=agent_config(tmp_path, **config), connect=lambda will: hub.transport(will=will)) as a:
+        agent = Agent(
+            config=agent_config(tmp_path, **config), connect=lambda will: hub.transport(will=will), **agent_security()
+        )
+        async with agent as a:
             yield a, FakeCoordinator(transport)
 
 

@@ -7,12 +7,15 @@ import hashlib
 from pathlib import Path
 
 import msgpack
+from _keys import COORDINATOR, agent_security
 
 from dagon.agent import Agent
 from dagon.protocol import (
     Ack,
     AgentId,
     Announce,
+    AssignTasks,
+    Codec,
     Heartbeat,
     Offline,
     Rejection,
@@ -164,11 +167,16 @@ async def test_started_is_never_after_finished_and_reports_are_batched(hub: Memo
 
 
 async def test_garbage_wrong_types_and_unknown_ops_are_counted(hub: MemoryHub, tmp_path: Path) -> None:
-    wrong_type = msgpack.packb({"v": 1, "op": "assign", "id": "x", "ts": 1.0, "src": "c", "reply_to": 5, "tasks": []})
-    unknown_op = msgpack.packb({"v": 1, "op": "explode", "id": "x", "ts": 1.0, "src": "c"})
+    def signed(body: dict[str, object]) -> bytes:
+        data = msgpack.packb(body)
+        return msgpack.packb([COORDINATOR.key_id, COORDINATOR.sign(data), data])
+
+    wrong_type = signed({"v": 1, "op": "assign", "id": "x", "ts": 1.0, "src": "c", "reply_to": 5, "tasks": []})
+    unknown_op = signed({"v": 1, "op": "explode", "id": "x", "ts": 1.0, "src": "c"})
+    unsigned = Codec(sender="c").encode(AssignTasks(reply_to="c1", tasks=(assign("unsigned", "touch marker"),)))
     async with running_agent(hub, tmp_path) as (agent, coord):
         for topic in (topics.agent_tasks(AGENT), topics.agent_control(AGENT)):
-            for payload in (b"", b"\xff\x00garbage", wrong_type, unknown_op):
+            for payload in (b"", b"\xff\x00garbage", wrong_type, unknown_op, unsigned):
                 await coord.raw(topic, payload)
         await coord.control("self-destruct")
         await coord.raw(topics.agent_tasks(AGENT), codec.encode(Offline(agent=AgentId(AGENT))))  # not meant for agents
@@ -179,6 +187,8 @@ async def test_garbage_wrong_types_and_unknown_ops_are_counted(hub: MemoryHub, t
         assert agent.rejections["unknown_op"] == 2
         assert agent.rejections["unknown_action"] == 1
         assert agent.rejections["unexpected"] == 1
+        assert agent.rejections["unsigned"] == 2
+        assert not list(tmp_path.rglob("marker"))  # noqa: ASYNC240 - a test assertion after the run
 
 
 async def test_bad_names_give_an_error_result(hub: MemoryHub, tmp_path: Path) -> None:
@@ -228,7 +238,7 @@ async def test_lost_connection_leaves_the_will(hub: MemoryHub, tmp_path: Path) -
         transports.append(hub.transport(will=will))
         return transports[-1]
 
-    async with Agent(config=agent_config(tmp_path), connect=connect):
+    async with Agent(config=agent_config(tmp_path), connect=connect, **agent_security()):
         hub.kill(transports[0])
         async with hub.transport() as observer:
             await observer.subscribe(topics.agent_status(AGENT))

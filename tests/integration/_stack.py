@@ -10,6 +10,8 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from _keys import agent_security, coordinator_security
+
 import dagon
 from dagon.agent import Agent, Runtime, load_agent_config
 from dagon.core import Coordinator, RunStore
@@ -42,6 +44,7 @@ async def memory_stack(
                     coordinator_id="test",
                     store=store,
                     heartbeat_ttl=heartbeat_ttl,
+                    **coordinator_security(),
                 )
             )
             started = []
@@ -51,7 +54,7 @@ async def memory_stack(
                 def connect(will: Will) -> Transport:
                     return hub.transport(will=will)
 
-                agent = Agent(config=config, connect=connect, runtimes=runtimes)  # type: ignore[arg-type]
+                agent = Agent(config=config, connect=connect, runtimes=runtimes, **agent_security())  # type: ignore[arg-type]
                 started.append(await stack.enter_async_context(agent))
             await coordinator.wait_for_agents(agents)
             yield coordinator, started
@@ -66,7 +69,7 @@ async def mqtt_agent(url: str, tmp: Path, name: str, *, slots: int = 4, protocol
     def connect(will: Will) -> Transport:
         return MqttTransport(url, client_id=f"dagon-agent-{name}", will=will, protocol=protocol)
 
-    async with Agent(config=config, connect=connect) as agent:  # type: ignore[arg-type]
+    async with Agent(config=config, connect=connect, **agent_security()) as agent:  # type: ignore[arg-type]
         yield agent
 
 

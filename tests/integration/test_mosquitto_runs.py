@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from _broker import stop_process
+from _keys import COORDINATOR, coordinator_security
 
 import dagon
+from dagon._keys import coordinator_signer, enroll
 from dagon.core import RunState, TaskState
 from dagon.protocol import SCHEMA_RUN_STATUS, SCHEMA_TASK_RESULT, decode_public, topics
 from dagon.protocol.transport import MqttTransport
@@ -25,8 +27,11 @@ pytestmark = pytest.mark.mosquitto
 
 
 def start_agent(url: str, tmp: Path, name: str, *, slots: int = 2) -> subprocess.Popen[bytes]:
+    """An agent process with its own home, enrolled with the coordinator key of ``tmp/client``."""
     home = tmp / name
     home.mkdir(parents=True, exist_ok=True)
+    coordinator_signer(tmp / "client")  # what `dagon keys init` does
+    enroll(home, tmp / "client" / "keys" / "coordinator.pub")  # what `dagon-agent enroll --yes` does
     cmd = [
         sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
         "--broker", url, "--id", name, "--slots", str(slots), "--scratch", str(home / "scratch"),
@@ -184,12 +189,14 @@ async def test_remote_submission_of_an_invalid_workflow_is_rejected_with_the_rea
         connect=lambda will: MqttTransport(mosquitto.url, client_id="standalone", will=will),
         coordinator_id="main",
         store=store,
+        **coordinator_security(),
     )
     try:
         async with coordinator, MqttTransport(mosquitto.url, client_id="client") as client:
             await client.subscribe(topics.run_status("bad-run"))
             spec = {"version": 1, "name": "w", "tasks": [{"name": "a", "command": "cat workflow:///ghost/x"}]}
-            payload = Codec(sender="client").encode(SubmitRun(run="bad-run", workflow=spec))  # type: ignore[arg-type]
+            signed = Codec(sender="client", signer=COORDINATOR)
+            payload = signed.encode(SubmitRun(run="bad-run", workflow=spec))  # type: ignore[arg-type]
             await client.publish(topics.coordinator_inbox("main"), payload)
             async with asyncio.timeout(5):
                 msg = await anext(client.messages())

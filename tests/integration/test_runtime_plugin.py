@@ -77,4 +77,4 @@ def test_runtime_names_cannot_shadow_builtins(tmp_path: Path) -> None:
         name: ClassVar[str] = "process"
 
     with pytest.raises(ValueError, match="runtime names"):
-        Agent(config=agent_config(tmp_path, "a"), connect=MemoryHub().transport, runtimes=[Shadow()])  # type: ignore[arg-type]
+        Agent(config=agent_config(tmp_path, "a"), connect=MemoryHub().transport, runtimes=[Shadow()], insecure=True)  # type: ignore[arg-type]

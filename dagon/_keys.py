@@ -1,0 +1,201 @@
+"""Key files under ``$DAGON_HOME/keys`` and the signers and trust policies built from them.
+
+Layout (private keys are mode 0600, the directory 0700)::
+
+    keys/coordinator.key, coordinator.pub   the coordinator's pair (`dagon keys init`, or first use)
+    keys/agent.key, agent.pub               this machine's agent pair (first use)
+    keys/client.key, client.pub             a remote client's pair, when it has no coordinator key
+    keys/trusted/*.pub                      coordinator keys an agent was enrolled with
+    keys/clients/*.pub                      client keys a coordinator accepts runs from
+    keys/known_agents                       agent id → pinned key, one "ID ed25519 BASE64" per line
+
+A coordinator, an agent and a client sharing one ``DAGON_HOME`` (one user on one
+machine) trust each other with no extra step; across machines an agent needs the
+coordinator's public key (``dagon-agent enroll``) and a remote client needs its key
+enrolled on the coordinator (``dagon keys trust-client``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from dagon.core import CoordinatorTrust
+from dagon.protocol import (
+    ConfigError,
+    KeyRing,
+    Signer,
+    fingerprint,
+    parse_public_key,
+    private_key_from_pem,
+    private_key_to_pem,
+    public_key_line,
+    raw_public_key,
+)
+
+__all__ = [
+    "agent_keys",
+    "agent_signer",
+    "agent_trust",
+    "client_signer",
+    "coordinator_signer",
+    "coordinator_trust",
+    "enroll",
+    "keys_dir",
+    "load_or_create",
+    "read_public_key",
+    "warn_insecure",
+]
+
+log = logging.getLogger(__name__)
+
+
+def keys_dir(home: Path) -> Path:
+    return home / "keys"
+
+
+def _private(path: Path) -> Signer:
+    try:
+        return Signer(private_key_from_pem(path.read_bytes(), source=str(path)))
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; move it away to have a new key pair created") from None
+
+
+def load_or_create(home: Path, name: str, *, create: bool = True) -> Signer | None:
+    """The key pair ``keys/NAME.key``/``.pub``, created (0600) when missing and ``create``."""
+    directory = keys_dir(home)
+    path = directory / f"{name}.key"
+    if path.exists():
+        return _private(path)
+    if not create:
+        return None
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Ed25519PrivateKey.generate()
+    # O_EXCL: two processes creating the pair at once must not overwrite each other.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _private(path)
+    with os.fdopen(fd, "wb") as out:
+        out.write(private_key_to_pem(key))
+    signer = Signer(key)
+    tmp = path.with_suffix(".pub.tmp")
+    tmp.write_text(public_key_line(signer.public_key, f"dagon-{name}"))
+    tmp.replace(directory / f"{name}.pub")
+    log.info("created the %s key pair %s (%s)", name, path, fingerprint(signer.public_key))
+    return signer
+
+
+def read_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        return parse_public_key(path.read_text(), source=str(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read public key {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _public_keys(directory: Path) -> list[Ed25519PublicKey]:
+    if not directory.is_dir():
+        return []
+    return [read_public_key(path) for path in sorted(directory.glob("*.pub"))]
+
+
+def coordinator_signer(home: Path) -> Signer:
+    signer = load_or_create(home, "coordinator")
+    assert signer is not None
+    return signer
+
+
+def agent_signer(home: Path) -> Signer:
+    signer = load_or_create(home, "agent")
+    assert signer is not None
+    return signer
+
+
+def client_signer(home: Path) -> Signer:
+    """The coordinator's own key when it lives in this home (same user), else this client's key."""
+    return load_or_create(home, "coordinator", create=False) or load_or_create(home, "client")  # type: ignore[return-value]
+
+
+def agent_keys(home: Path) -> tuple[Signer, KeyRing]:
+    """An agent's signer and the coordinator keys it obeys."""
+    return agent_signer(home), agent_trust(home)
+
+
+def warn_insecure(logger: logging.Logger) -> None:
+    logger.warning(
+        "INSECURE MODE: messages are neither signed nor verified; anyone who can publish to the broker can run"
+        " commands on the agents and forge results. Use --insecure only for development on a private broker."
+    )
+
+
+def agent_trust(home: Path) -> KeyRing:
+    """Coordinator keys an agent obeys: the one in its own home and every enrolled one.
+
+    Raises:
+        ConfigError: there is none — the agent would refuse every task.
+    """
+    keys = _public_keys(keys_dir(home) / "trusted")
+    own = keys_dir(home) / "coordinator.pub"
+    if own.exists():
+        keys.append(read_public_key(own))
+    if not keys:
+        raise ConfigError(
+            f"no trusted coordinator key in {keys_dir(home)}: copy the coordinator's coordinator.pub here and run"
+            " `dagon-agent enroll coordinator.pub` (or start the agent with --insecure for development only)"
+        )
+    return KeyRing(keys, what="trusted coordinator")
+
+
+def _read_pins(path: Path) -> dict[str, bytes]:
+    pins: dict[str, bytes] = {}
+    if not path.exists():
+        return pins
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        agent, _, key = line.strip().partition(" ")
+        try:
+            pins[agent] = raw_public_key(parse_public_key(key, source=f"{path}:{number}"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return pins
+
+
+def coordinator_trust(home: Path, *, accept_new_agents: bool = True) -> CoordinatorTrust:
+    """Client keys (own + ``keys/clients``) and pinned agent keys (``keys/known_agents``)."""
+    directory = keys_dir(home)
+    clients = _public_keys(directory / "clients")
+    clients.append(coordinator_signer(home).public_key)
+    if (directory / "client.pub").exists():  # a client that ran from this home before the coordinator did
+        clients.append(read_public_key(directory / "client.pub"))
+    pins_file = directory / "known_agents"
+
+    def remember(agent: str, raw: bytes) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError), pins_file.open("a") as out:
+            out.write(f"{agent} {public_key_line(parse_public_key(raw))}")
+
+    return CoordinatorTrust(
+        clients=clients,
+        pinned=_read_pins(pins_file),
+        accept_new_agents=accept_new_agents,
+        on_pin=remember,
+        pins_file=str(pins_file),
+    )
+
+
+def enroll(home: Path, source: Path, *, kind: str = "trusted") -> Path:
+    """Copy a public key into ``keys/<kind>/`` under its fingerprint; returns the new file."""
+    key = read_public_key(source)
+    directory = keys_dir(home) / kind
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = fingerprint(key).removeprefix("SHA256:").replace("/", "_").replace("+", "-")[:22]
+    target = directory / f"{name}.pub"
+    target.write_text(public_key_line(key, f"enrolled from {source.name}"))
+    return target
