@@ -21,6 +21,7 @@ from dagon.agent._config import AgentConfig
 from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
+from dagon.agent._secrets import environ_secrets
 from dagon.agent.runtimes import PythonRuntime, Runtime
 from dagon.protocol import (
     Ack,
@@ -115,7 +116,11 @@ class Agent:
         self.rejections: Counter[str] = self._reject.counts
         self._python = PythonRuntime(pool=config.python_pool, workers=config.workers)
         self._runner = TaskRunner(
-            config=config, host_id=self.capabilities.host_id, python=self._python, runtimes=self._runtimes
+            config=config,
+            host_id=self.capabilities.host_id,
+            python=self._python,
+            runtimes=self._runtimes,
+            secrets=environ_secrets(config.secrets_file),
         )
         self._tasks: dict[TaskRef, asyncio.Task[None]] = {}  # accepted: running or waiting for a slot
         self._queued: dict[TaskRef, str] = {}  # waiting for a slot → coordinator to report to

@@ -9,6 +9,7 @@
 | slots | ``--slots`` | ``DAGON_SLOTS`` | ``slots`` | CPU count |
 | home | — | ``DAGON_HOME`` | ``home`` | ``$XDG_STATE_HOME/dagon`` or ``~/.local/state/dagon`` |
 | MQTT version | — | ``DAGON_MQTT_PROTOCOL`` | ``mqtt_protocol`` | ``"5"`` (``"3.1.1"`` for amqtt) |
+| secrets file | — | ``DAGON_SECRETS_FILE`` | ``secrets_file`` | ``<home>/secrets.toml`` when it exists |
 
 Further TOML-only keys: ``prefetch`` (assignments queued beyond the slots so a
 slot never idles waiting for the coordinator; default: as many as slots),
@@ -63,6 +64,8 @@ class AgentConfig:
         python_workers: size of that pool (0: as many as slots).
         mqtt_protocol: ``"5"`` or ``"3.1.1"``.
         max_message_size: largest message accepted or sent, in bytes.
+        secrets_file: TOML file of ``NAME = "value"`` for ``secret://NAME``
+            placeholders (besides ``DAGON_SECRET_NAME`` environment variables).
     """
 
     agent_id: str
@@ -78,6 +81,7 @@ class AgentConfig:
     python_workers: int = 0
     mqtt_protocol: MqttProtocol = "5"
     max_message_size: int = DEFAULT_MAX_SIZE
+    secrets_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not _ID_RE.fullmatch(self.agent_id):
@@ -267,4 +271,8 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
             kwargs[key] = _str(value, key)
     if (value := pick("heartbeat_interval")) is not None:
         kwargs["heartbeat_interval"] = _float(value, "heartbeat_interval")
+    if (value := pick("secrets_file", "DAGON_SECRETS_FILE")) is not None:
+        kwargs["secrets_file"] = Path(_str(value, "secrets_file")).expanduser()
+    elif (home / "secrets.toml").is_file():
+        kwargs["secrets_file"] = home / "secrets.toml"
     return AgentConfig(**kwargs)

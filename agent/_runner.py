@@ -9,6 +9,7 @@ cancellation itself (re-raised after the result was recorded).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from dagon.agent._config import AgentConfig
+from dagon.agent._secrets import SecretError, Secrets
 from dagon.agent._staging import (
     StagingError,
     has_outputs,
@@ -55,11 +57,13 @@ class TaskRunner:
         host_id: str,
         python: PythonRuntime,
         runtimes: Mapping[str, Runtime] = EMPTY_RUNTIMES,
+        secrets: Secrets | None = None,
     ) -> None:
         self._config = config
         self._host_id = host_id
         self._python = python
         self._runtimes = runtimes
+        self._secrets = secrets or Secrets()
 
     def workdir(self, a: TaskAssignment) -> Path | None:
         """``<scratch>/<run>/<task>-<attempt>``; ``None`` for python tasks without inputs.
@@ -85,7 +89,7 @@ class TaskRunner:
         except asyncio.CancelledError:
             outcome = Outcome(ResultStatus.CANCELLED, None, error="cancelled")
             raise
-        except StagingError as exc:
+        except (StagingError, SecretError) as exc:
             outcome = Outcome(ResultStatus.ERROR, None, error=str(exc))
         except Exception as exc:
             log.exception("task %s/%s attempt %d failed inside the agent", a.run, a.task, a.attempt)
@@ -121,12 +125,21 @@ class TaskRunner:
             kwargs = rewrite_value(a.kwargs, staged)
             return await self._python.run(a.command, args, kwargs, time_limit=a.timeout), ()
         assert path is not None
-        command = rewrite_command(a.command, staged)
+        shown = rewrite_command(a.command, staged)  # what .dagon/command records: placeholders, not secrets
+        used: set[str] = set()
+        command = self._secrets.resolve(shown, used)
+        env = self._task_env(a, path, used)
         runtime = self._runtimes.get(a.runtime)
         if runtime is not None:
-            outcome = await runtime.run(await self._execution(a, command, path))
+            outcome = await runtime.run(await self._execution(a, command, path, env))
         else:
-            outcome = await self._run_process(a, command, path)
+            outcome = await self._run_process(a, command, path, env, shown)
+        if used:
+            outcome = dataclasses.replace(
+                outcome,
+                stderr_tail=self._secrets.redact(outcome.stderr_tail, used),
+                error=self._secrets.redact(outcome.error, used),
+            )
         outputs: tuple[OutputFile, ...] = ()
         # Hashing runs in a thread; the cheap emptiness check spares the thread hop
         # for the many tasks that write nothing.
@@ -134,24 +147,25 @@ class TaskRunner:
             outputs = await asyncio.to_thread(manifest, path, a.outputs)
         return outcome, outputs
 
-    @staticmethod
-    def _task_env(a: TaskAssignment, path: Path) -> dict[str, str]:
-        env = dict(a.env)
+    def _task_env(self, a: TaskAssignment, path: Path, used: set[str]) -> dict[str, str]:
+        env = {key: self._secrets.resolve(value, used) for key, value in a.env.items()}
         env.update(DAGON_RUN=a.run, DAGON_TASK=a.task, DAGON_ATTEMPT=str(a.attempt), DAGON_WORKDIR=str(path))
         return env
 
-    async def _execution(self, a: TaskAssignment, command: str, path: Path) -> Execution:
+    async def _execution(self, a: TaskAssignment, command: str, path: Path, env: dict[str, str]) -> Execution:
         meta = path / ".dagon"
         await asyncio.to_thread(meta.mkdir, parents=True, exist_ok=True)
         return Execution(
-            assignment=a, command=command, workdir=path, env=self._task_env(a, path), stdout=meta / "stdout",
+            assignment=a, command=command, workdir=path, env=env, stdout=meta / "stdout",
             stderr=meta / "stderr",
         )  # fmt: skip
 
-    async def _run_process(self, a: TaskAssignment, command: str, path: Path) -> Outcome:
+    async def _run_process(
+        self, a: TaskAssignment, command: str, path: Path, task_env: dict[str, str], shown: str
+    ) -> Outcome:
         meta = path / ".dagon"
         env = dict(os.environ)
-        env.update(self._task_env(a, path))
+        env.update(task_env)
         return await run_process(
             command,
             cwd=path,
@@ -160,4 +174,5 @@ class TaskRunner:
             stderr=meta / "stderr",
             time_limit=a.timeout,
             record=meta / "command",
+            record_text=shown,
         )

@@ -98,7 +98,7 @@ def _make_dirs(meta: Path) -> None:
 
 
 def _spawn(
-    command: str, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path, record: Path | None
+    command: str, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path, record: Path | None, shown: str
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Blocking part of a start (directories, files, fork/exec): runs in a worker thread.
 
@@ -107,7 +107,7 @@ def _spawn(
     """
     _make_dirs(stdout.parent)
     if record is not None:
-        record.write_text(command)
+        record.write_text(shown)
     err_fd = os.open(stderr, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         with stdout.open("wb") as out:
@@ -156,16 +156,20 @@ async def run_process(
     stderr: Path,
     time_limit: float | None,
     record: Path | None = None,
+    record_text: str | None = None,
 ) -> Outcome:
     """Run ``command`` with bash; stdout/stderr go to the given files.
 
     Directory creation, file opening and fork/exec happen in a worker thread:
     on a busy or slow filesystem they take hundreds of microseconds that the
     event loop should spend on other tasks. ``record`` (if given) receives the
-    command text. ``time_limit`` is the task's own limit: past it the group is
+    command text (or ``record_text``, e.g. with secrets left as placeholders).
+    ``time_limit`` is the task's own limit: past it the group is
     killed and the outcome is TIMEOUT (not a bound on this call's wait).
     """
-    spawning = asyncio.ensure_future(asyncio.to_thread(_spawn, command, cwd, env, stdout, stderr, record))
+    spawning = asyncio.ensure_future(
+        asyncio.to_thread(_spawn, command, cwd, env, stdout, stderr, record, record_text or command)
+    )
     try:
         proc, err_fd = await asyncio.shield(spawning)
     except OSError as exc:
