@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
-from dagon.agent._config import AgentConfig
+from dagon.agent._config import AgentConfig, check_scratch_reachable
 from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
@@ -138,6 +138,8 @@ class Agent:
 
     async def __aenter__(self) -> Self:
         await asyncio.to_thread(self.config.scratch.mkdir, parents=True, exist_ok=True)
+        if self.config.run_as:
+            await asyncio.to_thread(check_scratch_reachable, self.config.scratch, self.config.run_as)
         await self._transport.__aenter__()
         try:
             await self._transport.subscribe(topics.agent_tasks(self.id), topics.agent_control(self.id))

@@ -9,7 +9,13 @@
 | slots | ``--slots`` | ``DAGON_SLOTS`` | ``slots`` | CPU count |
 | home | — | ``DAGON_HOME`` | ``home`` | ``$XDG_STATE_HOME/dagon`` or ``~/.local/state/dagon`` |
 | MQTT version | — | ``DAGON_MQTT_PROTOCOL`` | ``mqtt_protocol`` | ``"5"`` (``"3.1.1"`` for amqtt) |
+| task user | ``--run-as`` | ``DAGON_RUN_AS`` | ``run_as`` | the agent's own user |
 | secrets file | — | ``DAGON_SECRETS_FILE`` | ``secrets_file`` | ``<home>/secrets.toml`` when it exists |
+| broker TLS, login | — | ``DAGON_MQTT_CA`` … (see below) | ``mqtt_ca`` … | none |
+
+Broker TLS and login: ``mqtt_ca``, ``mqtt_cert``, ``mqtt_key``, ``mqtt_username``,
+``mqtt_password_file`` (environment: the same names upper-cased with a ``DAGON_``
+prefix, e.g. ``DAGON_MQTT_CA``).
 
 Further TOML-only keys: ``prefetch`` (assignments queued beyond the slots so a
 slot never idles waiting for the coordinator; default: as many as slots),
@@ -22,8 +28,10 @@ process), ``python_workers`` (default: as many as slots), ``max_message_size``
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -32,7 +40,15 @@ from typing import Any, Final, Literal
 
 from dagon.protocol import DEFAULT_MAX_SIZE, NAME_RE, ConfigError
 
-__all__ = ["AgentConfig", "StageMode", "default_home", "load_agent_config", "parse_labels", "stable_agent_id"]
+__all__ = [
+    "AgentConfig",
+    "StageMode",
+    "check_scratch_reachable",
+    "default_home",
+    "load_agent_config",
+    "parse_labels",
+    "stable_agent_id",
+]
 
 StageMode = Literal["hardlink", "symlink", "copy"]
 PythonPool = Literal["thread", "process"]
@@ -66,6 +82,10 @@ class AgentConfig:
         max_message_size: largest message accepted or sent, in bytes.
         secrets_file: TOML file of ``NAME = "value"`` for ``secret://NAME``
             placeholders (besides ``DAGON_SECRET_NAME`` environment variables).
+        mqtt_ca, mqtt_cert, mqtt_key, mqtt_username, mqtt_password_file: how
+            to authenticate to the broker (see ``dagon.protocol.transport.MqttAuth``).
+        run_as: unprivileged user that process tasks run as (the agent must be
+            root; python tasks, which run inside the agent, are then not offered).
     """
 
     agent_id: str
@@ -82,6 +102,12 @@ class AgentConfig:
     mqtt_protocol: MqttProtocol = "5"
     max_message_size: int = DEFAULT_MAX_SIZE
     secrets_file: Path | None = None
+    mqtt_ca: str | None = None
+    mqtt_cert: str | None = None
+    mqtt_key: str | None = None
+    mqtt_username: str | None = None
+    mqtt_password_file: str | None = None
+    run_as: str | None = None
 
     def __post_init__(self) -> None:
         if not _ID_RE.fullmatch(self.agent_id):
@@ -224,6 +250,35 @@ def _read_file(config_file: Path) -> dict[str, Any]:
     return values
 
 
+def _run_as(name: str) -> str:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"run_as: there is no user {name!r} on this machine (create it or fix the name)") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise ConfigError(f"run_as = {name!r} needs the agent to run as root (it runs as uid {os.geteuid()})")
+    return name
+
+
+def check_scratch_reachable(scratch: Path, user: str) -> None:
+    """Tasks running as ``user`` must reach their directories by absolute path.
+
+    Raises:
+        ConfigError: a parent of ``scratch`` is closed to other users (naming it).
+    """
+    entry = pwd.getpwnam(user)
+    for parent in [scratch, *scratch.parents]:
+        try:
+            info = parent.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_uid != entry.pw_uid and not info.st_mode & stat.S_IXOTH:
+            raise ConfigError(
+                f"run_as = {user!r}: tasks cannot reach the scratch root {scratch} because {parent} is closed to"
+                " other users; put the scratch root elsewhere (e.g. /var/lib/dagon/scratch) or chmod o+x it"
+            )
+
+
 def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> AgentConfig:
     """Merge the sources: flags win, then environment variables, then the TOML file, then defaults.
 
@@ -275,4 +330,9 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
         kwargs["secrets_file"] = Path(_str(value, "secrets_file")).expanduser()
     elif (home / "secrets.toml").is_file():
         kwargs["secrets_file"] = home / "secrets.toml"
+    if (value := pick("run_as", "DAGON_RUN_AS")) is not None:
+        kwargs["run_as"] = _run_as(_str(value, "run_as"))
+    for key in ("mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_username", "mqtt_password_file"):
+        if (value := pick(key, f"DAGON_{key.upper()}")) is not None:
+            kwargs[key] = _str(value, key)
     return AgentConfig(**kwargs)

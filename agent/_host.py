@@ -50,7 +50,8 @@ def capabilities(config: AgentConfig, extra_runtimes: Sequence[str] = ()) -> Cap
         os=platform.system().lower(),
         cpus=psutil.cpu_count() or 1,
         memory=int(psutil.virtual_memory().total),
-        runtimes=(*RUNTIMES, *extra_runtimes),
+        # python tasks run inside the agent process, which cannot switch users
+        runtimes=(*(r for r in RUNTIMES if not (config.run_as and r == "python")), *extra_runtimes),
         labels=dict(config.labels),
         slots=config.slots,
         prefetch=config.queue_depth,

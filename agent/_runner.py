@@ -28,7 +28,7 @@ from dagon.agent._staging import (
     stage_inputs,
     task_dir_name,
 )
-from dagon.agent.runtimes import Execution, Outcome, PythonRuntime, Runtime, run_process
+from dagon.agent.runtimes import Execution, Outcome, PythonRuntime, RunAs, Runtime, run_process
 from dagon.protocol import OutputFile, ResultStatus, StartedTask, TaskAssignment, TaskResult
 
 __all__ = ["TaskRunner"]
@@ -64,6 +64,7 @@ class TaskRunner:
         self._python = python
         self._runtimes = runtimes
         self._secrets = secrets or Secrets()
+        self._run_as = RunAs.lookup(config.run_as) if config.run_as else None
 
     def workdir(self, a: TaskAssignment) -> Path | None:
         """``<scratch>/<run>/<task>-<attempt>``; ``None`` for python tasks without inputs.
@@ -175,4 +176,5 @@ class TaskRunner:
             time_limit=a.timeout,
             record=meta / "command",
             record_text=shown,
+            run_as=self._run_as,
         )

@@ -31,7 +31,7 @@ from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workf
 from dagon.core._coordinator import new_run_id
 from dagon.core._store import RunStore
 from dagon.protocol import CancelRun, Codec, DagonError, RunId, Signer, SubmitRun, topics
-from dagon.protocol.transport import MqttTransport, Transport, Will
+from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will
 
 __all__ = ["Client", "RunHandle", "connect"]
 
@@ -76,9 +76,11 @@ class Client:
         heartbeat_ttl: float = 15.0,
         publish_results: bool = True,
         insecure: bool | None = None,
+        mqtt_auth: MqttAuth | None = None,
     ) -> None:
         self.home = home or dagon_home()
         self.insecure = insecure_from_env(insecure)
+        self._auth = mqtt_auth
         self.broker = broker_from_env(broker)
         if coordinator is not None and self.broker is None:
             raise DagonError("a standalone coordinator needs a broker: pass broker= or set DAGON_BROKER")
@@ -98,7 +100,7 @@ class Client:
 
     def _connect(self, client_id: str) -> Callable[[Will], Transport]:
         def factory(will: Will) -> Transport:
-            return MqttTransport(self.url, client_id=client_id, will=will, protocol=self._protocol)
+            return MqttTransport(self.url, client_id=client_id, will=will, protocol=self._protocol, auth=self._auth)
 
         return factory
 
@@ -120,6 +122,8 @@ class Client:
         else:
             assert self.broker is not None
             self.url = self.broker
+            if self._auth is None:
+                self._auth = MqttAuth.from_env(os.environ)
         if self.insecure:
             warn_insecure(log)
         if self.coordinator_id is None:
@@ -149,7 +153,9 @@ class Client:
                 async with asyncio.timeout(30):
                     await self.coordinator.wait_for_agents(1)
             return
-        transport = MqttTransport(self.url, client_id=f"dagon-client-{suffix}", protocol=self._protocol)
+        transport = MqttTransport(
+            self.url, client_id=f"dagon-client-{suffix}", protocol=self._protocol, auth=self._auth
+        )
         self._transport = await self._stack.enter_async_context(transport)
         if self.coordinator_id == "auto":
             self.coordinator_id = await find_coordinator(transport, transport.messages())
@@ -236,6 +242,7 @@ def connect(
     heartbeat_ttl: float = 15.0,
     publish_results: bool = True,
     insecure: bool | None = None,
+    mqtt_auth: MqttAuth | None = None,
 ) -> Client:
     """Connect to dagon; use as ``async with dagon.connect(...) as client``.
 
@@ -253,6 +260,8 @@ def connect(
         insecure: neither sign nor verify messages (development only; default
             ``$DAGON_INSECURE``). By default everything is signed with the keys in
             ``$DAGON_HOME/keys``, created on first use.
+        mqtt_auth: TLS files and credentials for the broker (default: from the
+            ``DAGON_MQTT_*`` environment variables).
     """
     return Client(
         broker=broker,
@@ -263,4 +272,5 @@ def connect(
         heartbeat_ttl=heartbeat_ttl,
         publish_results=publish_results,
         insecure=insecure,
+        mqtt_auth=mqtt_auth,
     )

@@ -19,7 +19,7 @@ from dagon._keys import agent_keys, agent_signer, enroll, read_public_key, warn_
 from dagon._settings import insecure_from_env
 from dagon.agent import Agent, AgentConfig, load_agent_config
 from dagon.protocol import ConfigError, DagonError, fingerprint, public_key_line
-from dagon.protocol.transport import MqttTransport, Transport, Will, redact_url
+from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, redact_url
 
 __all__ = ["main"]
 
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="placement labels, e.g. site=lab,gpu=no (default: $DAGON_LABELS)")
     p.add_argument("--slots", type=int, help="tasks run at once (default: $DAGON_SLOTS or the CPU count)")
     p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--run-as", help="run process tasks as this unprivileged user (default: $DAGON_RUN_AS)")
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -59,10 +60,22 @@ async def _serve(config: AgentConfig, *, insecure: bool) -> None:
         signer, trust = await asyncio.to_thread(agent_keys, config.home)
         log.info("agent key %s; obeying %d coordinator key(s)", fingerprint(signer.public_key), len(trust))
 
+    auth = MqttAuth.load(
+        ca_file=config.mqtt_ca,
+        cert_file=config.mqtt_cert,
+        key_file=config.mqtt_key,
+        username=config.mqtt_username,
+        password_file=config.mqtt_password_file,
+    )
+
     def connect(will: Will) -> Transport:
         assert config.broker is not None
         return MqttTransport(
-            config.broker, client_id=f"dagon-agent-{config.agent_id}", will=will, protocol=config.mqtt_protocol
+            config.broker,
+            client_id=f"dagon-agent-{config.agent_id}",
+            will=will,
+            protocol=config.mqtt_protocol,
+            auth=auth,
         )
 
     async with Agent(config=config, connect=connect, signer=signer, trust=trust, insecure=insecure) as agent:
@@ -89,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["enroll"], ["key"]):
         return _keys_main(argv)
     args = _parser().parse_args(argv)
-    flags = {"broker": args.broker, "id": args.id, "scratch": args.scratch, "labels": args.labels, "slots": args.slots}
+    names = ("broker", "id", "scratch", "labels", "slots", "run_as")
+    flags = {name: getattr(args, name) for name in names}
     try:
         config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)
         if not config.broker:

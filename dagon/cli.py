@@ -42,7 +42,7 @@ from dagon.protocol import (
     raw_public_key,
     topics,
 )
-from dagon.protocol.transport import MqttTransport, redact_url
+from dagon.protocol.transport import MqttAuth, MqttTransport, redact_url
 
 __all__ = ["main"]
 
@@ -113,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
     agents.add_argument("--json", action="store_true")
     agents.add_argument("--all", action="store_true", help="include offline agents")
 
+    bconf = sub.add_parser("broker-config", help="write a Mosquitto config with TLS client certificates and an ACL")
+    bconf.add_argument("directory", type=Path)
+    bconf.add_argument("--agent", action="append", default=[], help="agent id (repeat; run again to add more)")
+    bconf.add_argument("--coordinator", action="append", default=[], help="coordinator id (default: main)")
+    bconf.add_argument("--client", action="append", default=[], help="client name allowed to submit runs")
+    bconf.add_argument("--port", type=int, default=8883)
+    bconf.add_argument("--listen", default="127.0.0.1", help="address the broker binds (default: loopback only)")
+    bconf.add_argument(
+        "--server-name", action="append", default=[], help="DNS name or IP clients use for the broker (repeat)"
+    )
+
     broker = sub.add_parser("broker", help="run the embedded MQTT broker (development)")
     broker.add_argument("--port", type=int, default=1883)
     return p
@@ -138,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "agents": _cmd_agents,
         "broker": _cmd_broker,
         "keys": _cmd_keys,
+        "broker-config": _cmd_broker_config,
     }
     if getattr(args, "insecure", None):
         os.environ["DAGON_INSECURE"] = "1"  # reaches the Workflow.run() calls of the script too
@@ -257,6 +269,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     home = dagon_home()
     protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
 
+    auth = MqttAuth.from_env(os.environ)
     insecure = insecure_from_env(args.insecure)
     if insecure:
         warn_insecure(log)
@@ -271,7 +284,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         try:
             coordinator = Coordinator(
                 connect=lambda will: MqttTransport(
-                    broker, client_id=f"dagon-coordinator-{args.id}", will=will, protocol=protocol
+                    broker, client_id=f"dagon-coordinator-{args.id}", will=will, protocol=protocol, auth=auth
                 ),
                 coordinator_id=args.id,
                 store=store,
@@ -338,6 +351,26 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_broker_config(args: argparse.Namespace) -> int:
+    from dagon._brokerconfig import generate_broker_config
+
+    bundle = generate_broker_config(
+        args.directory,
+        agents=args.agent,
+        coordinators=args.coordinator or ["main"],
+        clients=args.client,
+        port=args.port,
+        listen=args.listen,
+        server_names=args.server_name or ["localhost", "127.0.0.1"],
+    )
+    out = sys.stdout
+    out.write(f"wrote {bundle.config} and {bundle.acl}\n  start: mosquitto -c {bundle.config}\n")
+    for identity, (cert, key) in bundle.identities.items():
+        out.write(f"  {identity}: DAGON_MQTT_CA={bundle.ca} DAGON_MQTT_CERT={cert} DAGON_MQTT_KEY={key}\n")
+    out.write(f"  broker URL: mqtts://HOST:{bundle.port} (HOST must be one of the server names)\n")
+    return 0
+
+
 def _cmd_broker(args: argparse.Namespace) -> int:
     from dagon._embedded import EmbeddedBroker
 
@@ -361,7 +394,8 @@ async def _retained(broker: str, filter_: str, *, quiet: float = 0.5, limit: flo
     protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
     client_id = f"dagon-cli-{os.getpid()}-{os.urandom(2).hex()}"
     found: list[tuple[str, bytes]] = []
-    async with MqttTransport(broker, client_id=client_id, protocol=protocol) as transport:
+    auth = MqttAuth.from_env(os.environ)
+    async with MqttTransport(broker, client_id=client_id, protocol=protocol, auth=auth) as transport:
         await transport.subscribe(filter_)
         deadline = time.monotonic() + limit
         messages = transport.messages()

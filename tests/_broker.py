@@ -42,14 +42,18 @@ class Mosquitto:
         binary: path of the ``mosquitto`` executable.
         workdir: directory for its config file and log (created).
         port: listening port; 0 picks a free one.
+        config: use this configuration file as it is (it must listen on ``port``).
     """
 
-    def __init__(self, *, binary: str, workdir: Path, port: int = 0) -> None:
+    def __init__(self, *, binary: str, workdir: Path, port: int = 0, config: Path | None = None) -> None:
         self.binary = binary
         self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
-        self.config = workdir / "mosquitto.conf"
+        self.config = config or workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        if config is not None:
+            return
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
@@ -65,7 +69,6 @@ class Mosquitto:
             "log_type error\n"
             "log_type warning\n"
         )
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:

@@ -1,7 +1,7 @@
 """Agent runtimes: how a task's command actually runs."""
 
 from dagon.agent.runtimes._base import Execution, Outcome, Runtime
-from dagon.agent.runtimes._process import KILL_GRACE, STDERR_TAIL, run_process
+from dagon.agent.runtimes._process import KILL_GRACE, STDERR_TAIL, RunAs, run_process
 from dagon.agent.runtimes._python import MAX_VALUE_BYTES, PythonRuntime, resolve_callable
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "STDERR_TAIL",
     "Outcome",
     "PythonRuntime",
+    "RunAs",
     "Runtime",
     "resolve_callable",
     "run_process",

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from dagon.agent.runtimes._base import Outcome
 from dagon.protocol import ResultStatus
@@ -97,8 +99,31 @@ def _make_dirs(meta: Path) -> None:
         meta.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """An unprivileged account tasks run as (the agent itself runs as root)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        """Raises: KeyError when the user does not exist."""
+        entry = pwd.getpwnam(name)
+        return cls(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
 def _spawn(
-    command: str, cwd: Path, env: Mapping[str, str], stdout: Path, stderr: Path, record: Path | None, shown: str
+    command: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    stdout: Path,
+    stderr: Path,
+    record: Path | None,
+    shown: str,
+    run_as: RunAs | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Blocking part of a start (directories, files, fork/exec): runs in a worker thread.
 
@@ -108,18 +133,27 @@ def _spawn(
     _make_dirs(stdout.parent)
     if record is not None:
         record.write_text(shown)
+    identity: dict[str, Any] = {}
+    environment = dict(env)
+    if run_as is not None:
+        # The task owns its working directory and nothing else; its output files
+        # are opened here, by the agent, and handed over as descriptors.
+        os.chown(cwd, run_as.uid, run_as.gid)
+        identity = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+        environment.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
     err_fd = os.open(stderr, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         with stdout.open("wb") as out:
             proc = subprocess.Popen(
                 ["/bin/bash", "-c", command],
                 cwd=cwd,
-                env=dict(env),
+                env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err_fd,
                 start_new_session=True,
                 close_fds=True,
+                **identity,
             )
     except BaseException:
         os.close(err_fd)
@@ -157,6 +191,7 @@ async def run_process(
     time_limit: float | None,
     record: Path | None = None,
     record_text: str | None = None,
+    run_as: RunAs | None = None,
 ) -> Outcome:
     """Run ``command`` with bash; stdout/stderr go to the given files.
 
@@ -164,11 +199,12 @@ async def run_process(
     on a busy or slow filesystem they take hundreds of microseconds that the
     event loop should spend on other tasks. ``record`` (if given) receives the
     command text (or ``record_text``, e.g. with secrets left as placeholders).
+    ``run_as`` switches the task to that account (the agent must be root).
     ``time_limit`` is the task's own limit: past it the group is
     killed and the outcome is TIMEOUT (not a bound on this call's wait).
     """
     spawning = asyncio.ensure_future(
-        asyncio.to_thread(_spawn, command, cwd, env, stdout, stderr, record, record_text or command)
+        asyncio.to_thread(_spawn, command, cwd, env, stdout, stderr, record, record_text or command, run_as)
     )
     try:
         proc, err_fd = await asyncio.shield(spawning)

@@ -4,6 +4,7 @@ This subpackage is the only place in dagon that talks to a broker; the rest of
 ``dagon.protocol`` stays free of I/O.
 """
 
+from dagon.protocol.transport._auth import MqttAuth
 from dagon.protocol.transport._base import Incoming, Transport, Will, topic_matches
 from dagon.protocol.transport._memory import MemoryHub, MemoryTransport
 from dagon.protocol.transport._mqtt import BrokerURL, MqttTransport, redact_url
@@ -14,6 +15,7 @@ __all__ = [
     "Incoming",
     "MemoryHub",
     "MemoryTransport",
+    "MqttAuth",
     "MqttTransport",
     "Publisher",
     "Transport",

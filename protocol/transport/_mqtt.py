@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from dagon.protocol._errors import ConfigError, TransportError
+from dagon.protocol.transport._auth import MqttAuth
 from dagon.protocol.transport._base import Incoming, Will
 
 __all__ = ["BrokerURL", "MqttTransport"]
@@ -123,6 +124,9 @@ class MqttTransport:
         keepalive: MQTT keepalive in seconds (also bounds Last Will latency).
         queue_size: bound of the received-message queue (backpressure).
         max_backoff: cap of the reconnect backoff in seconds.
+        tls_context: TLS settings to use as they are (overrides ``auth``'s files).
+        auth: TLS files and credentials (see :class:`MqttAuth`); the URL's
+            username/password win over ``auth``'s.
     """
 
     def __init__(
@@ -137,8 +141,16 @@ class MqttTransport:
         queue_size: int = 100_000,
         max_backoff: float = 30.0,
         tls_context: ssl.SSLContext | None = None,
+        auth: MqttAuth | None = None,
     ) -> None:
         self.url = BrokerURL.parse(url)
+        auth = auth or MqttAuth()
+        if auth.uses_tls_files and not self.url.tls:
+            raise ConfigError(f"TLS files are configured but the broker URL {self.url} is not mqtts://; use mqtts://")
+        if tls_context is None and auth.uses_tls_files:
+            tls_context = auth.tls_context()
+        self._username = self.url.username or auth.username
+        self._password = self.url.password if self.url.username else auth.password
         if protocol not in ("5", "3.1.1"):
             raise ConfigError(f"MQTT protocol must be '5' or '3.1.1', got {protocol!r}")
         if not client_id:
@@ -175,8 +187,8 @@ class MqttTransport:
         return aiomqtt.Client(
             self.url.host,
             self.url.port,
-            username=self.url.username,
-            password=self.url.password,
+            username=self._username,
+            password=self._password,
             identifier=self.client_id,
             logger=_client_log,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,

@@ -15,7 +15,7 @@ from _keys import agent_security, coordinator_security
 import dagon
 from dagon.agent import Agent, Runtime, load_agent_config
 from dagon.core import Coordinator, RunStore
-from dagon.protocol.transport import MemoryHub, MqttTransport, Transport, Will
+from dagon.protocol.transport import MemoryHub, MqttAuth, MqttTransport, Transport, Will
 
 
 def agent_config(tmp: Path, name: str, *, slots: int = 4, broker: str = "memory://", labels: str = "") -> object:
@@ -63,11 +63,13 @@ async def memory_stack(
 
 
 @contextlib.asynccontextmanager
-async def mqtt_agent(url: str, tmp: Path, name: str, *, slots: int = 4, protocol: str = "5") -> AsyncIterator[Agent]:
+async def mqtt_agent(
+    url: str, tmp: Path, name: str, *, slots: int = 4, protocol: str = "5", auth: MqttAuth | None = None
+) -> AsyncIterator[Agent]:
     config = agent_config(tmp, name, slots=slots, broker=url)
 
     def connect(will: Will) -> Transport:
-        return MqttTransport(url, client_id=f"dagon-agent-{name}", will=will, protocol=protocol)
+        return MqttTransport(url, client_id=f"dagon-agent-{name}", will=will, protocol=protocol, auth=auth)
 
     async with Agent(config=config, connect=connect, **agent_security()) as agent:  # type: ignore[arg-type]
         yield agent
