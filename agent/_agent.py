@@ -22,6 +22,7 @@ from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
 from dagon.agent._secrets import environ_secrets
+from dagon.agent._staging import mark_scratch_root
 from dagon.agent.runtimes import PythonRuntime, Runtime
 from dagon.protocol import (
     Ack,
@@ -138,6 +139,7 @@ class Agent:
 
     async def __aenter__(self) -> Self:
         await asyncio.to_thread(self.config.scratch.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(mark_scratch_root, self.config.scratch)
         if self.config.run_as:
             await asyncio.to_thread(check_scratch_reachable, self.config.scratch, self.config.run_as)
         await self._transport.__aenter__()

@@ -18,9 +18,11 @@ from typing import Any, Final
 from dagon.protocol import REFERENCE_RE, DagonError, OutputFile, StageInput
 
 __all__ = [
+    "SCRATCH_MARKER",
     "StagingError",
     "has_outputs",
     "manifest",
+    "mark_scratch_root",
     "rewrite_command",
     "rewrite_value",
     "safe_component",
@@ -31,6 +33,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_FILES: Final = 10_000
+SCRATCH_MARKER: Final = ".dagon-scratch"
 _GLOB_CHARS: Final = frozenset("*?[")
 
 
@@ -89,6 +92,13 @@ def _stage_one(src: Path, root: Path, dst: Path, mode: str, ref: str, parents: f
     _link(resolved, dst, mode)
 
 
+def mark_scratch_root(scratch: Path) -> None:
+    """Mark ``scratch`` as a dagon scratch root: the only places inputs are staged from."""
+    marker = scratch / SCRATCH_MARKER
+    if not marker.exists():
+        marker.write_text("dagon scratch root: task directories are <run>/<task>-<attempt>\n")
+
+
 def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, mode: str) -> dict[str, str]:
     """Stage every input under ``workdir/.dagon/inputs``; returns reference → staged path."""
     (workdir / ".dagon").mkdir(parents=True, exist_ok=True)
@@ -106,6 +116,13 @@ def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, m
         root = Path(item.source_dir).resolve()
         if not root.is_dir():
             raise StagingError(f"input {ref}: the producer's directory {root} no longer exists")
+        if not (root.parent.parent / SCRATCH_MARKER).is_file():
+            # The directory comes from the producing agent's report: never read from
+            # anywhere but a task directory of a dagon scratch root (e.g. not /etc).
+            raise StagingError(
+                f"input {ref}: the producer's directory {root} is not a task directory of a dagon scratch root;"
+                " refusing to stage from it"
+            )
         dest_root = workdir / ".dagon" / "inputs" / safe_component(item.workflow or "_", "workflow")
         dest_root = dest_root / safe_component(item.task, "task")
         if _GLOB_CHARS & set(item.path):

@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from dagon.agent import StagingError, manifest, rewrite_command, stage_inputs
+from dagon.agent._staging import mark_scratch_root
 from dagon.protocol import AgentId, StageInput, TaskName
 
 
 def producer(tmp_path: Path) -> Path:
-    root = tmp_path / "A-1"
+    """A task directory as agents lay them out: ``<scratch root>/<run>/<task>-<attempt>``."""
+    root = tmp_path / "scratch" / "run" / "A-1"
     (root / "out" / "sub").mkdir(parents=True)
+    mark_scratch_root(tmp_path / "scratch")
     (root / "out" / "f1.txt").write_text("one\n")
     (root / "out" / "f2.txt").write_text("two\n")
     (root / "out" / "sub" / "deep.txt").write_text("deep\n")
@@ -89,3 +92,21 @@ def test_manifest_hashes_outputs_and_skips_dagon_dir(tmp_path: Path) -> None:
     assert files["out/f1.txt"].sha256 == hashlib.sha256(b"one\n").hexdigest()
     declared = manifest(root, ["out/f2.txt", "out/sub/*"])
     assert [f.path for f in declared] == ["out/f2.txt", "out/sub/deep.txt"]
+
+
+def test_only_task_directories_of_a_scratch_root_are_staged_from(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "shadow").write_text("root:hash")
+    # a producer reporting /etc-like directories as its working directory gets nothing staged
+    for source in (tmp_path / "etc", tmp_path):
+        with pytest.raises(StagingError, match="not a task directory of a dagon scratch root"):
+            stage_inputs([inp(source, "shadow")], tmp_path / "B-1", host_id="h1", mode="copy")
+    assert not (tmp_path / "B-1" / ".dagon" / "inputs").exists()
+
+
+def test_manifest_never_follows_links_out_of_the_task(tmp_path: Path) -> None:
+    root = producer(tmp_path)
+    (root / "passwd").symlink_to("/etc/passwd")
+    (root / "linked-dir").symlink_to("/etc")
+    assert {f.path for f in manifest(root)} == {"out/f1.txt", "out/f2.txt", "out/sub/deep.txt"}
+    assert manifest(root, ["../*", "/etc/passwd", "linked-dir/*", "passwd"]) == ()

@@ -143,7 +143,7 @@ async def test_validation_error_before_anything_runs(hub: MemoryHub, tmp_path: P
         with pytest.raises(ValidationError, match="cycle"):
             await coordinator.submit(wf)
         assert coordinator.engine.runs == {}
-    assert not any((tmp_path / "agent0" / "scratch").glob("*"))
+    assert [p.name for p in (tmp_path / "agent0" / "scratch").iterdir()] == [".dagon-scratch"]  # no task dirs
 
 
 GARBAGE = [b"", b"\x00\xff garbage", b"\x81\xa1v\x01", b"\xc1", b"\x92\x01\x02", b"{}"]
