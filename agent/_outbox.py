@@ -7,7 +7,10 @@ per coordinator: batches grow with load and nothing waits when idle.
 
 Invariant: a task's ``StartedTask`` is queued before its ``TaskResult`` and a
 flush sends a coordinator's started batch before its finished batch, so no
-coordinator ever sees a result before the start of the same attempt.
+coordinator ever sees a result before the start of the same attempt. A start
+whose result is in the same flush is not sent at all: the result carries the
+start time and directory, and a short task then costs one signed message
+instead of two (the coordinator accepts dispatched → finished).
 """
 
 from __future__ import annotations
@@ -87,8 +90,12 @@ class Outbox:
             finished, self._finished = self._finished, defaultdict(list)
             for coordinator in started.keys() | finished.keys():
                 inbox = topics.coordinator_inbox(coordinator)
-                if started.get(coordinator):
-                    await self._send(inbox, started[coordinator], self._started_message)
+                starts = started.get(coordinator)
+                if starts and coordinator in finished:
+                    done = {(r.run, r.task, r.attempt) for r in finished[coordinator]}
+                    starts = [s for s in starts if (s.run, s.task, s.attempt) not in done]
+                if starts:
+                    await self._send(inbox, starts, self._started_message)
                 if finished.get(coordinator):
                     await self._send(inbox, finished[coordinator], self._finished_message)
 
