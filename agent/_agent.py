@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
 from dagon.agent._secrets import environ_secrets
-from dagon.agent._staging import mark_scratch_root
+from dagon.agent._staging import mark_scratch_root, task_dir_name
 from dagon.agent.runtimes import PythonRuntime, Runtime
 from dagon.protocol import (
     Ack,
@@ -34,6 +35,7 @@ from dagon.protocol import (
     Control,
     DagonError,
     Heartbeat,
+    KeyRing,
     Offline,
     ProtocolError,
     Rejection,
@@ -43,11 +45,11 @@ from dagon.protocol import (
     TaskAssignment,
     TaskRef,
     TaskResult,
-    Trust,
     raw_public_key,
+    read_grant,
     topics,
 )
-from dagon.protocol.transport import Incoming, Publisher, Transport, Will
+from dagon.protocol.transport import DataServer, Incoming, Publisher, Transport, Will
 
 __all__ = ["Agent"]
 
@@ -90,7 +92,7 @@ class Agent:
         connect: Callable[[Will], Transport],
         runtimes: Sequence[Runtime] = (),
         signer: Signer | None = None,
-        trust: Trust | None = None,
+        trust: KeyRing | None = None,
         insecure: bool = False,
     ) -> None:
         if (signer is None or trust is None) and not insecure:
@@ -104,6 +106,14 @@ class Agent:
             sender=f"agent/{config.agent_id}", max_size=config.max_message_size, signer=signer, trust=trust
         )
         self._key = raw_public_key(signer.public_key) if signer is not None else b""
+        grant_keys = trust.by_id if trust is not None else None
+        self._data = DataServer(
+            authorize=lambda token: read_grant(token, grant_keys),
+            locate=lambda g: config.scratch / task_dir_name(g.run, g.task, g.attempt),
+            host=config.data_host,
+            port=config.data_port,
+            max_transfers=config.max_transfers,
+        )
         names = [r.name for r in runtimes]
         if len(set(names)) != len(names) or {"process", "python"} & set(names):
             raise ValueError(f"runtime names must be unique and not 'process' or 'python', got {names}")
@@ -142,7 +152,15 @@ class Agent:
         await asyncio.to_thread(mark_scratch_root, self.config.scratch)
         if self.config.run_as:
             await asyncio.to_thread(check_scratch_reachable, self.config.scratch, self.config.run_as)
-        await self._transport.__aenter__()
+        await self._data.__aenter__()
+        self.capabilities = dataclasses.replace(
+            self.capabilities, data_url=self.config.data_url or self._data.url, reachable=self.config.reachable
+        )
+        try:
+            await self._transport.__aenter__()
+        except BaseException:
+            await self._data.__aexit__(None, None, None)
+            raise
         try:
             await self._transport.subscribe(topics.agent_tasks(self.id), topics.agent_control(self.id))
             await self._announce()
@@ -151,6 +169,7 @@ class Agent:
         except BaseException:
             await self._close_runtimes()
             await self._transport.__aexit__(None, None, None)
+            await self._data.__aexit__(None, None, None)
             raise
         name = f"agent-{self.id}"
         self._receiver = self._tg.create_task(self._receive_loop(), name=f"{name}-receive")
@@ -170,7 +189,10 @@ class Agent:
             if self._tg is not None:  # every child has ended: this only collects them
                 await self._tg.__aexit__(None, None, None)
         finally:
-            await self._transport.__aexit__(et, e, tb)
+            try:
+                await self._transport.__aexit__(et, e, tb)
+            finally:
+                await self._data.__aexit__(None, None, None)
 
     async def serve_forever(self) -> None:
         """Return once the agent is asked to stop (then leave the ``async with`` block)."""

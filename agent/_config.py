@@ -9,6 +9,11 @@
 | slots | ``--slots`` | ``DAGON_SLOTS`` | ``slots`` | CPU count |
 | home | — | ``DAGON_HOME`` | ``home`` | ``$XDG_STATE_HOME/dagon`` or ``~/.local/state/dagon`` |
 | MQTT version | — | ``DAGON_MQTT_PROTOCOL`` | ``mqtt_protocol`` | ``"5"`` (``"3.1.1"`` for amqtt) |
+| data server address | ``--data-host`` | ``DAGON_DATA_HOST`` | ``data_host`` | ``127.0.0.1`` |
+| data server port | ``--data-port`` | ``DAGON_DATA_PORT`` | ``data_port`` | a free port |
+| its URL for others | ``--data-url`` | ``DAGON_DATA_URL`` | ``data_url`` | ``http://<data_host>:<port>`` |
+| host identity | — | ``DAGON_HOST_ID`` | ``host_id`` | ``/etc/machine-id`` (agents sharing it link files) |
+| reachable by others | ``--unreachable`` | ``DAGON_REACHABLE`` | ``reachable`` | true (false: via the relay) |
 | task user | ``--run-as`` | ``DAGON_RUN_AS`` | ``run_as`` | the agent's own user |
 | secrets file | — | ``DAGON_SECRETS_FILE`` | ``secrets_file`` | ``<home>/secrets.toml`` when it exists |
 | broker TLS, login | — | ``DAGON_MQTT_CA`` … (see below) | ``mqtt_ca`` … | none |
@@ -86,6 +91,13 @@ class AgentConfig:
             to authenticate to the broker (see ``dagon.protocol.transport.MqttAuth``).
         run_as: unprivileged user that process tasks run as (the agent must be
             root; python tasks, which run inside the agent, are then not offered).
+        data_host, data_port: where the data server listens (loopback by default:
+            set an address other hosts can reach for peer-to-peer staging).
+        data_url: the URL other agents use for it (default ``http://data_host:port``).
+        reachable: whether other hosts can connect to this agent at all.
+        max_transfers: concurrent input pulls (and concurrent files served).
+        host_id: overrides the machine identity: agents with the same one share a
+            file system (inputs are linked), others pull over the network.
     """
 
     agent_id: str
@@ -108,6 +120,12 @@ class AgentConfig:
     mqtt_username: str | None = None
     mqtt_password_file: str | None = None
     run_as: str | None = None
+    data_host: str = "127.0.0.1"
+    data_port: int = 0
+    data_url: str | None = None
+    reachable: bool = True
+    max_transfers: int = 4
+    host_id: str | None = None
 
     def __post_init__(self) -> None:
         if not _ID_RE.fullmatch(self.agent_id):
@@ -131,6 +149,12 @@ class AgentConfig:
             raise ConfigError(f"mqtt_protocol must be '5' or '3.1.1', got {self.mqtt_protocol!r}")
         if self.max_message_size < 1024:
             raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
+        if not 0 <= self.data_port <= 65535:
+            raise ConfigError(f"data_port must be a TCP port (0: any free one), got {self.data_port}")
+        if self.max_transfers < 1:
+            raise ConfigError(f"max_transfers must be at least 1, got {self.max_transfers}")
+        if self.data_url is not None and not self.data_url.startswith(("http://", "https://")):
+            raise ConfigError(f"data_url must be an http:// or https:// URL, got {self.data_url!r}")
         for key, value in self.labels.items():
             if not NAME_RE.fullmatch(key) or "=" in key or "," in key:
                 raise ConfigError(f"label name {key!r} is not valid: use letters, digits and '-', '_', '.'")
@@ -250,6 +274,17 @@ def _read_file(config_file: Path) -> dict[str, Any]:
     return values
 
 
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
 def _run_as(name: str) -> str:
     try:
         entry = pwd.getpwnam(name)
@@ -330,6 +365,18 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
         kwargs["secrets_file"] = Path(_str(value, "secrets_file")).expanduser()
     elif (home / "secrets.toml").is_file():
         kwargs["secrets_file"] = home / "secrets.toml"
+    for key, env_name in (
+        ("data_host", "DAGON_DATA_HOST"),
+        ("data_url", "DAGON_DATA_URL"),
+        ("host_id", "DAGON_HOST_ID"),
+    ):
+        if (value := pick(key, env_name)) is not None:
+            kwargs[key] = _str(value, key)
+    for key, env_name in (("data_port", "DAGON_DATA_PORT"), ("max_transfers", None)):
+        if (value := pick(key, env_name)) is not None:
+            kwargs[key] = _int(value, key)
+    if (value := pick("reachable", "DAGON_REACHABLE")) is not None:
+        kwargs["reachable"] = _bool(value, "reachable")
     if (value := pick("run_as", "DAGON_RUN_AS")) is not None:
         kwargs["run_as"] = _run_as(_str(value, "run_as"))
     for key in ("mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_username", "mqtt_password_file"):

@@ -45,7 +45,7 @@ def capabilities(config: AgentConfig, extra_runtimes: Sequence[str] = ()) -> Cap
     """What this agent announces: host facts, runtimes, labels, slots and version."""
     return Capabilities(
         hostname=socket.gethostname(),
-        host_id=host_id(),
+        host_id=config.host_id or host_id(),
         arch=platform.machine(),
         os=platform.system().lower(),
         cpus=psutil.cpu_count() or 1,

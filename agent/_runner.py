@@ -21,15 +21,27 @@ from dagon.agent._config import AgentConfig
 from dagon.agent._secrets import SecretError, Secrets
 from dagon.agent._staging import (
     StagingError,
+    check_input_path,
     has_outputs,
+    input_root,
     manifest,
     rewrite_command,
     rewrite_value,
     stage_inputs,
     task_dir_name,
+    write_manifest,
 )
 from dagon.agent.runtimes import Execution, Outcome, PythonRuntime, RunAs, Runtime, run_process
-from dagon.protocol import OutputFile, ResultStatus, StartedTask, TaskAssignment, TaskResult
+from dagon.protocol import (
+    OutputFile,
+    ResultStatus,
+    StageInput,
+    StartedTask,
+    TaskAssignment,
+    TaskResult,
+    TransportError,
+)
+from dagon.protocol.transport import PullStats, pull
 
 __all__ = ["TaskRunner"]
 
@@ -37,6 +49,22 @@ log = logging.getLogger(__name__)
 
 OnStart = Callable[[StartedTask], None]
 OnFinish = Callable[[TaskResult], None]
+
+
+def _manifest(workdir: Path, patterns: tuple[str, ...]) -> tuple[OutputFile, ...]:
+    outputs = manifest(workdir, patterns)
+    write_manifest(workdir, outputs)
+    return outputs
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 EMPTY_RUNTIMES: Mapping[str, Runtime] = MappingProxyType({})
 
 
@@ -65,6 +93,7 @@ class TaskRunner:
         self._runtimes = runtimes
         self._secrets = secrets or Secrets()
         self._run_as = RunAs.lookup(config.run_as) if config.run_as else None
+        self._transfers = asyncio.Semaphore(config.max_transfers)
 
     def workdir(self, a: TaskAssignment) -> Path | None:
         """``<scratch>/<run>/<task>-<attempt>``; ``None`` for python tasks without inputs.
@@ -82,11 +111,12 @@ class TaskRunner:
         workdir = ""
         outcome = Outcome(ResultStatus.ERROR, None, error="the agent stopped before the task ended")
         outputs: tuple[OutputFile, ...] = ()
+        staging: list[str] = []
         try:
             path = self.workdir(a)
             workdir = str(path) if path is not None else ""
             on_start(StartedTask(a.run, a.task, a.attempt, started, workdir))
-            outcome, outputs = await self._run(a, path)
+            outcome, outputs = await self._run(a, path, staging)
         except asyncio.CancelledError:
             outcome = Outcome(ResultStatus.CANCELLED, None, error="cancelled")
             raise
@@ -112,15 +142,23 @@ class TaskRunner:
                     workdir=workdir,
                     outputs=outputs,
                     value=outcome.value,
+                    staging="; ".join(staging),
                 )
             )
 
-    async def _run(self, a: TaskAssignment, path: Path | None) -> tuple[Outcome, tuple[OutputFile, ...]]:
+    async def _run(
+        self, a: TaskAssignment, path: Path | None, staging: list[str]
+    ) -> tuple[Outcome, tuple[OutputFile, ...]]:
         staged: dict[str, str] = {}
         if a.inputs:
             assert path is not None
-            mode = a.stage_mode or self._config.stage_mode
-            staged = await asyncio.to_thread(stage_inputs, a.inputs, path, host_id=self._host_id, mode=mode)
+            local = [i for i in a.inputs if i.source_host == self._host_id]
+            remote = [i for i in a.inputs if i.source_host != self._host_id]
+            if local:
+                mode = a.stage_mode or self._config.stage_mode
+                staged = await asyncio.to_thread(stage_inputs, local, path, host_id=self._host_id, mode=mode)
+            if remote:
+                staged.update(await self._pull(remote, path, staging))
         if a.runtime == "python":
             args = rewrite_value(a.args, staged)
             kwargs = rewrite_value(a.kwargs, staged)
@@ -145,8 +183,43 @@ class TaskRunner:
         # Hashing runs in a thread; the cheap emptiness check spares the thread hop
         # for the many tasks that write nothing.
         if outcome.status is not ResultStatus.ERROR and has_outputs(path):
-            outputs = await asyncio.to_thread(manifest, path, a.outputs)
+            outputs = await asyncio.to_thread(_manifest, path, a.outputs)
         return outcome, outputs
+
+    async def _pull(self, items: list[StageInput], workdir: Path, staging: list[str]) -> dict[str, str]:
+        """Pull inputs produced on other hosts from their data servers (checksummed, resumable)."""
+        staged: dict[str, str] = {}
+        total = PullStats()
+        began = time.monotonic()
+        sources: set[str] = set()
+        for item in items:
+            check_input_path(item)
+            if not item.url or not item.token:
+                raise StagingError(
+                    f"input {item.ref}: produced on another host by agent {item.source_agent!r}, which serves"
+                    " no data (no data server URL known) — configure its data_host/data_url, or relay it"
+                )
+            dest = input_root(workdir, item)
+            async with self._transfers:
+                try:
+                    stats = await pull(item.url, item.token, dest, concurrency=self._config.max_transfers)
+                except TransportError as exc:
+                    raise StagingError(f"input {item.ref}: {exc}") from None
+            total.files += stats.files
+            total.bytes += stats.bytes
+            total.retries += stats.retries
+            sources.add(item.source_agent)
+            staged[item.ref] = str(dest / item.path)
+        seconds = time.monotonic() - began
+        rate = total.bytes / seconds if seconds > 0 else 0.0
+        note = (
+            f"pulled {total.files} file(s), {_size(total.bytes)} in {seconds:.2f} s ({_size(rate)}/s)"
+            f" from {', '.join(sorted(sources))} over http"
+        )
+        if total.retries:
+            note += f" ({total.retries} retried)"
+        staging.append(note)
+        return staged
 
     def _task_env(self, a: TaskAssignment, path: Path, used: set[str]) -> dict[str, str]:
         env = {key: self._secrets.resolve(value, used) for key, value in a.env.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -16,11 +17,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from dagon.protocol import REFERENCE_RE, DagonError, OutputFile, StageInput
+from dagon.protocol.transport import MANIFEST_FILE
 
 __all__ = [
     "SCRATCH_MARKER",
     "StagingError",
+    "check_input_path",
     "has_outputs",
+    "input_root",
     "manifest",
     "mark_scratch_root",
     "rewrite_command",
@@ -28,6 +32,7 @@ __all__ = [
     "safe_component",
     "stage_inputs",
     "task_dir_name",
+    "write_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,11 @@ def safe_component(name: str, what: str) -> str:
 def task_dir_name(run: str, task: str, attempt: int) -> Path:
     """``<run>/<task>-<attempt>``, relative to the scratch root (names checked)."""
     return Path(safe_component(run, "run name")) / f"{safe_component(task, 'task name')}-{attempt}"
+
+
+def check_input_path(item: StageInput) -> None:
+    """Raises StagingError when an input's path is absolute or climbs out with ``..``."""
+    _check_relative(item.path, item.ref)
 
 
 def _check_relative(path: str, ref: str) -> None:
@@ -106,10 +116,7 @@ def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, m
     for item in inputs:
         ref = item.ref
         if item.source_host != host_id:
-            raise StagingError(
-                f"input {ref}: produced by agent {item.source_agent!r} on another host; peer-to-peer staging"
-                " between hosts is not available yet (place consumers on the producer's host)"
-            )
+            raise StagingError(f"input {ref}: produced on another host; it must be pulled, not linked")
         _check_relative(item.path, ref)
         if not item.source_dir:
             raise StagingError(f"input {ref}: the producer {item.task!r} reported no working directory")
@@ -123,8 +130,7 @@ def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, m
                 f"input {ref}: the producer's directory {root} is not a task directory of a dagon scratch root;"
                 " refusing to stage from it"
             )
-        dest_root = workdir / ".dagon" / "inputs" / safe_component(item.workflow or "_", "workflow")
-        dest_root = dest_root / safe_component(item.task, "task")
+        dest_root = input_root(workdir, item)
         if _GLOB_CHARS & set(item.path):
             matches = sorted(Path(p) for p in glob.glob(glob.escape(str(root)) + "/" + item.path))
         else:
@@ -140,6 +146,12 @@ def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, m
             _stage_one(src, root, dst, mode, ref)
         staged[ref] = str(dest_root / item.path)
     return staged
+
+
+def input_root(workdir: Path, item: StageInput) -> Path:
+    """Where ``item``'s files are staged: ``.dagon/inputs/<workflow>/<task>/`` (then its own path)."""
+    base = workdir / ".dagon" / "inputs" / safe_component(item.workflow or "_", "workflow")
+    return base / safe_component(item.task, "task")
 
 
 def rewrite_command(command: str, staged: Mapping[str, str]) -> str:
@@ -172,6 +184,12 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_manifest(workdir: Path, outputs: Iterable[OutputFile]) -> None:
+    """Keep the manifest next to the outputs: the data server serves the producer's hashes."""
+    doc = [{"path": o.path, "size": o.size, "sha256": o.sha256} for o in outputs]
+    (workdir / ".dagon" / MANIFEST_FILE).write_text(json.dumps(doc))
 
 
 def has_outputs(workdir: Path) -> bool:

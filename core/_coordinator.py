@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -52,6 +53,7 @@ from dagon.core._trust import CoordinatorTrust
 from dagon.core._writer import StoreWriter
 from dagon.protocol import (
     CONTENT_TYPE_JSON,
+    DEFAULT_GRANT_TTL,
     SCHEMA_COORDINATOR,
     Ack,
     AgentId,
@@ -60,6 +62,7 @@ from dagon.protocol import (
     CancelRun,
     CancelTasks,
     Codec,
+    Grant,
     Heartbeat,
     Offline,
     ProtocolError,
@@ -73,6 +76,7 @@ from dagon.protocol import (
     TasksFinished,
     TasksStarted,
     encode_public,
+    mint_grant,
     topics,
 )
 from dagon.protocol.transport import Publisher, Transport, Will
@@ -134,6 +138,10 @@ class Coordinator:
             codec_args["max_size"] = max_message_size
         self.codec = Codec(**codec_args)
         self._trust = trust
+        # Grants for the data plane; an --insecure coordinator signs them with a throwaway key
+        # (its agents do not verify them, but scope and expiry still apply).
+        self._grant_signer = signer or Signer.generate()
+        self.grant_ttl = DEFAULT_GRANT_TTL
         will = Will(
             topics.coordinator_status(coordinator_id),
             encode_public({"schema": SCHEMA_COORDINATOR, "id": coordinator_id, "online": False}),
@@ -366,6 +374,36 @@ class Coordinator:
         self._pending.extend(self.engine.handle(RunSubmitted(msg.run, workflow, graph), time.time()))
         log.info("accepted run %s of workflow %s (%d tasks)", msg.run, workflow.name, len(workflow))
 
+    def grant(self, *, run: RunId, task: str, attempt: int, path: str, audience: str, op: str = "read") -> str:
+        """A data-plane token for ``path`` of one attempt's directory (see ``dagon.protocol.Grant``)."""
+        expires = time.time() + self.grant_ttl
+        return mint_grant(self._grant_signer, Grant(run, task, attempt, path, audience, op, expires))
+
+    def _with_grants(self, agent: AgentId, assignment: TaskAssignment) -> TaskAssignment:
+        """Point inputs produced on other hosts at their producer's data server, with a grant each."""
+        if not assignment.inputs:
+            return assignment
+        agents = self.engine.agents
+        consumer = agents.get(agent)
+        host = consumer.capabilities.host_id if consumer is not None else ""
+        if all(i.source_host == host for i in assignment.inputs):
+            return assignment
+        inputs = []
+        for item in assignment.inputs:
+            if item.source_host != host:
+                producer = agents.get(item.source_agent)
+                url = producer.capabilities.data_url if producer is not None else ""
+                token = self.grant(
+                    run=RunId(item.source_run or assignment.run),
+                    task=item.task,
+                    attempt=item.source_attempt,
+                    path=item.path,
+                    audience=agent,
+                )
+                item = dataclasses.replace(item, url=url, token=token)
+            inputs.append(item)
+        return dataclasses.replace(assignment, inputs=tuple(inputs))
+
     # -- internals: drive ----------------------------------------------------
 
     async def _drive_loop(self) -> None:
@@ -393,7 +431,7 @@ class Coordinator:
             if isinstance(cmd, TaskTransition):
                 self._on_transition(cmd)
             elif isinstance(cmd, Dispatch):
-                assign[cmd.agent].append(cmd.assignment)
+                assign[cmd.agent].append(self._with_grants(cmd.agent, cmd.assignment))
             elif isinstance(cmd, CancelAttempt):
                 cancel[cmd.agent].append(cmd.ref)
             elif isinstance(cmd, RunTransition):

@@ -285,7 +285,8 @@ class Engine:
             view.workdir = result.workdir
         status = result.status
         if status is ResultStatus.SUCCEEDED:
-            self._move(view, _S.SUCCEEDED, f"exit code {result.exit_code} on {event.agent}")
+            staging = f"; {result.staging}" if result.staging else ""
+            self._move(view, _S.SUCCEEDED, f"exit code {result.exit_code} on {event.agent}{staging}")
             for child in view.dependents:
                 child.waiting -= 1
                 if child.waiting == 0 and child.state is _S.PENDING:
@@ -397,6 +398,8 @@ class Engine:
                     source_agent=producer.agent or AgentId(""),
                     source_host=producer.host,
                     source_dir=producer.workdir,
+                    source_run=producer.run.id,
+                    source_attempt=producer.attempt,
                 )
             )
         assignment = TaskAssignment(

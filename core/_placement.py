@@ -68,18 +68,17 @@ class Placement(Protocol):
 
 
 class LeastLoaded:
-    """Eligible agent with the highest fraction of free slots (ties: first)."""
+    """Eligible agent on the host of most of the task's inputs (data locality: staging is
+    a link there, a network pull elsewhere), then with the highest fraction of free slots."""
 
     def choose(self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]) -> AgentView | None:
         best: AgentView | None = None
-        best_share = -1.0
+        best_score = (False, -1.0)
         for agent in agents:
             caps = agent.capabilities
-            if input_hosts and (len(input_hosts) > 1 or caps.host_id not in input_hosts):
-                continue
             if unmet_constraint(task, caps, agent.id) is not None:
                 continue
-            share = agent.free / agent.capacity
-            if share > best_share:
-                best, best_share = agent, share
+            score = (caps.host_id in input_hosts, agent.free / agent.capacity)
+            if score > best_score:
+                best, best_score = agent, score
         return best

@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, help="tasks run at once (default: $DAGON_SLOTS or the CPU count)")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--run-as", help="run process tasks as this unprivileged user (default: $DAGON_RUN_AS)")
+    p.add_argument("--data-host", help="address the data server binds (default: $DAGON_DATA_HOST or 127.0.0.1)")
+    p.add_argument("--data-port", type=int, help="data server port (default: $DAGON_DATA_PORT or any free one)")
+    p.add_argument("--data-url", help="URL other agents reach the data server at (default: http://HOST:PORT)")
+    p.add_argument(
+        "--unreachable", dest="reachable", action="store_false", default=None,
+        help="other hosts cannot connect here (NAT): outputs needed elsewhere go through the coordinator's relay",
+    )  # fmt: skip
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["enroll"], ["key"]):
         return _keys_main(argv)
     args = _parser().parse_args(argv)
-    names = ("broker", "id", "scratch", "labels", "slots", "run_as")
+    names = ("broker", "id", "scratch", "labels", "slots", "run_as", "data_host", "data_port", "data_url", "reachable")
     flags = {name: getattr(args, name) for name in names}
     try:
         config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)

@@ -23,6 +23,7 @@ from dagon.protocol._auth import (
 )
 from dagon.protocol._codec import DEFAULT_MAX_SIZE, PROTOCOL_VERSION, Codec, Envelope, check_plain, new_message_id
 from dagon.protocol._errors import ConfigError, DagonError, ProtocolError, TransportError
+from dagon.protocol._grants import DEFAULT_GRANT_TTL, Grant, covers, mint_grant, read_grant
 from dagon.protocol._messages import (
     Ack,
     AgentId,
@@ -65,6 +66,11 @@ from dagon.protocol._refsyntax import NAME_RE, REFERENCE_RE
 from dagon.protocol._rejections import Rejections
 
 __all__ = [
+    "DEFAULT_GRANT_TTL",
+    "Grant",
+    "covers",
+    "mint_grant",
+    "read_grant",
     "ACTING_OPS",
     "DEFAULT_FRESHNESS",
     "KeyRing",

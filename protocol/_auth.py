@@ -160,6 +160,11 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def by_id(self) -> dict[str, Ed25519PublicKey]:
+        """Key id → key (for verifying data-plane grants)."""
+        return dict(self._keys)
+
     def __contains__(self, kid: object) -> bool:
         return kid in self._keys
 

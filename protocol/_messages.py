@@ -85,6 +85,9 @@ class StageInput:
         source_agent: agent that ran the producer.
         source_host: host id of that agent (same host means link/copy works).
         source_dir: the producer's absolute working directory on that host.
+        source_run, source_attempt: the producer's run and attempt (its directory's name).
+        url: the data server to pull from when the producer is on another host.
+        token: the grant for that pull (see :mod:`dagon.protocol._grants`).
     """
 
     ref: str
@@ -94,6 +97,10 @@ class StageInput:
     source_agent: AgentId
     source_host: str
     source_dir: str
+    source_run: str = ""
+    source_attempt: int = 0
+    url: str = ""
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,8 @@ class Capabilities:
     slots: int
     version: str
     prefetch: int = 0  # assignments the agent queues beyond its slots (hides dispatch latency)
+    data_url: str = ""  # where its data server serves task outputs ("" = none)
+    reachable: bool = True  # False: others cannot connect to it (NAT); its outputs go through the relay
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +184,7 @@ class TaskResult:
     workdir: str = ""
     outputs: tuple[OutputFile, ...] = ()
     value: Any = None
+    staging: str = ""  # how inputs were staged, e.g. "pulled 2 file(s), 1.0 GiB in 1.2 s (870 MB/s) over http"
 
     @property
     def duration(self) -> float:

@@ -6,11 +6,16 @@ This subpackage is the only place in dagon that talks to a broker; the rest of
 
 from dagon.protocol.transport._auth import MqttAuth
 from dagon.protocol.transport._base import Incoming, Transport, Will, topic_matches
+from dagon.protocol.transport._dataplane import MANIFEST_FILE, DataServer, PullStats, pull
 from dagon.protocol.transport._memory import MemoryHub, MemoryTransport
 from dagon.protocol.transport._mqtt import BrokerURL, MqttTransport, redact_url
 from dagon.protocol.transport._publisher import Publisher
 
 __all__ = [
+    "MANIFEST_FILE",
+    "DataServer",
+    "PullStats",
+    "pull",
     "BrokerURL",
     "Incoming",
     "MemoryHub",

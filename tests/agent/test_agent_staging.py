@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from pathlib import Path
 
 import pytest
+from _keys import COORDINATOR
 
 from dagon.agent import Agent
-from dagon.protocol import AgentId, ResultStatus, StageInput, TaskName, TaskResult
+from dagon.protocol import AgentId, Grant, ResultStatus, Signer, StageInput, TaskName, TaskResult, mint_grant
 from dagon.protocol.transport import MemoryHub
 
 from ._support import AGENT, FakeCoordinator, assign, running_agent
@@ -102,9 +105,24 @@ async def test_unsafe_or_missing_inputs_give_an_error_result(
     assert not list((Path(b.workdir) / ".dagon" / "inputs").rglob("secret"))
 
 
-async def test_input_on_another_host_is_refused_for_now(hub: MemoryHub, tmp_path: Path) -> None:
-    async with running_agent(hub, tmp_path) as (agent, coord):
-        a = await produce(coord, "echo x > out.txt")
-        await coord.assign(assign("B", "cat workflow:///A/out.txt", inputs=(ref(agent, a, "out.txt", host="other"),)))
-        b = (await coord.results(1))["B"]
-    assert b.status is ResultStatus.ERROR and "peer-to-peer staging between hosts is not available yet" in b.error
+async def test_input_from_another_host_is_pulled_with_a_grant(hub: MemoryHub, tmp_path: Path) -> None:
+    async with running_agent(hub, tmp_path, slots=4) as (agent, coord):
+        a = await produce(coord, "mkdir out && head -c 300000 /dev/urandom > out/big.bin && echo x > out/x.txt")
+        remote = ref(agent, a, "out", host="other")
+        # no data server known for the producer: a clear error
+        await coord.assign(assign("B", "true", inputs=(remote,)))
+        # with the producer's URL and a grant signed by the coordinator the agent trusts: pulled over HTTP
+        grant = Grant("r1", "A", 1, "out", AGENT, "read", time.time() + 60)
+        good = dataclasses.replace(remote, url=agent.capabilities.data_url, token=mint_grant(COORDINATOR, grant))
+        await coord.assign(assign("C", f"d=workflow:///A/out; cmp $d/big.bin {a.workdir}/out/big.bin", inputs=(good,)))
+        # the same with a grant signed by a key the producer does not trust
+        forged = dataclasses.replace(good, token=mint_grant(Signer.generate(), grant))
+        await coord.assign(assign("D", "true", inputs=(forged,)))
+        results = await coord.results(3)
+    b, c, d = results["B"], results["C"], results["D"]
+    assert b.status is ResultStatus.ERROR and "serves no data" in b.error
+    assert c.status is ResultStatus.SUCCEEDED, c.error
+    assert c.staging.startswith("pulled 2 file(s)") and "over http" in c.staging
+    pulled = Path(c.workdir) / ".dagon" / "inputs" / "wf" / "A" / "out" / "big.bin"
+    assert pulled.read_bytes() == (Path(a.workdir) / "out" / "big.bin").read_bytes() and not pulled.is_symlink()
+    assert d.status is ResultStatus.ERROR and "403" in d.error and "unknown key" in d.error

@@ -79,7 +79,7 @@ def test_missing_input_and_other_host(tmp_path: Path) -> None:
     root = producer(tmp_path)
     with pytest.raises(StagingError, match=r"no such file in A's output"):
         stage_inputs([inp(root, "out/nope.txt")], tmp_path / "B-1", host_id="h1", mode="copy")
-    with pytest.raises(StagingError, match="peer-to-peer staging"):
+    with pytest.raises(StagingError, match="it must be pulled, not linked"):
         stage_inputs([inp(root, "out/f1.txt", host="h2")], tmp_path / "B-1", host_id="h1", mode="copy")
 
 

@@ -7,12 +7,16 @@ over a real broker URL.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from _keys import agent_security, coordinator_security
 
 import dagon
+from dagon._keys import coordinator_signer, enroll
 from dagon.agent import Agent, Runtime, load_agent_config
 from dagon.core import Coordinator, RunStore
 from dagon.protocol.transport import MemoryHub, MqttAuth, MqttTransport, Transport, Will
@@ -87,3 +91,30 @@ def taskflow(*, extra: int = 0) -> dagon.Workflow:
     for i in range(extra):
         wf.shell(f"extra{i}", "sleep 0.2", after=["A"])
     return wf
+
+
+def start_agent(
+    url: str,
+    tmp: Path,
+    name: str,
+    *,
+    slots: int = 2,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """A ``dagon-agent`` process with its own home, enrolled with the coordinator key of ``tmp/client``.
+
+    ``prefix`` runs it through another command (e.g. ``ip netns exec NS``).
+    """
+    home = tmp / name
+    home.mkdir(parents=True, exist_ok=True)
+    coordinator_signer(tmp / "client")  # what `dagon keys init` does
+    enroll(home, tmp / "client" / "keys" / "coordinator.pub")  # what `dagon-agent enroll --yes` does
+    cmd = [
+        *prefix, sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
+        "--broker", url, "--id", name, "--slots", str(slots), "--scratch", str(home / "scratch"), *args,
+    ]  # fmt: skip
+    environ = dict(os.environ, DAGON_HOME=str(home), **(env or {}))
+    with (home / "agent.log").open("wb") as log:
+        return subprocess.Popen(cmd, env=environ, stdout=log, stderr=subprocess.STDOUT)

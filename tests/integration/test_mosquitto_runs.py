@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,28 +14,13 @@ from _broker import stop_process
 from _keys import COORDINATOR, coordinator_security
 
 import dagon
-from dagon._keys import coordinator_signer, enroll
 from dagon.core import RunState, TaskState
 from dagon.protocol import SCHEMA_RUN_STATUS, SCHEMA_TASK_RESULT, decode_public, topics
 from dagon.protocol.transport import MqttTransport
 
-from ._stack import taskflow
+from ._stack import start_agent, taskflow
 
 pytestmark = pytest.mark.mosquitto
-
-
-def start_agent(url: str, tmp: Path, name: str, *, slots: int = 2) -> subprocess.Popen[bytes]:
-    """An agent process with its own home, enrolled with the coordinator key of ``tmp/client``."""
-    home = tmp / name
-    home.mkdir(parents=True, exist_ok=True)
-    coordinator_signer(tmp / "client")  # what `dagon keys init` does
-    enroll(home, tmp / "client" / "keys" / "coordinator.pub")  # what `dagon-agent enroll --yes` does
-    cmd = [
-        sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
-        "--broker", url, "--id", name, "--slots", str(slots), "--scratch", str(home / "scratch"),
-    ]  # fmt: skip
-    with (home / "agent.log").open("wb") as log:
-        return subprocess.Popen(cmd, env=dict(os.environ, DAGON_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT)
 
 
 stop = stop_process
