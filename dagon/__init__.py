@@ -10,6 +10,7 @@
 __version__ = "0.1.0"
 
 from dagon._client import Client, RunHandle, connect
+from dagon._compat_types import DataMover, StagerMover, Status
 from dagon._workflow import Workflow
 from dagon.core import (
     Retry,
@@ -28,12 +29,15 @@ __all__ = [
     "Client",
     "ConfigError",
     "DagonError",
+    "DataMover",
     "ProtocolError",
     "Retry",
     "RunEvent",
     "RunHandle",
     "RunResult",
     "RunState",
+    "StagerMover",
+    "Status",
     "Task",
     "TaskFailed",
     "TaskOutcome",

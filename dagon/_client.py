@@ -74,8 +74,10 @@ class Client:
         agent_slots: int | None = None,
         heartbeat_ttl: float = 15.0,
         publish_results: bool = True,
+        agent_scratch: Path | None = None,
     ) -> None:
         self.home = home or dagon_home()
+        self._agent_scratch = agent_scratch
         self.broker = broker_from_env(broker)
         if coordinator is not None and self.broker is None:
             raise DagonError("a standalone coordinator needs a broker: pass broker= or set DAGON_BROKER")
@@ -134,7 +136,9 @@ class Client:
             if self.embedded:
                 from dagon._local import start_embedded_agent
 
-                await start_embedded_agent(self._stack, url=self.url, home=self.home, slots=self._agent_slots)
+                await start_embedded_agent(
+                    self._stack, url=self.url, home=self.home, slots=self._agent_slots, scratch=self._agent_scratch
+                )
                 async with asyncio.timeout(30):
                     await self.coordinator.wait_for_agents(1)
             return
@@ -171,7 +175,7 @@ class Client:
             run = await self.coordinator.submit(workflow)
             return RunHandle(self, run, workflow.name)
         assert self._transport is not None and self._remote is not None and self._codec is not None
-        workflow.graph()  # validate locally: fail before anything is sent
+        workflow.graph(external=True)  # validate locally: fail before anything is sent
         run = new_run_id(workflow.name)
         await self._remote.track(run)
         assert self.coordinator_id is not None
@@ -218,6 +222,7 @@ def connect(
     agent_slots: int | None = None,
     heartbeat_ttl: float = 15.0,
     publish_results: bool = True,
+    agent_scratch: Path | None = None,
 ) -> Client:
     """Connect to dagon; use as ``async with dagon.connect(...) as client``.
 
@@ -232,6 +237,7 @@ def connect(
         heartbeat_ttl: seconds of agent silence before its tasks are requeued.
         publish_results: publish public JSON task results and events (in-process
             coordinator only; run status is always published).
+        agent_scratch: scratch root of the embedded agent (default ``$DAGON_HOME/scratch``).
     """
     return Client(
         broker=broker,
@@ -241,4 +247,5 @@ def connect(
         agent_slots=agent_slots,
         heartbeat_ttl=heartbeat_ttl,
         publish_results=publish_results,
+        agent_scratch=agent_scratch,
     )
