@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +26,10 @@ from dagon._compat import DagonStarAPI
 from dagon._compat_types import StagerMover
 from dagon._ini import DagonIni, load_ini
 from dagon._plan import plan_text
-from dagon.core import RunResult, ValidationError
+from dagon.core import RunResult, Task, ValidationError
 from dagon.core import Workflow as _CoreWorkflow
 from dagon.core._checks import missing_runtimes
+from dagon.core._patterns import gather, scatter, sweep
 from dagon.protocol import DagonError
 
 __all__ = ["RunnerContext", "Workflow", "plan_text", "runner_context"]
@@ -95,6 +96,54 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
             self.ini.configure_logging()
         if jsonload is not None:
             self.load_json(jsonload if isinstance(jsonload, Mapping) else Path(jsonload))
+
+    def get_dry(self) -> bool:
+        """Whether ``run()`` only prints the plan (``set_dry(True)`` or ``dagon run --dry-run``)."""
+        ctx = runner_context.get()
+        return self.dry or (ctx is not None and ctx.dry_run)
+
+    # -- parallel patterns (native API) ------------------------------------------------
+
+    def map(
+        self, name: str, command: str, over: str | Iterable[Any], *, after: Iterable[str | Task] = (), **options: Any
+    ) -> Task | list[Task]:
+        """Map ``command`` over items or over a producer's output files.
+
+        ``over="workflow:///P/GLOB"``: dynamic — when ``P`` has succeeded, one task per
+        file of its output matching ``GLOB`` (named ``NAME_STEM``), each with the glob
+        reference in ``command`` narrowed to its file; returns the template, which
+        dependents reference as ``workflow:///NAME/PATH`` to gather from every copy.
+        ``over=[...]``: static — tasks ``NAME_0``, ``NAME_1`` … with ``{item}`` and
+        ``{index}`` filled in; returns them.
+        """
+        if isinstance(over, str):
+            if not over.startswith("workflow://"):
+                raise ValidationError(
+                    f"map {name!r}: over= is a workflow:// glob reference or a list of items, got {over!r}",
+                    tasks=[name],
+                )
+            return self.add(Task(name=name, command=command, map_over=over, after=_task_names(after), **options))
+        return scatter(self, name, command, over, after=after, **options)
+
+    def sweep(
+        self,
+        name: str,
+        command: str,
+        params: Mapping[str, Iterable[Any]],
+        *,
+        after: Iterable[str | Task] = (),
+        **options: Any,
+    ) -> list[Task]:
+        """A parameter sweep: one task per point of the cartesian product of ``params``."""
+        return sweep(self, name, command, params, after=after, **options)
+
+    def gather(
+        self, name: str, command: str, over: Iterable[str | Task] | str | Task, path: str, **options: Any
+    ) -> Task:
+        """Reduce: ``{inputs}`` in ``command`` becomes the ``path`` of every task of ``over``
+        (for a dynamic map, pass its template: every copy is gathered)."""
+        producers = [over] if isinstance(over, str | Task) else list(over)
+        return gather(self, name, command, producers, path, **options)
 
     def run(
         self,
@@ -210,3 +259,7 @@ async def _check_runtimes(coordinator: Any, workflow: _CoreWorkflow) -> None:
             " run them on an agent on that host instead (drop ip=)",
             tasks=missing["ssh"],
         )
+
+
+def _task_names(items: Iterable[str | Task]) -> tuple[str, ...]:
+    return tuple(item.name if isinstance(item, Task) else item for item in items)
