@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from dagon._client import Client, RunHandle, connect
 from dagon._compat_types import DataMover, StagerMover, Status
+from dagon._meta import MetaWorkflow
 from dagon._workflow import Workflow
 from dagon.core import (
     Retry,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DagonError",
     "DataMover",
+    "MetaWorkflow",
     "ProtocolError",
     "Retry",
     "RunEvent",

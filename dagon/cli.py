@@ -150,8 +150,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise DagonError(f"{args.file} defines no dagon Workflow")
         token = runner_context.set(ctx)
         try:
-            for wf in workflows:
-                dagon.Workflow.run(wf)  # type: ignore[arg-type]
+            if any(wf.graph(external=True).external for wf in workflows):
+                # They reference each other: one meta-workflow on one coordinator.
+                dagon.MetaWorkflow(args.file.stem, workflows).run(check=False)
+            else:
+                for wf in workflows:
+                    dagon.Workflow.run(wf)  # type: ignore[arg-type]
         finally:
             runner_context.reset(token)
     return 0 if all(r.ok for r in ctx.results) else 1
