@@ -69,7 +69,7 @@ class MetaWorkflow:
 
     def get_dry(self) -> bool:
         ctx = runner_context.get()
-        return self.dry or (ctx is not None and ctx.dry_run)
+        return self.dry or (ctx is not None and (ctx.dry_run or ctx.capture))
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -100,7 +100,7 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
     def get_dry(self) -> bool:
         """Whether ``run()`` only prints the plan (``set_dry(True)`` or ``dagon run --dry-run``)."""
         ctx = runner_context.get()
-        return self.dry or (ctx is not None and ctx.dry_run)
+        return self.dry or (ctx is not None and (ctx.dry_run or ctx.capture))
 
     # -- parallel patterns (native API) ------------------------------------------------
 

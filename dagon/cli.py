@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     agents.add_argument("--json", action="store_true")
     agents.add_argument("--all", action="store_true", help="include offline agents")
 
+    graph = sub.add_parser("graph", help="export a workflow script's graph (Mermaid, Graphviz DOT, CWL v1.2)")
+    graph.add_argument("file", type=Path)
+    graph.add_argument("--format", choices=("mermaid", "dot", "cwl"), default="mermaid")
+    graph.add_argument("--workflow", help="only this workflow (the script may define several)")
+    graph.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
+
     broker = sub.add_parser("broker", help="run the embedded MQTT broker (development)")
     broker.add_argument("--port", type=int, default=1883)
     return p
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": _cmd_status,
         "agents": _cmd_agents,
         "broker": _cmd_broker,
+        "graph": _cmd_graph,
     }
     try:
         return handlers[args.command](args)
@@ -190,6 +197,29 @@ async def _submit(broker: str, coordinator: str, workflows: list[CoreWorkflow], 
                 Console().print(summary_table(result))
                 ok = ok and result.ok
     return 0 if ok else 1
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from dagon._export import export
+
+    ctx = RunnerContext(capture=True)  # the script's run() calls collect workflows; nothing runs
+    with contextlib.redirect_stdout(sys.stderr):  # what the script prints must not mix with the graph
+        namespace = _exec_script(args.file, [], ctx)
+    workflows = ctx.captured or _workflows_in(namespace)
+    if args.workflow:
+        workflows = [wf for wf in workflows if wf.name == args.workflow]
+    if not workflows:
+        which = f" named {args.workflow!r}" if args.workflow else ""
+        raise DagonError(f"{args.file} defines no dagon Workflow{which}")
+    try:
+        text = export(workflows, args.format)
+    except ValueError as exc:
+        raise DagonError(str(exc)) from None
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 # -- services --------------------------------------------------------------------
