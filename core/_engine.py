@@ -584,7 +584,12 @@ class Engine:
         files = match_outputs(ref.path, outputs)
         copies = expand_map(spec, files, workflow=run.workflow.name, taken=run.tasks)
         names = [c.name for c in copies]
-        # The template leaves the run (it never runs); its copies take its place.
+        # The template leaves the run (it never runs); its copies take its place (in
+        # order: the dict is reordered in place, as results may already hold it).
+        names_after = list(run.tasks)
+        tail = [(n, run.tasks[n]) for n in names_after[names_after.index(spec.name) + 1 :]]
+        for n, _ in tail:
+            del run.tasks[n]
         del run.tasks[spec.name]
         run.counts[template.state] -= 1
         run.unfinished -= 1
@@ -600,6 +605,7 @@ class Engine:
             graph.deps[task.name] = deps
             graph.refs[task.name] = tuple(task.references())
             views.append(view)
+        run.tasks.update(tail)
         released = []
         for child in template.dependents:
             if child.state is not _S.PENDING:

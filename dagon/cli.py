@@ -177,6 +177,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     workflows = ctx.captured or _workflows_in(namespace)
     if not workflows:
         raise DagonError(f"{args.file} defines no dagon Workflow")
+    if any(wf.graph(external=True).external for wf in workflows):
+        from dagon.core._meta import meta_order
+
+        workflows = meta_order(workflows)  # producers first: the coordinator resolves references on arrival
     return asyncio.run(_submit(broker, args.coordinator, workflows, wait=args.wait))
 
 

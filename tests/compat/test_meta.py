@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,44 @@ def test_dagon_run_links_workflows_a_script_only_defines(tmp_path: Path) -> None
     assert out.returncode == 0, out.stderr
     (loud,) = list((tmp_path / "home" / "scratch").glob("Cons-*/use-1/loud.txt"))
     assert loud.read_text() == "QUIET\n"
+
+
+@pytest.mark.mosquitto
+def test_linked_workflows_submitted_to_a_standalone_coordinator(mosquitto: Any, tmp_path: Path) -> None:
+    """`dagon submit` hands both workflows to one `dagon coordinator` (producer first);
+    the consumer's task waits for the producer's and stages its file; a real agent runs both."""
+    import subprocess
+
+    from _broker import stop_process
+
+    from ._scripts import DAGON, environ, start_agent
+
+    coordinator = subprocess.Popen(
+        [*DAGON, "coordinator", "--broker", mosquitto.url, "--id", "meta"],
+        env=environ(tmp_path / "coord"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    agent = start_agent(mosquitto.url, tmp_path / "agent", "meta-agent")
+    try:
+        script = write(
+            tmp_path / "linked.py",
+            "import dagon\n"
+            "cons = dagon.Workflow('Cons')\n"
+            "cons.shell('use', 'tr a-z A-Z < workflow://Prod/make/out.txt > loud.txt')\n"
+            "prod = dagon.Workflow('Prod')\n"
+            "prod.shell('make', 'sleep 0.3; echo quiet > out.txt')\n",
+        )
+        for _ in range(10):  # until the coordinator process is online (its retained status)
+            out = run_cli(
+                "submit", str(script), "--broker", mosquitto.url, "--coordinator", "auto", "--wait",
+                cwd=tmp_path, home=tmp_path / "cli", timeout=60,
+            )  # fmt: skip
+            if "no dagon coordinator is online" not in out.stderr:
+                break
+        assert out.returncode == 0, out.stdout + out.stderr
+        runs = out.stdout.split()[:2]
+        assert runs[0].startswith("Prod-") and runs[1].startswith("Cons-")
+        (loud,) = list((tmp_path / "agent" / "scratch").glob("Cons-*/use-1/loud.txt"))
+        assert loud.read_text() == "QUIET\n"
+    finally:
+        stop_process(agent)
+        stop_process(coordinator)

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from _broker import stop_process
 
-from ._scripts import DATAFLOW, FAILING, PARALLEL, ini, run_script, start_agent, write
+from ._scripts import DATAFLOW, FAILING, PARALLEL, ROOT, ini, run_script, start_agent, write
+
+MAP_GATHER = ROOT / "examples" / "dataflow" / "map-gather.py"
 
 
 def f3_lines(scratch: Path) -> list[str]:
@@ -54,6 +56,16 @@ def test_failed_task_is_reported_with_name_exit_code_and_stderr(tmp_path: Path) 
     assert "TaskFailed" in out.stderr
     assert "B: exit code 3: B could not parse in.txt" in out.stderr
     assert "C: upstream task 'B' failed" in out.stderr
+
+
+def test_map_gather_example_on_the_embedded_default(tmp_path: Path) -> None:
+    out = run_script(MAP_GATHER, cwd=tmp_path, home=tmp_path / "home")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "5050"
+    scratch = tmp_path / "home" / "scratch"
+    assert sorted(p.name for p in scratch.glob("*/count_*")) == [f"count_chunk_a{c}-1" for c in "abcd"]
+    values = sorted(int(p.read_text()) for p in scratch.glob("*/scale_*/value.txt"))
+    assert values == [10, 20, 20, 30, 40, 60]
 
 
 def test_remove_dir_deletes_intermediate_scratch(tmp_path: Path) -> None:
@@ -123,6 +135,12 @@ def test_scripts_run_on_a_real_brokers_agents(mosquitto: Any, tmp_path: Path) ->
         assert out.returncode == 0, out.stderr
         assert len(f3_lines(tmp_path / "agent" / "scratch")) == 4
         assert not (tmp_path / "unused").exists()
+
+        # Dynamic fan-out decided from the producer's manifest, on the broker's agent.
+        out = run_script(MAP_GATHER, cwd=work, home=tmp_path / "client", DAGON_BROKER=mosquitto.url)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "5050"
+        assert len(list((tmp_path / "agent" / "scratch").glob("Map-Gather-*/count_chunk_a?-1/n.txt"))) == 4
 
         failing = write(tmp_path / "failing.py", FAILING)
         out = run_script(failing, cwd=tmp_path, home=tmp_path / "client", DAGON_BROKER=mosquitto.url)
