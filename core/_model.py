@@ -346,16 +346,15 @@ class Workflow:
                         f"task {name!r}: map_over must name a task of this workflow, got {mapped.text}", tasks=[name]
                     )
                 needed.add(mapped.task)
-            foreign = tuple(ref for ref in found if ref.workflow not in ("", self.name))
-            if foreign and external:
-                outside[name] = foreign
             for ref in found:
                 if ref.workflow not in ("", self.name):
                     if external:
+                        outside[name] = (*outside.get(name, ()), ref)
                         continue
                     raise ValidationError(
                         f"task {name!r} references workflow {ref.workflow!r} ({ref.text}); only this workflow"
-                        f" ({self.name!r}) is known to it",
+                        f" ({self.name!r}) is known to it — submit both to one coordinator (e.g. as a"
+                        " dagon.MetaWorkflow)",
                         tasks=[name],
                     )
                 needed.add(ref.task)

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from dagon._client import connect
 from dagon._ini import DagonIni, load_ini
-from dagon._plan import plan_text
+from dagon._plan import lookup_agents, plan_text
 from dagon._workflow import Workflow, _check_runtimes, runner_context
 from dagon.core import RunResult, TaskFailed
 from dagon.core import Workflow as CoreWorkflow
@@ -92,8 +92,10 @@ class MetaWorkflow:
             ctx.captured.extend(ordered)
             return None
         if self.get_dry():
+            where = broker or (ctx.broker if ctx is not None else None) or os.environ.get("DAGON_BROKER")
+            agents, note = lookup_agents(where)
             for wf in ordered:
-                sys.stdout.write(plan_text(wf, broker=broker or os.environ.get("DAGON_BROKER")) + "\n")
+                sys.stdout.write(plan_text(wf, broker=where, agents=agents, note=note) + "\n")
             if ctx is not None:
                 ctx.planned += 1
             return None

@@ -25,7 +25,7 @@ from dagon._client import connect
 from dagon._compat import DagonStarAPI
 from dagon._compat_types import StagerMover
 from dagon._ini import DagonIni, load_ini
-from dagon._plan import plan_text
+from dagon._plan import lookup_agents, plan_text
 from dagon.core import RunResult, Task, ValidationError
 from dagon.core import Workflow as _CoreWorkflow
 from dagon.core._checks import missing_runtimes
@@ -175,8 +175,9 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
             ctx.captured.append(self)
             return None
         if dry_run or self.dry or (ctx is not None and ctx.dry_run):
-            broker_for_plan = broker or (ctx.broker if ctx is not None else None)
-            sys.stdout.write(plan_text(self, broker=broker_for_plan or os.environ.get("DAGON_BROKER")) + "\n")
+            where = broker or (ctx.broker if ctx is not None else None) or os.environ.get("DAGON_BROKER")
+            agents, note = lookup_agents(where)
+            sys.stdout.write(plan_text(self, broker=where, agents=agents, note=note) + "\n")
             if ctx is not None:
                 ctx.planned += 1
             return None

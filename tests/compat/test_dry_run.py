@@ -79,7 +79,10 @@ def test_dry_runs_publish_nothing_that_makes_an_agent_act(mosquitto: Any, tmp_pa
         script = write(work / "dry.py", DRY)
         out = run_script(script, cwd=work, home=tmp_path / "client", DAGON_BROKER=mosquitto.url)
         assert out.returncode == 0, out.stderr
-        assert f"runs on any agent of {mosquitto.url} offering runtime 'docker'" in out.stdout
+        # The plan names who could run what, from the agents' retained status (read only).
+        assert f"broker {mosquitto.url}: 1 agent(s) online" in out.stdout
+        assert "A  [process] after: -; runs on agent dry-agent" in out.stdout
+        assert "B  [docker] after: A; runs on NO online agent can run it now (dry-agent: runtime 'docker'" in out.stdout
 
         out = run_cli("run", "--dry-run", str(DATAFLOW), cwd=work, home=tmp_path / "client", DAGON_BROKER=mosquitto.url)
         assert out.returncode == 0, out.stderr
