@@ -6,6 +6,7 @@ Kept apart from the native builder so that ``dagon/_workflow.py`` stays small;
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import shutil
@@ -213,7 +214,9 @@ class DagonStarAPI(CoreWorkflow):
             except BaseException as exc:  # handed to wait()
                 self._launch_result.append(exc)
 
-        self._launched = threading.Thread(target=target, name=f"dagon-{self.name}", daemon=True)
+        # The caller's context travels along (under `dagon run`: its broker, dry-run flag, results).
+        context = contextvars.copy_context()
+        self._launched = threading.Thread(target=context.run, args=(target,), name=f"dagon-{self.name}", daemon=True)
         self._launched.start()
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
