@@ -41,6 +41,7 @@ def tricky() -> dagon.Workflow:
         wf.add_task(t)
     e.add_dependency_to(d)
     wf.shell("P", "echo py", env={"X": "1"}, timeout=30, memory=2**30)
+    wf.python("Py", "json:dumps", [1, "two"], indent=2)
     wf.make_dependencies()
     return wf
 
@@ -54,6 +55,7 @@ def test_cwl_export_validates_with_cwltool(tmp_path: Path) -> None:
     assert b["hints"][0] == {"class": "DockerRequirement", "dockerPull": "busybox:1.36"}
     assert b["arguments"][1].startswith("echo \\$(date) \\${HOME:-x} > f2.txt; cat $(inputs.in_0.path)")
     assert doc["steps"]["E"]["in"] == {"after_D": "D/log"}
+    assert doc["steps"]["Py"]["run"]["baseCommand"] == ["python3"]
     assert doc["steps"]["C"]["run"]["inputs"]["in_0"]["type"] == {"type": "array", "items": "File"}
     out = subprocess.run([*cwltool, "--validate", str(path)], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
