@@ -69,6 +69,18 @@ def lookup_agents(broker: str | None) -> tuple[Agents | None, str]:
         return None, f"agents not looked up: {exc}"
 
 
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "key_options", "credential")
+
+
+def _shown(key: str, value: Any) -> str:
+    """An option for the plan; values of secret-looking keys are not printed."""
+    if any(word in key.lower() for word in _SECRET_WORDS):
+        return "<hidden>"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_shown(str(k), v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def _where(task: Any, *, broker: str | None, agents: Agents | None = None) -> str:
     if agents is not None:
         fit = [a for a, caps in agents if unmet_constraint(task, caps, AgentId(a)) is None]
@@ -114,7 +126,7 @@ def plan_text(workflow: Workflow, *, broker: str | None = None, agents: Agents |
         deps = ", ".join(sorted(graph.deps[name])) or "-"
         lines.append(f"  {name}  [{task.runtime}] after: {deps}; runs on {_where(task, broker=broker, agents=agents)}")
         if task.runtime_options:
-            opts = ", ".join(f"{k}={v!r}" for k, v in sorted(task.runtime_options.items()))
+            opts = ", ".join(f"{k}={_shown(k, v)}" for k, v in sorted(task.runtime_options.items()))
             lines.append(f"      options: {opts}")
         if task.map_over:
             lines.append(f"      map: one task per file matching {task.map_over} (decided when its producer ends)")

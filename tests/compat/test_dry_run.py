@@ -22,8 +22,10 @@ from dagon.task import DagonTask, TaskType
 workflow = Workflow("Dry-Demo")
 a = DagonTask(TaskType.BATCH, "A", "mkdir output; hostname > output/f1.txt")
 b = DagonTask(TaskType.DOCKER, "B", "cat workflow:///A/output/f1.txt > f2.txt", image="busybox:1.36")
+c = DagonTask(TaskType.CLOUD, "C", "true", provider="EC2", key_options={"key_path": "/k", "password": "pw-hunter2"})
 workflow.add_task(a)
 workflow.add_task(b)
+workflow.add_task(c)
 workflow.make_dependencies()
 workflow.set_dry(True)
 print("result:", workflow.run(), workflow.get_dry())
@@ -41,7 +43,9 @@ def test_set_dry_on_the_embedded_default_touches_nothing(tmp_path: Path) -> None
     before = tree(tmp_path)
     out = run_script(script, cwd=work, home=tmp_path / "home")
     assert out.returncode == 0, out.stderr
-    assert "workflow 'Dry-Demo': 2 task(s), valid" in out.stdout
+    assert "workflow 'Dry-Demo': 3 task(s), valid" in out.stdout
+    assert "options: key_options=<hidden>, provider='EC2'" in out.stdout
+    assert "hunter2" not in out.stdout + out.stderr
     assert "B  [docker] after: A; runs on the embedded agent on this machine (needs runtime 'docker'" in out.stdout
     assert "options: image='busybox:1.36'" in out.stdout
     assert "stages 'output/f1.txt' from A (workflow:///A/output/f1.txt)" in out.stdout

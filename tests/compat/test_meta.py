@@ -147,6 +147,21 @@ def test_linked_workflows_submitted_to_a_standalone_coordinator(mosquitto: Any, 
         assert runs[0].startswith("Prod-") and runs[1].startswith("Cons-")
         (loud,) = list((tmp_path / "agent" / "scratch").glob("Cons-*/use-1/loud.txt"))
         assert loud.read_text() == "QUIET\n"
+
+        # The standalone coordinator refuses a runtime none of its agents offers.
+        nomad = write(
+            tmp_path / "nomad.py",
+            "from dagon import Workflow\n"
+            "from dagon.task import DagonTask, TaskType\n"
+            "wf = Workflow('Nomad-Remote')\n"
+            "wf.add_task(DagonTask(TaskType.NOMAD, 'N', 'true', image='busybox'))\n",
+        )
+        out = run_cli(
+            "submit", str(nomad), "--broker", mosquitto.url, "--coordinator", "auto", "--wait",
+            cwd=tmp_path, home=tmp_path / "cli", timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 2
+        assert "no online agent offers runtime 'nomad' (needed by task(s) N)" in out.stderr.replace("\n", " ")
     finally:
         stop_process(agent)
         stop_process(coordinator)
