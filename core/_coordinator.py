@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final, Self
 
+from dagon.core._checks import check_runtimes
 from dagon.core._engine import Engine
 from dagon.core._errors import ValidationError
 from dagon.core._events import (
@@ -235,8 +236,16 @@ class Coordinator:
     # -- public API ----------------------------------------------------------
 
     async def submit(self, workflow: Workflow, *, run_id: RunId | None = None) -> RunId:
-        """Validate and start a run; raises ValidationError before anything runs."""
-        graph = workflow.graph()
+        """Validate and start a run; raises ValidationError before anything runs.
+
+        References to other workflows (``workflow://Other/task/path``) resolve to the
+        latest run of ``Other`` on this coordinator. A task whose runtime no online
+        agent offers is an error (checked once any agent is online).
+        """
+        graph = workflow.graph(external=True)
+        if self.agents_online:
+            check_runtimes(workflow, self.engine.agents.values())
+        self.engine.check_references(workflow, graph)
         run = run_id or new_run_id(workflow.name)
         if self.store is not None:
             await asyncio.to_thread(self.store.create_run, run, workflow.name, workflow.to_dict(), time.time())
@@ -364,7 +373,10 @@ class Coordinator:
             if msg.run in self.engine.runs:
                 return
             workflow = Workflow.from_dict(msg.workflow)
-            graph = workflow.graph()
+            graph = workflow.graph(external=True)
+            if self.agents_online:
+                check_runtimes(workflow, self.engine.agents.values())
+            self.engine.check_references(workflow, graph)
         except ValidationError as exc:
             self._output.rejected(msg.run, str(exc))
             log.warning("rejected run %s: %s", msg.run, exc)

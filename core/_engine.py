@@ -39,6 +39,7 @@ from dagon.core._events import (
     TaskTransition,
     Tick,
 )
+from dagon.core._linking import Linking, producer_of
 from dagon.core._model import Graph, Task, Workflow
 from dagon.core._placement import AgentView, LeastLoaded, Placement
 from dagon.core._states import LEGAL, TERMINAL, RunState, TaskState
@@ -117,9 +118,11 @@ class RunView:
     cancelled: bool = False
     finished_at: float | None = None
     cause: str = ""
+    # (workflow, task) -> the producing task of another run this run's tasks reference
+    external: dict[tuple[str, str], TaskView] = field(default_factory=dict)
 
 
-class Engine:
+class Engine(Linking):
     """Holds every active run and decides what happens next.
 
     Args:
@@ -155,6 +158,7 @@ class Engine:
         self._out: list[Command] = []
         self._now = 0.0
         self.ignored_reports = 0
+        self._named: dict[str, RunId] = {}  # workflow name -> its latest run (meta-workflow references)
 
     # -- queries -------------------------------------------------------------
 
@@ -216,6 +220,7 @@ class Engine:
     def _on_submit(self, event: RunSubmitted) -> None:
         if event.run in self.runs:
             raise ValidationError(f"run {event.run!r} already exists")
+        links = self._resolve_external(event.workflow.name, event.graph)
         run = RunView(id=event.run, workflow=event.workflow, graph=event.graph, submitted_at=self._now)
         tasks = run.tasks
         for name in event.graph.order:
@@ -228,10 +233,13 @@ class Engine:
         run.counts[_S.PENDING] = len(tasks)
         run.unfinished = len(tasks)
         self.runs[event.run] = run
+        self._named[event.workflow.name] = event.run
         self._out.append(RunTransition(run.id, RunState.RUNNING, "submitted", self._now))
+        if links:
+            self._link_external(run, links)
         for name in event.graph.order:
             view = tasks[name]
-            if view.waiting == 0:
+            if view.waiting == 0 and view.state is _S.PENDING:
                 self._make_ready(view, "no dependencies")
 
     def _on_cancel(self, event: RunCancelRequested) -> None:
@@ -376,8 +384,8 @@ class Engine:
         refs = view.run.graph.refs_of(view.spec.name)
         if not refs:
             return frozenset()
-        tasks = view.run.tasks
-        return frozenset(tasks[r.task].host for r in refs)
+        run = view.run
+        return frozenset(producer_of(run, r).host for r in refs)
 
     def _dispatch(self, view: TaskView, agent: AgentView) -> None:
         view.attempt += 1
@@ -388,7 +396,7 @@ class Engine:
         run = view.run
         inputs = []
         for ref in run.graph.refs_of(spec.name):
-            producer = run.tasks[ref.task]
+            producer = producer_of(run, ref)
             inputs.append(
                 StageInput(
                     ref=ref.text,
@@ -436,6 +444,9 @@ class Engine:
         return view
 
     def _make_ready(self, view: TaskView, cause: str) -> None:
+        if view.spec.map_over:
+            self._expand(view)
+            return
         self._move(view, _S.READY, cause)
         self._ready.append(view)
 

@@ -65,6 +65,9 @@ class Task:
         stage_mode: how inputs are staged on the same host (symlink, hardlink, copy; "" = agent default).
         runtime_options: runtime-specific settings as plain data (e.g. a container's ``image``);
             each runtime documents and validates its own keys.
+        map_over: a ``workflow:///PRODUCER/GLOB`` reference: the task is a template expanded
+            at run time into one task per file of the producer's output matching the glob
+            (see :mod:`dagon.core._patterns`); "" for an ordinary task.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Task:
     agent: str | None = None
     stage_mode: str = ""
     runtime_options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    map_over: str = ""
 
     def __post_init__(self) -> None:
         # Copies keep callers' dicts from changing a validated task; empties share EMPTY.
@@ -139,6 +143,18 @@ class Task:
             refs.extend(found)
         return refs
 
+    def map_reference(self) -> Reference | None:
+        """The parsed ``map_over`` reference (None for an ordinary task)."""
+        if not self.map_over:
+            return None
+        found = find_references(self.map_over, task=self.name)
+        if len(found) != 1 or found[0].text != self.map_over:
+            raise ValidationError(
+                f"task {self.name!r}: map_over {self.map_over!r} is not a single workflow:// reference",
+                tasks=[self.name],
+            )
+        return found[0]
+
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "command": self.command, "runtime": self.runtime}
         defaults = _DEFAULT_TASK
@@ -154,6 +170,8 @@ class Task:
             doc["agent"] = self.agent
         if self.stage_mode:
             doc["stage_mode"] = self.stage_mode
+        if self.map_over:
+            doc["map_over"] = self.map_over
         if self.retry != defaults.retry:
             doc["retry"] = {
                 "attempts": self.retry.attempts,
@@ -169,6 +187,7 @@ class Task:
         known = {
             "name", "command", "runtime", "args", "kwargs", "after", "inputs", "outputs", "env",
             "timeout", "cpus", "memory", "labels", "agent", "stage_mode", "retry", "runtime_options",
+            "map_over",
         }  # fmt: skip
         extra = sorted(set(doc) - known)
         if extra:
@@ -193,6 +212,7 @@ class Task:
                 agent=doc.get("agent"),
                 stage_mode=doc.get("stage_mode", ""),
                 runtime_options=dict(doc.get("runtime_options", {})),
+                map_over=doc.get("map_over", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"task {doc.get('name')!r}: invalid spec ({exc})") from exc
@@ -211,11 +231,14 @@ class Graph:
     """A validated workflow: dependencies, references and a topological order.
 
     ``refs`` only has entries for tasks with references: use :meth:`refs_of`.
+    ``external`` (only with ``graph(external=True)``) holds, per task, the references
+    to *other* workflows' tasks (meta-workflows); they are in ``refs`` too, not in ``deps``.
     """
 
     deps: dict[str, frozenset[str]]
     refs: dict[str, tuple[Reference, ...]]
     order: tuple[str, ...]
+    external: dict[str, tuple[Reference, ...]] = field(default_factory=dict)
 
     def refs_of(self, task: str) -> tuple[Reference, ...]:
         return self.refs.get(task, ())
@@ -299,22 +322,39 @@ class Workflow:
 
     # -- validation --------------------------------------------------------
 
-    def graph(self) -> Graph:
-        """Validate and return the dependency graph; raises ValidationError."""
+    def graph(self, *, external: bool = False) -> Graph:
+        """Validate and return the dependency graph; raises ValidationError.
+
+        Args:
+            external: accept references to other workflows' tasks (a coordinator
+                resolves them against the runs it holds); by default they are an error.
+        """
         if not self._tasks:
             raise ValidationError(f"workflow {self.name!r} has no tasks")
         deps: dict[str, frozenset[str]] = {}
         shared: dict[frozenset[str], frozenset[str]] = {}  # identical dependency sets share one object
         refs: dict[str, tuple[Reference, ...]] = {}
+        outside: dict[str, tuple[Reference, ...]] = {}
         tasks = self._tasks
         for name, task in tasks.items():
             found = task.references()
             needed = set(task.after)
+            mapped = task.map_reference() if task.map_over else None
+            if mapped is not None:
+                if mapped.workflow not in ("", self.name):
+                    raise ValidationError(
+                        f"task {name!r}: map_over must name a task of this workflow, got {mapped.text}", tasks=[name]
+                    )
+                needed.add(mapped.task)
             for ref in found:
                 if ref.workflow not in ("", self.name):
+                    if external:
+                        outside[name] = (*outside.get(name, ()), ref)
+                        continue
                     raise ValidationError(
                         f"task {name!r} references workflow {ref.workflow!r} ({ref.text}); only this workflow"
-                        f" ({self.name!r}) is known to it",
+                        f" ({self.name!r}) is known to it — submit both to one coordinator (e.g. as a"
+                        " dagon.MetaWorkflow)",
                         tasks=[name],
                     )
                 needed.add(ref.task)
@@ -330,7 +370,7 @@ class Workflow:
             deps[name] = shared.setdefault(dep_set, dep_set)
             if found:  # sparse: most tasks of big fan-outs reference nothing
                 refs[name] = tuple(found)
-        return Graph(deps=deps, refs=refs, order=_topological(deps))
+        return Graph(deps=deps, refs=refs, order=_topological(deps), external=outside)
 
     # -- serialisation -----------------------------------------------------
 

@@ -10,6 +10,8 @@
 __version__ = "0.1.0"
 
 from dagon._client import Client, RunHandle, connect
+from dagon._compat_types import DataMover, StagerMover, Status
+from dagon._meta import MetaWorkflow
 from dagon._workflow import Workflow
 from dagon.core import (
     Retry,
@@ -28,12 +30,16 @@ __all__ = [
     "Client",
     "ConfigError",
     "DagonError",
+    "DataMover",
+    "MetaWorkflow",
     "ProtocolError",
     "Retry",
     "RunEvent",
     "RunHandle",
     "RunResult",
     "RunState",
+    "StagerMover",
+    "Status",
     "Task",
     "TaskFailed",
     "TaskOutcome",

@@ -77,10 +77,12 @@ class Client:
         publish_results: bool = True,
         insecure: bool | None = None,
         mqtt_auth: MqttAuth | None = None,
+        agent_scratch: Path | None = None,
     ) -> None:
         self.home = home or dagon_home()
         self.insecure = insecure_from_env(insecure)
         self._auth = mqtt_auth
+        self._agent_scratch = agent_scratch
         self.broker = broker_from_env(broker)
         if coordinator is not None and self.broker is None:
             raise DagonError("a standalone coordinator needs a broker: pass broker= or set DAGON_BROKER")
@@ -148,7 +150,12 @@ class Client:
                 from dagon._local import start_embedded_agent
 
                 await start_embedded_agent(
-                    self._stack, url=self.url, home=self.home, slots=self._agent_slots, insecure=self.insecure
+                    self._stack,
+                    url=self.url,
+                    home=self.home,
+                    slots=self._agent_slots,
+                    insecure=self.insecure,
+                    scratch=self._agent_scratch,
                 )
                 async with asyncio.timeout(30):
                     await self.coordinator.wait_for_agents(1)
@@ -194,7 +201,7 @@ class Client:
             run = await self.coordinator.submit(workflow)
             return RunHandle(self, run, workflow.name)
         assert self._transport is not None and self._remote is not None and self._codec is not None
-        workflow.graph()  # validate locally: fail before anything is sent
+        workflow.graph(external=True)  # validate locally: fail before anything is sent
         run = new_run_id(workflow.name)
         await self._remote.track(run)
         assert self.coordinator_id is not None
@@ -243,6 +250,7 @@ def connect(
     publish_results: bool = True,
     insecure: bool | None = None,
     mqtt_auth: MqttAuth | None = None,
+    agent_scratch: Path | None = None,
 ) -> Client:
     """Connect to dagon; use as ``async with dagon.connect(...) as client``.
 
@@ -262,6 +270,7 @@ def connect(
             ``$DAGON_HOME/keys``, created on first use.
         mqtt_auth: TLS files and credentials for the broker (default: from the
             ``DAGON_MQTT_*`` environment variables).
+        agent_scratch: scratch root of the embedded agent (default ``$DAGON_HOME/scratch``).
     """
     return Client(
         broker=broker,
@@ -273,4 +282,5 @@ def connect(
         publish_results=publish_results,
         insecure=insecure,
         mqtt_auth=mqtt_auth,
+        agent_scratch=agent_scratch,
     )

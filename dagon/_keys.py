@@ -75,17 +75,22 @@ def load_or_create(home: Path, name: str, *, create: bool = True) -> Signer | No
         return None
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
-    # O_EXCL: two processes creating the pair at once must not overwrite each other.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _private(path)
+    # Written aside, then linked into place: a concurrent process either wins the link or
+    # reads a complete key, never a half-written one.
+    tmp = directory / f".{name}.key.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(private_key_to_pem(key))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return _private(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     signer = Signer(key)
-    tmp = path.with_suffix(".pub.tmp")
-    tmp.write_text(public_key_line(signer.public_key, f"dagon-{name}"))
-    tmp.replace(directory / f"{name}.pub")
+    pub_tmp = directory / f".{name}.pub.{os.getpid()}.tmp"
+    pub_tmp.write_text(public_key_line(signer.public_key, f"dagon-{name}"))
+    pub_tmp.replace(directory / f"{name}.pub")
     log.info("created the %s key pair %s (%s)", name, path, fingerprint(signer.public_key))
     return signer
 

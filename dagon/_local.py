@@ -19,12 +19,20 @@ __all__ = ["start_embedded_agent"]
 
 
 async def start_embedded_agent(
-    stack: AsyncExitStack, *, url: str, home: Path, slots: int | None, insecure: bool = False
+    stack: AsyncExitStack,
+    *,
+    url: str,
+    home: Path,
+    slots: int | None,
+    insecure: bool = False,
+    scratch: Path | None = None,
 ) -> Agent:
     """Start an agent connected to the embedded broker at ``url``; stopped by ``stack``."""
     flags: dict[str, object] = {"broker": url}
     if slots is not None:
         flags["slots"] = slots
+    if scratch is not None:
+        flags["scratch"] = str(scratch)
     env = {k: v for k, v in os.environ.items() if k not in ("DAGON_BROKER", "DAGON_AGENT_ID")}
     env["DAGON_HOME"] = str(home)
     config = load_agent_config(config_file=None, env=env, flags=flags)

@@ -1,4 +1,6 @@
-"""``dagon.Workflow``: the core model plus a blocking ``run()`` for scripts.
+"""``dagon.Workflow``: the core model plus a blocking ``run()`` for scripts,
+and the DAGonStar API (``add_task``, ``make_dependencies``, ``as_json`` …, see
+:mod:`dagon._compat`) so DAGonStar scripts run unchanged.
 
 Inside ``dagon run FILE.py`` the CLI installs a :class:`RunnerContext`, so the
 script's own ``wf.run()`` calls get the CLI's broker, dry-run flag and live
@@ -8,16 +10,27 @@ progress without the script knowing.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sys
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from dagon._client import connect
-from dagon.core import RunResult
+from dagon._compat import DagonStarAPI
+from dagon._compat_types import StagerMover
+from dagon._ini import DagonIni, load_ini
+from dagon._plan import lookup_agents, plan_text
+from dagon.core import RunResult, Task, ValidationError
 from dagon.core import Workflow as _CoreWorkflow
+from dagon.core._checks import missing_runtimes
+from dagon.core._patterns import gather, scatter, sweep
+from dagon.protocol import DagonError
 
 __all__ = ["RunnerContext", "Workflow", "plan_text", "runner_context"]
 
@@ -39,40 +52,120 @@ class RunnerContext:
 runner_context: ContextVar[RunnerContext | None] = ContextVar("dagon_runner_context", default=None)
 
 
-def plan_text(workflow: _CoreWorkflow) -> str:
-    """What a run would do, computed without any side effect."""
-    graph = workflow.graph()
-    lines = [f"workflow {workflow.name!r}: {len(graph.order)} task(s), valid"]
-    for name in graph.order:
-        task = workflow[name]
-        deps = ", ".join(sorted(graph.deps[name])) or "-"
-        where = f"agent {task.agent}" if task.agent else "any agent"
-        if task.labels:
-            where += " with " + ",".join(f"{k}={v}" for k, v in task.labels.items())
-        lines.append(f"  {name}  [{task.runtime}] after: {deps}; runs on {where} (runtime {task.runtime})")
-        for ref in graph.refs_of(name):
-            lines.append(f"      stages {ref.path!r} from {ref.task} ({ref.text})")
-    return "\n".join(lines)
+class Workflow(DagonStarAPI, _CoreWorkflow):
+    """A DAG of tasks (see :class:`dagon.core.Workflow`) that can also run itself.
 
+    The native builder (``shell``, ``python``, ``map``, ``sweep`` …) and the
+    DAGonStar API (``add_task``, ``make_dependencies``, ``as_json``, ``set_dry`` …)
+    work on the same object.
 
-class Workflow(_CoreWorkflow):
-    """A DAG of tasks (see :class:`dagon.core.Workflow`) that can also run itself."""
+    Args:
+        name: workflow name (used by ``workflow://NAME/...`` references).
+        config: DAGonStar configuration sections as a dict (instead of ``config_file``).
+        config_file: a ``dagon.ini`` (read if it exists; see :mod:`dagon._ini`).
+        max_threads: accepted for DAGonStar scripts; concurrency is the agents' slots.
+        jsonload: a document from :meth:`as_json` (or a JSON file) to load the tasks from.
+        checkpoint_file: accepted for DAGonStar scripts; resuming is the run store's job.
+        configure_logging: apply the ini file's ``logging.config`` sections (off: dagon
+            never reconfigures a script's logging behind its back).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
+        config_file: str | os.PathLike[str] = "dagon.ini",
+        max_threads: int = 10,
+        jsonload: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        checkpoint_file: str | None = None,
+        *,
+        configure_logging: bool = False,
+    ) -> None:
+        super().__init__(name)
+        self.ini: DagonIni = load_ini(config, Path(config_file))
+        self.max_threads = max_threads
+        self.checkpoint_file = checkpoint_file
+        self.dry = False
+        self._dagon_tasks = {}
+        self._dagonstar = config is not None or jsonload is not None
+        self._data_mover = None
+        self._stager_mover = StagerMover.NORMAL
+        self._launched = None
+        self._launch_result = []
+        if configure_logging:
+            self.ini.configure_logging()
+        if jsonload is not None:
+            self.load_json(jsonload if isinstance(jsonload, Mapping) else Path(jsonload))
+
+    def get_dry(self) -> bool:
+        """Whether ``run()`` only prints the plan (``set_dry(True)`` or ``dagon run --dry-run``)."""
+        ctx = runner_context.get()
+        return self.dry or (ctx is not None and (ctx.dry_run or ctx.capture))
+
+    # -- parallel patterns (native API) ------------------------------------------------
+
+    def map(
+        self, name: str, command: str, over: str | Iterable[Any], *, after: Iterable[str | Task] = (), **options: Any
+    ) -> Task | list[Task]:
+        """Map ``command`` over items or over a producer's output files.
+
+        ``over="workflow:///P/GLOB"``: dynamic — when ``P`` has succeeded, one task per
+        file of its output matching ``GLOB`` (named ``NAME_STEM``), each with the glob
+        reference in ``command`` narrowed to its file; returns the template, which
+        dependents reference as ``workflow:///NAME/PATH`` to gather from every copy.
+        ``over=[...]``: static — tasks ``NAME_0``, ``NAME_1`` … with ``{item}`` and
+        ``{index}`` filled in; returns them.
+        """
+        if isinstance(over, str):
+            if not over.startswith("workflow://"):
+                raise ValidationError(
+                    f"map {name!r}: over= is a workflow:// glob reference or a list of items, got {over!r}",
+                    tasks=[name],
+                )
+            return self.add(Task(name=name, command=command, map_over=over, after=_task_names(after), **options))
+        return scatter(self, name, command, over, after=after, **options)
+
+    def sweep(
+        self,
+        name: str,
+        command: str,
+        params: Mapping[str, Iterable[Any]],
+        *,
+        after: Iterable[str | Task] = (),
+        **options: Any,
+    ) -> list[Task]:
+        """A parameter sweep: one task per point of the cartesian product of ``params``."""
+        return sweep(self, name, command, params, after=after, **options)
+
+    def gather(
+        self, name: str, command: str, over: Iterable[str | Task] | str | Task, path: str, **options: Any
+    ) -> Task:
+        """Reduce: ``{inputs}`` in ``command`` becomes the ``path`` of every task of ``over``
+        (for a dynamic map, pass its template: every copy is gathered)."""
+        producers = [over] if isinstance(over, str | Task) else list(over)
+        return gather(self, name, command, producers, path, **options)
 
     def run(
         self,
+        resume_checkpoint_file: str | None = None,
         *,
         broker: str | None = None,
         dry_run: bool = False,
         progress: bool | None = None,
-        check: bool = False,
+        check: bool | None = None,
     ) -> RunResult | None:
         """Run to completion and return the result (blocking; for scripts).
 
         Args:
+            resume_checkpoint_file: DAGonStar's checkpoint file; only an absent or empty one
+                is accepted (resuming is not implemented yet).
             broker: MQTT URL; default ``$DAGON_BROKER``, else the embedded default.
-            dry_run: validate and print the plan only; nothing runs, nothing is written.
+            dry_run: validate and print the plan only; nothing runs, nothing is written
+                (also ``set_dry(True)`` and ``dagon run --dry-run``).
             progress: show live progress (default: only under ``dagon run``).
-            check: raise :class:`~dagon.core.TaskFailed` if the run did not succeed.
+            check: raise :class:`~dagon.core.TaskFailed` — naming each failed task with its
+                exit code and stderr tail — if the run did not succeed. Default: on for
+                DAGonStar-style workflows run as plain scripts, off otherwise.
 
         Returns:
             The run's result, or None for a dry run (or under ``dagon submit``).
@@ -81,11 +174,21 @@ class Workflow(_CoreWorkflow):
         if ctx is not None and ctx.capture:
             ctx.captured.append(self)
             return None
-        if dry_run or (ctx is not None and ctx.dry_run):
-            sys.stdout.write(plan_text(self) + "\n")
+        if dry_run or self.dry or (ctx is not None and ctx.dry_run):
+            where = broker or (ctx.broker if ctx is not None else None) or os.environ.get("DAGON_BROKER")
+            agents, note = lookup_agents(where)
+            sys.stdout.write(plan_text(self, broker=where, agents=agents, note=note) + "\n")
             if ctx is not None:
                 ctx.planned += 1
             return None
+        if (
+            resume_checkpoint_file
+            and os.path.isfile(resume_checkpoint_file)
+            and os.path.getsize(resume_checkpoint_file)
+        ):
+            raise DagonError(
+                f"resuming from checkpoint file {resume_checkpoint_file!r} is not supported yet; run without it"
+            )
         broker = broker or (ctx.broker if ctx is not None else None)
         show = progress if progress is not None else ctx is not None and ctx.progress
         home = ctx.home if ctx is not None else None
@@ -98,17 +201,31 @@ class Workflow(_CoreWorkflow):
                 "Workflow.run() blocks and cannot be called from a running event loop;"
                 " use 'async with dagon.connect() as client: await (await client.submit(wf)).wait()'"
             )
-        result = asyncio.run(_run(self, broker=broker, progress=show, home=home))
+        local = not (broker or os.environ.get("DAGON_BROKER"))
+        scratch = self.ini.scratch_for_run() if local else None
+        result = asyncio.run(
+            _run(self, broker=broker, progress=show, home=home, scratch=scratch, slots=self.ini.threads)
+        )
         if ctx is not None:
             ctx.results.append(result)
-        if check:
-            result.raise_for_status()
+        self._absorb(result, local_scratch=local)
+        if check or (check is None and self._dagonstar and ctx is None):
+            self._raise_failures(result)
         return result
 
 
-async def _run(workflow: Workflow, *, broker: str | None, progress: bool, home: Path | None) -> RunResult:
-    workflow.graph()  # fail on an invalid workflow before starting anything
-    async with connect(broker, home=home) as client:
+async def _run(
+    workflow: Workflow,
+    *,
+    broker: str | None,
+    progress: bool,
+    home: Path | None,
+    scratch: Path | None = None,
+    slots: int | None = None,
+) -> RunResult:
+    workflow.graph(external=True)  # fail on an invalid workflow before starting anything
+    async with connect(broker, home=home, agent_scratch=scratch, agent_slots=slots) as client:
+        await _check_runtimes(client.coordinator, workflow)
         handle = await client.submit(workflow)
         if not progress:
             return await handle.wait()
@@ -118,3 +235,32 @@ async def _run(workflow: Workflow, *, broker: str | None, progress: bool, home: 
         result = await follow(handle, total=len(workflow), console=console)
         Console().print(summary_table(result))
         return result
+
+
+_AGENT_GRACE = 3.0  # seconds to wait for the broker's retained agent announcements
+
+
+async def _check_runtimes(coordinator: Any, workflow: _CoreWorkflow) -> None:
+    """Fail before submitting when a task's runtime is offered by no agent (SSH gets its own message)."""
+    if coordinator is None:
+        return
+    if not coordinator.agents_online:
+        try:
+            async with asyncio.timeout(_AGENT_GRACE):
+                await coordinator.wait_for_agents(1)
+        except TimeoutError:
+            logging.getLogger(__name__).info("no agent online yet; tasks wait for agents to connect")
+            return
+    missing = missing_runtimes(workflow, coordinator.engine.agents.values())
+    if "ssh" in missing:
+        raise ValidationError(
+            "SSH execution is not available yet: task(s) "
+            + ", ".join(missing["ssh"])
+            + " use ip=/ssh_username/keypath (the 'ssh' runtime), which no agent offers;"
+            " run them on an agent on that host instead (drop ip=)",
+            tasks=missing["ssh"],
+        )
+
+
+def _task_names(items: Iterable[str | Task]) -> tuple[str, ...]:
+    return tuple(item.name if isinstance(item, Task) else item for item in items)

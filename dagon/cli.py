@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     bconf.add_argument(
         "--server-name", action="append", default=[], help="DNS name or IP clients use for the broker (repeat)"
     )
+    graph = sub.add_parser("graph", help="export a workflow script's graph (Mermaid, Graphviz DOT, CWL v1.2)")
+    graph.add_argument("file", type=Path)
+    graph.add_argument("--format", choices=("mermaid", "dot", "cwl"), default="mermaid")
+    graph.add_argument("--workflow", help="only this workflow (the script may define several)")
+    graph.add_argument("-o", "--output", type=Path, help="write to this file (default: stdout)")
 
     broker = sub.add_parser("broker", help="run the embedded MQTT broker (development)")
     broker.add_argument("--port", type=int, default=1883)
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "broker": _cmd_broker,
         "keys": _cmd_keys,
         "broker-config": _cmd_broker_config,
+        "graph": _cmd_graph,
     }
     if getattr(args, "insecure", None):
         os.environ["DAGON_INSECURE"] = "1"  # reaches the Workflow.run() calls of the script too
@@ -198,8 +204,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise DagonError(f"{args.file} defines no dagon Workflow")
         token = runner_context.set(ctx)
         try:
-            for wf in workflows:
-                dagon.Workflow.run(wf)  # type: ignore[arg-type]
+            if any(wf.graph(external=True).external for wf in workflows):
+                # They reference each other: one meta-workflow on one coordinator.
+                dagon.MetaWorkflow(args.file.stem, workflows).run(check=False)
+            else:
+                for wf in workflows:
+                    dagon.Workflow.run(wf)  # type: ignore[arg-type]
         finally:
             runner_context.reset(token)
     return 0 if all(r.ok for r in ctx.results) else 1
@@ -214,6 +224,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     workflows = ctx.captured or _workflows_in(namespace)
     if not workflows:
         raise DagonError(f"{args.file} defines no dagon Workflow")
+    if any(wf.graph(external=True).external for wf in workflows):
+        from dagon.core._meta import meta_order
+
+        workflows = meta_order(workflows)  # producers first: the coordinator resolves references on arrival
     return asyncio.run(_submit(broker, args.coordinator, workflows, wait=args.wait))
 
 
@@ -234,6 +248,29 @@ async def _submit(broker: str, coordinator: str, workflows: list[CoreWorkflow], 
                 Console().print(summary_table(result))
                 ok = ok and result.ok
     return 0 if ok else 1
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from dagon._export import export
+
+    ctx = RunnerContext(capture=True)  # the script's run() calls collect workflows; nothing runs
+    with contextlib.redirect_stdout(sys.stderr):  # what the script prints must not mix with the graph
+        namespace = _exec_script(args.file, [], ctx)
+    workflows = ctx.captured or _workflows_in(namespace)
+    if args.workflow:
+        workflows = [wf for wf in workflows if wf.name == args.workflow]
+    if not workflows:
+        which = f" named {args.workflow!r}" if args.workflow else ""
+        raise DagonError(f"{args.file} defines no dagon Workflow{which}")
+    try:
+        text = export(workflows, args.format)
+    except ValueError as exc:
+        raise DagonError(str(exc)) from None
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 # -- services --------------------------------------------------------------------

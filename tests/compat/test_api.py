@@ -1,0 +1,61 @@
+"""The DAGonStar API in-process: launch/wait, statuses, scratch dirs, explicit edges, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import dagon
+from dagon import DataMover, Status, TaskFailed, ValidationError
+from dagon.task import DagonTask, TaskType
+
+
+def demo(tmp_path: Path) -> tuple[dagon.Workflow, list[DagonTask]]:
+    wf = dagon.Workflow("Api-Demo", config={"batch": {"scratch_dir_base": str(tmp_path / "scratch")}})
+    a = DagonTask(TaskType.BATCH, "A", "echo a > a.txt")
+    b = DagonTask(TaskType.BATCH, "B", "cat workflow:///A/a.txt > b.txt")
+    c = DagonTask(TaskType.CHECKPOINT, "C", "echo c > c.txt")
+    for t in (a, b, c):
+        wf.add_task(t)
+    c.add_dependency_to(b)  # explicit edge, no data
+    wf.make_dependencies()
+    return wf, [a, b, c]
+
+
+def test_launch_and_wait_update_statuses_and_scratch_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGON_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DAGON_BROKER", raising=False)
+    wf, (a, b, c) = demo(tmp_path)
+    assert [t.name for t in c.prevs] == ["B"] and [t.name for t in a.nexts] == ["B"]
+    assert wf.find_task_by_name("Api-Demo", "B") is b and wf.find_task_by_name("Other", "B") is None
+    assert wf.get_scratch_dir_base() == str(tmp_path / "scratch")
+    assert a.status is Status.READY and a.get_scratch_dir() is None
+    wf.set_data_mover(DataMover.COPY)
+    assert wf["B"].stage_mode == "copy"
+    wf.launch()
+    result = wf.wait(timeout=60)
+    assert result is not None and result.ok
+    assert [t.status for t in (a, b, c)] == [Status.FINISHED] * 3
+    assert Path(b.get_scratch_dir() or "", "b.txt").read_text() == "a\n"
+    assert str(tmp_path / "scratch") in (b.get_scratch_dir() or "")
+    assert result["C"].state is dagon.TaskState.SUCCEEDED
+
+
+def test_errors_say_what_to_change(tmp_path: Path) -> None:
+    wf = dagon.Workflow("Bad", config={})
+    wf.add_task(DagonTask(TaskType.BATCH, "A", "cat workflow:///B/x > y"))
+    wf.add_task(DagonTask(TaskType.BATCH, "B", "cat workflow:///A/y > x"))
+    with pytest.raises(ValidationError, match="dependency cycle"):
+        wf.make_dependencies()
+    with pytest.raises(ValidationError, match="add_task takes a DagonTask"):
+        wf.add_task("A")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="was not launched"):
+        wf.wait()
+    resume = tmp_path / "checkpoint.json"
+    resume.write_text("{}")
+    ok = dagon.Workflow("Ok", config={})
+    ok.add_task(DagonTask(TaskType.BATCH, "A", "true"))
+    with pytest.raises(dagon.DagonError, match="resuming from checkpoint file"):
+        ok.run(str(resume))
+    assert issubclass(TaskFailed, dagon.DagonError)

@@ -1,0 +1,104 @@
+"""as_json() / load_json() / Workflow(jsonload=...) keep every task type, option, mode and edge."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dagon
+from dagon._compat_types import TYPE_OPTIONS
+from dagon.task import DagonTask, TaskType
+
+NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789_-.", min_size=1, max_size=12).filter(
+    lambda n: n not in (".", "..")
+)
+PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**31), 2**31) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=3),
+    max_leaves=5,
+)
+TYPES = sorted(set(TaskType), key=lambda t: t.value)
+
+
+@st.composite
+def workflows(draw: st.DrawFn) -> dagon.Workflow:
+    wf = dagon.Workflow("RoundTrip", config={})
+    names = draw(st.lists(NAMES, min_size=1, max_size=8, unique=True))
+    for i, name in enumerate(names):
+        earlier = names[:i]
+        refs = draw(st.lists(st.sampled_from(earlier), max_size=2)) if earlier else []
+        command = " ; ".join([f"echo {i} > out{i}.txt", *(f"cat workflow:///{r}/out*.txt" for r in refs)])
+        if draw(st.booleans()) and i % 3 == 2:
+            wf.shell(name, command, env={"K": str(i)}, timeout=float(i + 1), retry=dagon.Retry(attempts=i % 3),
+                     labels={"site": "edge"}, outputs=[f"out{i}.txt"], cpus=0.5)  # fmt: skip
+            continue
+        task_type = draw(st.sampled_from(TYPES))
+        keys = draw(st.lists(st.sampled_from(TYPE_OPTIONS[task_type]), unique=True)) if TYPE_OPTIONS[task_type] else []
+        options: dict[str, Any] = {k: draw(PLAIN) for k in keys}
+        if draw(st.booleans()):
+            options.update(ip="192.0.2.7", ssh_username="user", keypath="/keys/id", ssh_port=2222)
+        task = DagonTask(task_type, name, command, **options)
+        wf.add_task(task)
+        for dep in draw(st.lists(st.sampled_from(earlier), max_size=2, unique=True)) if earlier else []:
+            task.add_dependency_to(wf.find_task_by_name("RoundTrip", dep))  # type: ignore[arg-type]
+        if refs and draw(st.booleans()):
+            task.set_mode("parallel")
+    wf.make_dependencies()
+    return wf
+
+
+@settings(max_examples=60, deadline=None)
+@given(workflows())
+def test_json_round_trip_keeps_everything(wf: dagon.Workflow) -> None:
+    doc = json.loads(json.dumps(wf.as_json()))
+    again = dagon.Workflow(wf.name, config={}, jsonload=doc)
+    again.make_dependencies()
+    assert again.as_json() == wf.as_json()
+    assert [t.to_dict() for t in again] == [t.to_dict() for t in wf]
+    assert again.graph().deps == wf.graph().deps
+    for task in wf:
+        twin = again.find_task_by_name(wf.name, task.name)
+        original = wf.find_task_by_name(wf.name, task.name)
+        if isinstance(original, DagonTask):
+            assert isinstance(twin, DagonTask)
+            assert (twin.task_type, twin.options, twin.mode, twin.runtime) == (
+                original.task_type, original.options, original.mode, original.runtime,
+            )  # fmt: skip
+
+
+def test_an_original_dagonstar_document_loads_with_its_edges() -> None:
+    legacy = {
+        "name": "Old",
+        "id": 3,
+        "host": "localhost",
+        "tasks": {
+            "A": {"name": "A", "type": "batch", "command": "echo a > a", "status": "READY", "prevs": [], "nexts": []},
+            "B": {"name": "B", "type": "docker", "command": "true", "status": "READY", "prevs": ["A"], "nexts": []},
+        },
+    }
+    wf = dagon.Workflow("Old", config={}, jsonload=legacy)
+    assert wf.graph().deps["B"] == {"A"}
+    assert wf["B"].runtime == "docker"
+
+
+def test_type_mapping_and_bad_options() -> None:
+    import pytest
+
+    from dagon import ValidationError
+
+    docker = DagonTask(TaskType.DOCKER, "d", "true", image="busybox", remove=True)
+    assert (docker.spec.runtime, dict(docker.spec.runtime_options)) == ("docker", {"image": "busybox", "remove": True})
+    assert DagonTask(TaskType.SINGULARITY, "s", "true").spec.runtime == "apptainer"
+    assert DagonTask(TaskType.BATCH, "b", "true").spec.runtime == "process"
+    remote = DagonTask(TaskType.SLURM, "r", "true", partition="debug", ip="192.0.2.1", ssh_username="u")
+    assert remote.spec.runtime == "ssh"
+    assert dict(remote.spec.runtime_options) == {
+        "host": "192.0.2.1", "runtime": "slurm", "username": "u", "options": {"partition": "debug"},
+    }  # fmt: skip
+    with pytest.raises(ValidationError, match=r"TaskType.DOCKER has no option\(s\) \['partition'\]"):
+        DagonTask(TaskType.DOCKER, "x", "true", partition="p")
+    with pytest.raises(ValidationError, match="parallel mode maps over the files"):
+        DagonTask(TaskType.BATCH, "p", "true").set_mode("parallel")
