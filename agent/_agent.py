@@ -45,11 +45,12 @@ from dagon.protocol import (
     TaskAssignment,
     TaskRef,
     TaskResult,
+    UploadOutputs,
     raw_public_key,
     read_grant,
     topics,
 )
-from dagon.protocol.transport import DataServer, Incoming, Publisher, Transport, Will
+from dagon.protocol.transport import DataServer, Incoming, Publisher, Transport, Will, push
 
 __all__ = ["Agent"]
 
@@ -134,6 +135,7 @@ class Agent:
             secrets=environ_secrets(config.secrets_file),
         )
         self._tasks: dict[TaskRef, asyncio.Task[None]] = {}  # accepted: running or waiting for a slot
+        self._uploading: set[tuple[str, str, int, str]] = set()
         self._queued: dict[TaskRef, str] = {}  # waiting for a slot → coordinator to report to
         self._slots = asyncio.Semaphore(config.slots)
         self._active = 0
@@ -299,10 +301,37 @@ class Agent:
             if isinstance(message, CancelTasks):
                 self._on_cancel(message)
                 return
+            if isinstance(message, UploadOutputs):
+                self._on_upload(message)
+                return
         elif msg.topic == topics.agent_control(self.id) and isinstance(message, Control):
             await self._on_control(message)
             return
         raise ProtocolError(f"{message.OP!r} messages are not accepted on {msg.topic}", reason="unexpected")
+
+    def _on_upload(self, message: UploadOutputs) -> None:
+        assert self._tg is not None
+        key = (message.run, message.task, message.attempt, message.path)
+        if key in self._uploading:
+            return  # the same request delivered again
+        self._uploading.add(key)
+        self._tg.create_task(self._upload(message, key), name=f"upload-{message.run}-{message.task}")
+
+    async def _upload(self, message: UploadOutputs, key: tuple[str, str, int, str]) -> None:
+        try:
+            root = self.config.scratch / task_dir_name(message.run, message.task, message.attempt)
+            began = time.monotonic()
+            sent = await push(message.url, message.token, root, message.path)
+            log.info(
+                "agent %s uploaded %s of %s/%s to the relay (%d bytes in %.2f s)",
+                self.id, message.path, message.run, message.task, sent, time.monotonic() - began,
+            )  # fmt: skip
+        except DagonError as exc:
+            log.warning(
+                "agent %s could not upload %s of %s/%s: %s", self.id, message.path, message.run, message.task, exc
+            )
+        finally:
+            self._uploading.discard(key)
 
     async def _on_assign(self, message: AssignTasks) -> None:
         assert self._tg is not None

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 OnStart = Callable[[StartedTask], None]
 OnFinish = Callable[[TaskResult], None]
+RELAY_WAIT = 300.0  # seconds a consumer waits for an unreachable producer's upload to the relay
 
 
 def _manifest(workdir: Path, patterns: tuple[str, ...]) -> tuple[OutputFile, ...]:
@@ -192,6 +193,7 @@ class TaskRunner:
         total = PullStats()
         began = time.monotonic()
         sources: set[str] = set()
+        ways: set[str] = set()
         for item in items:
             check_input_path(item)
             if not item.url or not item.token:
@@ -200,11 +202,16 @@ class TaskRunner:
                     " no data (no data server URL known) — configure its data_host/data_url, or relay it"
                 )
             dest = input_root(workdir, item)
+            wait = RELAY_WAIT if item.relay else 0.0
             async with self._transfers:
                 try:
-                    stats = await pull(item.url, item.token, dest, concurrency=self._config.max_transfers)
+                    stats = await pull(
+                        item.url, item.token, dest, concurrency=self._config.max_transfers, wait_for_upload=wait
+                    )
                 except TransportError as exc:
-                    raise StagingError(f"input {item.ref}: {exc}") from None
+                    via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""
+                    raise StagingError(f"input {item.ref}{via}: {exc}") from None
+            ways.add("via the coordinator's relay" if item.relay else "over http")
             total.files += stats.files
             total.bytes += stats.bytes
             total.retries += stats.retries
@@ -214,7 +221,7 @@ class TaskRunner:
         rate = total.bytes / seconds if seconds > 0 else 0.0
         note = (
             f"pulled {total.files} file(s), {_size(total.bytes)} in {seconds:.2f} s ({_size(rate)}/s)"
-            f" from {', '.join(sorted(sources))} over http"
+            f" from {', '.join(sorted(sources))} {' and '.join(sorted(ways))}"
         )
         if total.retries:
             note += f" ({total.retries} retried)"

@@ -21,6 +21,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -71,22 +72,33 @@ from dagon.protocol import (
     Rejections,
     RunId,
     Signer,
+    StageInput,
     SubmitRun,
     TaskAssignment,
+    TaskName,
     TaskRef,
     TasksFinished,
     TasksStarted,
+    UploadOutputs,
     encode_public,
     mint_grant,
+    read_grant,
     topics,
 )
-from dagon.protocol.transport import Publisher, Transport, Will
+from dagon.protocol.transport import DataServer, Publisher, Transport, Will
 
 __all__ = ["Coordinator", "new_run_id"]
 
 log = logging.getLogger(__name__)
 
 _MAX_BATCH: Final = 2000  # assignments per message
+
+
+def _safe(name: str) -> str:
+    """A run or task name as one directory level of the relay (names are validated; this is belt and braces)."""
+    if not name or name in (".", "..") or "/" in name or "\x00" in name:
+        raise ProtocolError(f"{name!r} cannot name a relay directory", reason="value")
+    return name
 
 
 def new_run_id(workflow: str) -> RunId:
@@ -109,6 +121,10 @@ class Coordinator:
         trust: whose signatures are accepted on reports and submissions.
         insecure: allow running without ``signer``/``trust`` (development only:
             anyone who can publish to the broker can then forge results).
+        relay_dir: where the relay keeps uploads of unreachable agents (``None``: no
+            relay; inputs from agents announced as unreachable then cannot be staged).
+        relay_host, relay_port: where the relay listens (loopback by default).
+        relay_url: the URL agents use for it (default ``http://relay_host:port``).
     """
 
     def __init__(
@@ -124,6 +140,10 @@ class Coordinator:
         signer: Signer | None = None,
         trust: CoordinatorTrust | None = None,
         insecure: bool = False,
+        relay_dir: Path | None = None,
+        relay_host: str = "127.0.0.1",
+        relay_port: int = 0,
+        relay_url: str | None = None,
     ) -> None:
         if (signer is None or trust is None) and not insecure:
             raise ValueError(
@@ -143,6 +163,19 @@ class Coordinator:
         # (its agents do not verify them, but scope and expiry still apply).
         self._grant_signer = signer or Signer.generate()
         self.grant_ttl = DEFAULT_GRANT_TTL
+        self._relay: DataServer | None = None
+        self._relay_url = relay_url
+        if relay_dir is not None:
+            own = {self._grant_signer.key_id: self._grant_signer.public_key}
+            self._relay = DataServer(
+                authorize=lambda token: read_grant(token, own),
+                locate=lambda g: relay_dir / _safe(g.run) / f"{_safe(g.task)}-{g.attempt}",
+                host=relay_host,
+                port=relay_port,
+                uploads=True,
+            )
+        self._uploads_asked: set[tuple[str, str, int, str]] = set()
+        self._uploads: list[tuple[AgentId, UploadOutputs]] = []
         will = Will(
             topics.coordinator_status(coordinator_id),
             encode_public({"schema": SCHEMA_COORDINATOR, "id": coordinator_id, "online": False}),
@@ -166,8 +199,22 @@ class Coordinator:
 
     # -- lifecycle -----------------------------------------------------------
 
+    @property
+    def relay_url(self) -> str:
+        """Where agents reach the relay ("" without one)."""
+        if self._relay is None:
+            return ""
+        return self._relay_url or self._relay.url
+
     async def __aenter__(self) -> Self:
-        await self._transport.__aenter__()
+        if self._relay is not None:
+            await self._relay.__aenter__()
+        try:
+            await self._transport.__aenter__()
+        except BaseException:
+            if self._relay is not None:
+                await self._relay.__aexit__(None, None, None)
+            raise
         try:
             await self._transport.subscribe(
                 topics.all_agent_status(), topics.all_agent_telemetry(), topics.coordinator_inbox(self.id)
@@ -193,6 +240,8 @@ class Coordinator:
             ]
         except BaseException:
             await self._transport.__aexit__(None, None, None)
+            if self._relay is not None:
+                await self._relay.__aexit__(None, None, None)
             raise
         return self
 
@@ -232,6 +281,8 @@ class Coordinator:
                 await self._output.drain()
                 if self._writer is not None:
                     await self._writer.drain()
+            if self._relay is not None:
+                await self._relay.__aexit__(None, None, None)
 
     # -- public API ----------------------------------------------------------
 
@@ -404,17 +455,33 @@ class Coordinator:
         for item in assignment.inputs:
             if item.source_host != host:
                 producer = agents.get(item.source_agent)
-                url = producer.capabilities.data_url if producer is not None else ""
-                token = self.grant(
-                    run=RunId(item.source_run or assignment.run),
-                    task=item.task,
-                    attempt=item.source_attempt,
-                    path=item.path,
-                    audience=agent,
-                )
-                item = dataclasses.replace(item, url=url, token=token)
+                run = RunId(item.source_run or assignment.run)
+                token = self.grant(run=run, task=item.task, attempt=item.source_attempt, path=item.path, audience=agent)
+                if producer is not None and not producer.capabilities.reachable:
+                    item = self._through_relay(item, run, token)
+                else:
+                    url = producer.capabilities.data_url if producer is not None else ""
+                    item = dataclasses.replace(item, url=url, token=token)
             inputs.append(item)
         return dataclasses.replace(assignment, inputs=tuple(inputs))
+
+    def _through_relay(self, item: StageInput, run: RunId, token: str) -> StageInput:
+        """The producer cannot be reached: ask it (once) to upload to the relay; the consumer pulls there."""
+        if self._relay is None:
+            return item  # no URL: the consumer fails saying the producer serves no data
+        key = (run, item.task, item.source_attempt, item.path)
+        if key not in self._uploads_asked:
+            self._uploads_asked.add(key)
+            write = self.grant(
+                run=run, task=item.task, attempt=item.source_attempt, path=item.path, audience=item.source_agent,
+                op="write",
+            )  # fmt: skip
+            upload = UploadOutputs(
+                run=run, task=TaskName(item.task), attempt=item.source_attempt, path=item.path, url=self.relay_url,
+                token=write,
+            )  # fmt: skip
+            self._uploads.append((item.source_agent, upload))
+        return dataclasses.replace(item, url=self.relay_url, token=token, relay=True)
 
     # -- internals: drive ----------------------------------------------------
 
@@ -459,6 +526,9 @@ class Coordinator:
         for agent, refs in cancel.items():
             payload = self.codec.encode(CancelTasks(tasks=tuple(refs), reason="run cancelled"))
             await self._publisher.send(topics.agent_tasks(agent), payload)
+        uploads, self._uploads = self._uploads, []
+        for agent, upload in uploads:
+            await self._publisher.send(topics.agent_tasks(agent), self.codec.encode(upload))
         if self._writer is not None:
             self._writer.flush_soon()
 

@@ -144,6 +144,7 @@ class Client:
                     signer=signer,
                     trust=trust,
                     insecure=self.insecure,
+                    relay_dir=self.home / "relay",
                 )
             )
             if self.embedded:

@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     broker_arg(coord)
     coord.add_argument("--id", default="main", help="coordinator id (default: main)")
     coord.add_argument("--heartbeat-ttl", type=float, default=15.0, help="seconds before a silent agent is lost")
+    coord.add_argument("--relay-host", default="127.0.0.1", help="address the data relay binds (default: loopback)")
+    coord.add_argument("--relay-port", type=int, default=0, help="data relay port (default: any free one)")
+    coord.add_argument("--relay-url", help="URL agents use for the relay (default: http://RELAY_HOST:PORT)")
     coord.add_argument(
         "--enrolled-agents-only",
         action="store_true",
@@ -329,6 +332,10 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                 signer=signer,
                 trust=trust,
                 insecure=insecure,
+                relay_dir=home / "relay",
+                relay_host=args.relay_host,
+                relay_port=args.relay_port,
+                relay_url=args.relay_url,
             )
             async with coordinator:
                 log.warning("coordinator %r serving on %s (store %s)", args.id, redact_url(broker), store.path)

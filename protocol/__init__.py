@@ -52,6 +52,7 @@ from dagon.protocol._messages import (
     TasksStarted,
     ToAgent,
     ToCoordinator,
+    UploadOutputs,
 )
 from dagon.protocol._public import (
     CONTENT_TYPE_JSON,
@@ -127,6 +128,7 @@ __all__ = [
     "ToAgent",
     "ToCoordinator",
     "TransportError",
+    "UploadOutputs",
     "check_plain",
     "decode_public",
     "encode_public",

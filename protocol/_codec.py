@@ -53,6 +53,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.AssignTasks,
         m.CancelTasks,
         m.Control,
+        m.UploadOutputs,
         m.Announce,
         m.Offline,
         m.Heartbeat,

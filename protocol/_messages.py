@@ -43,6 +43,7 @@ __all__ = [
     "TasksStarted",
     "ToAgent",
     "ToCoordinator",
+    "UploadOutputs",
 ]
 
 RunId = NewType("RunId", str)
@@ -88,6 +89,8 @@ class StageInput:
         source_run, source_attempt: the producer's run and attempt (its directory's name).
         url: the data server to pull from when the producer is on another host.
         token: the grant for that pull (see :mod:`dagon.protocol._grants`).
+        relay: ``url`` is the coordinator's relay, where the producer uploads on request
+            (the consumer waits for the upload to complete).
     """
 
     ref: str
@@ -101,6 +104,7 @@ class StageInput:
     source_attempt: int = 0
     url: str = ""
     token: str = ""
+    relay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +239,23 @@ class Control(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class UploadOutputs(Message):
+    """Push ``path`` of one attempt's output to the coordinator's relay (for an unreachable producer).
+
+    The agent PUTs each covered file to ``url`` with ``token`` (a ``write`` grant),
+    then the producer's manifest of them last, which marks the upload complete.
+    """
+
+    OP: ClassVar[str] = "upload"
+    run: RunId
+    task: TaskName
+    attempt: int
+    path: str
+    url: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class Announce(Message):
     OP: ClassVar[str] = "announce"
     agent: AgentId
@@ -300,6 +321,6 @@ class CancelRun(Message):
     reason: str = ""
 
 
-ToAgent = AssignTasks | CancelTasks | Control
+ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs
 FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack
 ToCoordinator = SubmitRun | CancelRun

@@ -33,7 +33,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from dagon.protocol._errors import DagonError, ProtocolError, TransportError
 from dagon.protocol._grants import Grant, covers
 
-__all__ = ["MANIFEST_FILE", "DataServer", "PullStats", "pull"]
+__all__ = ["MANIFEST_FILE", "DataServer", "PullStats", "pull", "push"]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ class DataServer:
         authorize: turns a bearer token into a grant, raising ProtocolError if refused.
         locate: the directory a grant's attempt lives in.
         host, port: where to listen (loopback by default; port 0 picks a free one).
-        uploads: accept ``PUT`` of files under grants with op ``write`` (the relay).
+        uploads: be a relay: accept ``PUT`` of files (and, last, of the producer's
+            manifest) under grants with op ``write``; a directory is listed only once
+            its manifest has arrived, so consumers never see half an upload.
         max_transfers: concurrent requests served; more wait.
     """
 
@@ -162,6 +164,7 @@ class DataServer:
         app.router.add_get("/v1/files/{path:.+}", self._get)
         if self._uploads:
             app.router.add_put("/v1/files/{path:.+}", self._put)
+            app.router.add_put("/v1/manifest", self._put_manifest)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -211,6 +214,8 @@ class DataServer:
         root = self._root(grant)
         if not await asyncio.to_thread(root.is_dir):
             raise web.HTTPNotFound(text=f"no output of {grant.task} (attempt {grant.attempt}) here")
+        if self._uploads and not await asyncio.to_thread((root / ".dagon" / MANIFEST_FILE).is_file):
+            raise web.HTTPNotFound(text=f"the upload of {grant.task}'s output is not complete yet")
         async with self._limit:
             files = await asyncio.to_thread(_listing, root, grant.path)
         return web.json_response({"files": files})
@@ -246,6 +251,24 @@ class DataServer:
             finally:
                 os.close(fd)
         await asyncio.to_thread(part.replace, target)
+        return web.Response(status=201)
+
+    async def _put_manifest(self, request: web.Request) -> web.Response:
+        grant = self._grant(request, "write")
+        try:
+            entries = await request.json()
+            paths = [str(e["path"]) for e in entries]
+            _ = [(int(e["size"]), str(e["sha256"])) for e in entries]
+        except (ValueError, TypeError, KeyError):
+            raise web.HTTPBadRequest(text="expected a JSON list of {path, size, sha256}") from None
+        for rel in paths:
+            if not covers(grant.path, _relative(rel)):
+                raise web.HTTPForbidden(text=f"the token covers {grant.path!r}, not {rel!r}")
+        meta = self._root(grant) / ".dagon"
+        await asyncio.to_thread(meta.mkdir, parents=True, exist_ok=True)
+        tmp = meta / (MANIFEST_FILE + ".upload")
+        await asyncio.to_thread(tmp.write_text, json.dumps(entries))
+        await asyncio.to_thread(tmp.replace, meta / MANIFEST_FILE)
         return web.Response(status=201)
 
 
@@ -343,10 +366,12 @@ async def pull(
     concurrency: int = 4,
     on_progress: Callable[[PullStats], Awaitable[None] | None] | None = None,
     stall_after: float = 30.0,
+    wait_for_upload: float = 0.0,
 ) -> PullStats:
     """Download every file ``token`` covers from the data server at ``url`` into ``dest``.
 
     ``stall_after`` bounds connecting and each wait for data (not the whole transfer).
+    ``wait_for_upload`` (seconds) keeps asking a relay whose upload is not complete yet.
 
     Raises:
         TransportError: the server refused, or a file still failed after ``retries``
@@ -358,7 +383,7 @@ async def pull(
     client_timeout = ClientTimeout(total=None, sock_connect=stall_after, sock_read=stall_after)
     try:
         async with ClientSession(timeout=client_timeout) as session:
-            files = await _list_files(session, url, token)
+            files = await _list_files(session, url, token, wait=wait_for_upload)
 
             async def one(entry: dict[str, Any]) -> None:
                 async with limit:
@@ -389,11 +414,20 @@ async def pull(
     return stats
 
 
-async def _list_files(session: ClientSession, url: str, token: str) -> list[dict[str, Any]]:
-    async with session.get(f"{url}/v1/list", headers={"Authorization": f"Bearer {token}"}) as response:
-        if response.status != 200:
-            raise TransportError(f"{url} refused the listing ({response.status}): {await response.text()}")
-        doc = await response.json()
+async def _list_files(session: ClientSession, url: str, token: str, *, wait: float = 0.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        async with session.get(f"{url}/v1/list", headers={"Authorization": f"Bearer {token}"}) as response:
+            if response.status == 200:
+                doc = await response.json()
+                break
+            text = await response.text()
+            if response.status != 404 or time.monotonic() + delay > deadline:
+                waited = f" after waiting {wait:.0f} s for the upload" if wait and response.status == 404 else ""
+                raise TransportError(f"{url} refused the listing ({response.status}){waited}: {text}")
+        await asyncio.sleep(delay)
+        delay = min(1.0, delay * 2)
     files = doc.get("files") if isinstance(doc, dict) else None
     if not isinstance(files, list) or not files:
         raise TransportError(f"{url}: nothing to pull for this input")
@@ -408,3 +442,32 @@ def _check_listed(path: str) -> None:
     parts = path.split("/")
     if path.startswith("/") or ".." in parts or not path or parts[0] == ".dagon":
         raise TransportError(f"data server listed an unsafe path {path!r}")
+
+
+async def push(url: str, token: str, root: Path, scope: str, *, stall_after: float = 30.0) -> int:
+    """Upload the files of ``root`` that ``scope`` covers to the relay at ``url``, then their
+    manifest (which completes the upload). Returns the bytes sent.
+
+    Raises:
+        TransportError: the relay refused or could not be reached.
+    """
+    files = await asyncio.to_thread(_listing, root, scope)
+    if not files:
+        raise TransportError(f"nothing under {root} matches {scope!r} to upload")
+    headers = {"Authorization": f"Bearer {token}"}
+    sent = 0
+    timeout = ClientTimeout(total=None, sock_connect=stall_after, sock_read=stall_after)
+    try:
+        async with ClientSession(timeout=timeout) as session:
+            for entry in files:
+                with (root / entry["path"]).open("rb") as data:
+                    async with session.put(f"{url}/v1/files/{entry['path']}", data=data, headers=headers) as r:
+                        if r.status != 201:
+                            raise TransportError(f"relay {url} refused {entry['path']} ({r.status}): {await r.text()}")
+                sent += int(entry["size"])
+            async with session.put(f"{url}/v1/manifest", json=files, headers=headers) as r:
+                if r.status != 201:
+                    raise TransportError(f"relay {url} refused the manifest ({r.status}): {await r.text()}")
+    except (ClientError, OSError) as exc:
+        raise TransportError(f"relay {url}: {exc}") from None
+    return sent

@@ -1,0 +1,69 @@
+"""An agent nobody can connect to (NAT) hands its outputs over through the coordinator's relay."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+from _keys import agent_security, coordinator_security
+
+import dagon
+from dagon.agent import Agent, load_agent_config
+from dagon.core import Coordinator, RunState
+from dagon.protocol.transport import MemoryHub
+
+
+def agent(hub: MemoryHub, tmp: Path, name: str, **flags: object) -> Agent:
+    config = load_agent_config(
+        config_file=None,
+        env={"DAGON_HOME": str(tmp / name)},
+        flags={"id": name, "scratch": str(tmp / name / "scratch"), **flags},
+    )
+    return Agent(config=config, connect=lambda will: hub.transport(will=will), **agent_security())
+
+
+async def test_outputs_of_an_unreachable_agent_travel_through_the_relay(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    wf = dagon.Workflow("nat")
+    wf.shell("sense", "mkdir out && head -c 2000000 /dev/urandom > out/reading.bin", agent="edge")
+    wf.shell("analyse", "sha256sum < workflow:///sense/out/reading.bin | cut -c1-64 > digest.txt", agent="cloud")
+    async with contextlib.AsyncExitStack() as stack:
+        coordinator = await stack.enter_async_context(
+            Coordinator(
+                connect=lambda will: hub.transport(will=will),
+                coordinator_id="c",
+                relay_dir=tmp_path / "relay",
+                **coordinator_security(),
+            )
+        )
+        edge = await stack.enter_async_context(agent(hub, tmp_path, "edge", host_id="behind-nat", reachable=False))
+        await stack.enter_async_context(agent(hub, tmp_path, "cloud", host_id="datacentre"))
+        await coordinator.wait_for_agents(2)
+        result = await coordinator.wait(await coordinator.submit(wf))
+        served_by_edge = edge._data.stats.requests
+    assert result.state is RunState.SUCCEEDED, result.cause
+    sense, analyse = result["sense"], result["analyse"]
+    data = (Path(sense.workdir) / "out" / "reading.bin").read_bytes()
+    assert (Path(analyse.workdir) / "digest.txt").read_text() == hashlib.sha256(data).hexdigest() + "\n"
+    assert "from edge via the coordinator's relay" in analyse.cause
+    assert served_by_edge == 0  # nobody connected to the unreachable agent
+    (relayed,) = (tmp_path / "relay").rglob("reading.bin")
+    assert relayed.read_bytes() == data
+
+
+async def test_without_a_relay_the_consumer_says_what_is_missing(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    wf = dagon.Workflow("nat")
+    wf.shell("sense", "echo 1 > r.txt", agent="edge")
+    wf.shell("analyse", "cat workflow:///sense/r.txt", agent="cloud")
+    async with contextlib.AsyncExitStack() as stack:
+        coordinator = await stack.enter_async_context(
+            Coordinator(connect=lambda will: hub.transport(will=will), coordinator_id="c", **coordinator_security())
+        )
+        await stack.enter_async_context(agent(hub, tmp_path, "edge", host_id="behind-nat", reachable=False))
+        await stack.enter_async_context(agent(hub, tmp_path, "cloud", host_id="datacentre"))
+        await coordinator.wait_for_agents(2)
+        result = await coordinator.wait(await coordinator.submit(wf))
+    assert result.state is RunState.FAILED
+    assert "serves no data" in result["analyse"].cause
