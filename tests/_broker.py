@@ -43,10 +43,14 @@ class Mosquitto:
         workdir: directory for its config file and log (created).
         port: listening port; 0 picks a free one.
         config: use this configuration file as it is (it must listen on ``port``).
+        host: address to listen on (only loopback or an address of a namespace bridge the test made).
     """
 
-    def __init__(self, *, binary: str, workdir: Path, port: int = 0, config: Path | None = None) -> None:
+    def __init__(
+        self, *, binary: str, workdir: Path, port: int = 0, config: Path | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.binary = binary
+        self.host = host
         self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = config or workdir / "mosquitto.conf"
@@ -55,7 +59,7 @@ class Mosquitto:
         if config is not None:
             return
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            f"listener {self.port} {host}\n"
             "allow_anonymous true\n"
             "persistence false\n"
             # The default queue (1000) drops messages for slow subscribers in bursts.
@@ -72,7 +76,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"mqtt://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -101,11 +105,11 @@ class Mosquitto:
                 code = self._proc.returncode
                 self._proc = None
                 raise RuntimeError(f"mosquitto exited with status {code} at start: {self._log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
                 return
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout} s")
+                raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout} s")
             time.sleep(0.01)
 
     def stop(self, timeout: float = 5.0) -> None:
