@@ -465,6 +465,25 @@ class Coordinator:
             inputs.append(item)
         return dataclasses.replace(assignment, inputs=tuple(inputs))
 
+    def output_source(self, run: RunId, task: str, attempt: int, agent: str, path: str) -> StageInput:
+        """Where a client can pull ``path`` of a finished task's output from: the producer's
+        data server, or the relay (after asking an unreachable producer to upload there)."""
+        producer = self.engine.agents.get(AgentId(agent))
+        if producer is None:
+            raise ValidationError(f"agent {agent!r}, which ran {task!r}, is not known to this coordinator")
+        caps = producer.capabilities
+        item = StageInput(
+            ref=f"workflow:///{task}/{path}", workflow="", task=TaskName(task), path=path,
+            source_agent=AgentId(agent), source_host=caps.host_id, source_dir="", source_run=run,
+            source_attempt=attempt,
+        )  # fmt: skip
+        token = self.grant(run=run, task=task, attempt=attempt, path=path, audience="client")
+        if not caps.reachable:
+            item = self._through_relay(item, run, token)
+            self._wake.set()  # the upload request goes out with the next drive pass
+            return item
+        return dataclasses.replace(item, url=caps.data_url, token=token)
+
     def _through_relay(self, item: StageInput, run: RunId, token: str) -> StageInput:
         """The producer cannot be reached: ask it (once) to upload to the relay; the consumer pulls there."""
         if self._relay is None:
@@ -500,7 +519,7 @@ class Coordinator:
             if deadline is not None and deadline <= now:
                 commands.extend(engine.handle(Tick(), now))
             commands.extend(engine.schedule(now))
-            if commands:
+            if commands or self._uploads:
                 await self._execute(commands, now)
 
     async def _execute(self, commands: list[Command], now: float) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -27,13 +28,31 @@ from typing import Self
 from dagon._keys import client_signer, coordinator_signer, coordinator_trust, warn_insecure
 from dagon._remote import RemoteRuns, find_coordinator
 from dagon._settings import broker_from_env, dagon_home, insecure_from_env
+from dagon.agent import host_id
 from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workflow
 from dagon.core._coordinator import new_run_id
 from dagon.core._store import RunStore
-from dagon.protocol import CancelRun, Codec, DagonError, RunId, Signer, SubmitRun, topics
-from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will
+from dagon.protocol import CancelRun, Codec, DagonError, RunId, Signer, SubmitRun, TransportError, covers, topics
+from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, pull
 
 __all__ = ["Client", "RunHandle", "connect"]
+
+
+def _copy_covered(root: Path, scope: str, dest: Path) -> None:
+    """Copy the regular files of ``root`` that ``scope`` covers (as staging would) into ``dest``."""
+    found = False
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not (here == root and d == ".dagon") and not (here / d).is_symlink()]
+        for name in filenames:
+            rel = (here / name).relative_to(root).as_posix()
+            if covers(scope, rel) and not (here / name).is_symlink():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(here / name, dest / rel)
+                found = True
+    if not found:
+        raise DagonError(f"nothing in {root} matches {scope!r}")
+
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +79,20 @@ class RunHandle:
     async def cancel(self, reason: str = "cancelled by user") -> None:
         """Cancel the run: queued tasks never start, running ones are killed."""
         await self._client._cancel(self.id, reason)
+
+    async def fetch(self, task: str, path: str, dest: Path | str) -> Path:
+        """Copy ``path`` (a file, directory or glob) of ``task``'s output into ``dest``.
+
+        Files keep their path relative to the task's directory. From an agent on this
+        host they are copied; from others pulled over the data plane (checksummed).
+
+        Returns:
+            ``dest``.
+
+        Raises:
+            DagonError: the task did not succeed, or its output cannot be reached.
+        """
+        return await self._client._fetch(self.id, task, path, Path(dest))
 
 
 class Client:
@@ -193,6 +226,31 @@ class Client:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stack.__aexit__(et, e, tb)
+
+    async def _fetch(self, run: RunId, task: str, path: str, dest: Path) -> Path:
+        coordinator = self.coordinator
+        if coordinator is None:
+            raise DagonError(
+                "fetching outputs needs the coordinator in this process (dagon.connect without coordinator=);"
+                " a standalone coordinator's outputs are fetched on its machine"
+            )
+        result = await self._wait(run)
+        outcome = result[task]
+        if not outcome.ok or outcome.agent is None:
+            raise DagonError(f"task {task!r} of run {run} did not succeed ({outcome.state.value}): nothing to fetch")
+        source = coordinator.output_source(run, task, outcome.attempt, outcome.agent, path)
+        local = Path(outcome.workdir)
+        here = os.environ.get("DAGON_HOST_ID") or host_id()
+        if source.source_host == here and await asyncio.to_thread(local.is_dir):
+            await asyncio.to_thread(_copy_covered, local, path, dest)
+            return dest
+        if not source.url:
+            raise DagonError(f"the output of {task!r} cannot be reached: agent {outcome.agent} serves no data")
+        try:
+            await pull(source.url, source.token, dest, wait_for_upload=300.0 if source.relay else 0.0)
+        except TransportError as exc:
+            raise DagonError(f"fetching {path} of {task!r}: {exc}") from None
+        return dest
 
     # -- API -----------------------------------------------------------------
 

@@ -47,6 +47,7 @@ class RunnerContext:
     results: list[RunResult] = field(default_factory=list)
     captured: list[_CoreWorkflow] = field(default_factory=list)
     planned: int = 0
+    fetch_outputs: Path | None = None  # 'dagon run --fetch-outputs DIR': copy final outputs here
 
 
 runner_context: ContextVar[RunnerContext | None] = ContextVar("dagon_runner_context", default=None)
@@ -204,7 +205,15 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
         local = not (broker or os.environ.get("DAGON_BROKER"))
         scratch = self.ini.scratch_for_run() if local else None
         result = asyncio.run(
-            _run(self, broker=broker, progress=show, home=home, scratch=scratch, slots=self.ini.threads)
+            _run(
+                self,
+                broker=broker,
+                progress=show,
+                home=home,
+                scratch=scratch,
+                slots=self.ini.threads,
+                fetch_to=ctx.fetch_outputs if ctx is not None else None,
+            )
         )
         if ctx is not None:
             ctx.results.append(result)
@@ -222,19 +231,32 @@ async def _run(
     home: Path | None,
     scratch: Path | None = None,
     slots: int | None = None,
+    fetch_to: Path | None = None,
 ) -> RunResult:
     workflow.graph(external=True)  # fail on an invalid workflow before starting anything
     async with connect(broker, home=home, agent_scratch=scratch, agent_slots=slots) as client:
         await _check_runtimes(client.coordinator, workflow)
         handle = await client.submit(workflow)
         if not progress:
-            return await handle.wait()
-        from dagon._progress import follow, summary_table
+            result = await handle.wait()
+        else:
+            from dagon._progress import follow, summary_table
 
-        console = Console(stderr=True)
-        result = await follow(handle, total=len(workflow), console=console)
-        Console().print(summary_table(result))
+            result = await follow(handle, total=len(workflow), console=Console(stderr=True))
+            Console().print(summary_table(result))
+        if fetch_to is not None:
+            await fetch_final_outputs(handle, workflow, result, fetch_to)
         return result
+
+
+async def fetch_final_outputs(handle: Any, workflow: _CoreWorkflow, result: RunResult, dest: Path) -> None:
+    """Copy the outputs of the tasks no other task consumes into ``dest/<workflow>/<task>/``."""
+    consumed = {d for deps in workflow.graph(external=True).deps.values() for d in deps}
+    for name, outcome in result.tasks.items():
+        if name in consumed or not outcome.ok or not outcome.outputs:
+            continue
+        for top in sorted({o.path.split("/", 1)[0] for o in outcome.outputs}):
+            await handle.fetch(name, top, dest / workflow.name / name)
 
 
 _AGENT_GRACE = 3.0  # seconds to wait for the broker's retained agent announcements

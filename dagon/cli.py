@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", type=Path)
     broker_arg(run)
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    run.add_argument(
+        "--fetch-outputs", type=Path, metavar="DIR",
+        help="copy the outputs of the final tasks (those no task consumes) to DIR/WORKFLOW/TASK/",
+    )  # fmt: skip
     insecure_arg(run)
     run.epilog = "Arguments dagon does not know (or everything after --) are passed to the script."
 
@@ -198,7 +202,9 @@ def _workflows_in(namespace: dict[str, Any]) -> list[CoreWorkflow]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    ctx = RunnerContext(broker=broker_from_env(args.broker), dry_run=args.dry_run, progress=True)
+    ctx = RunnerContext(
+        broker=broker_from_env(args.broker), dry_run=args.dry_run, progress=True, fetch_outputs=args.fetch_outputs
+    )
     namespace = _exec_script(args.file, args.args, ctx)
     if not ctx.results and not ctx.planned:
         # The script built workflows but did not run them: run what it defined.

@@ -44,6 +44,15 @@ def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert (tmp_path / "runs.sqlite").exists()
 
 
+def test_run_fetches_the_final_outputs(tmp_path: Path) -> None:
+    out = dagon("run", "examples/taskflow/taskflow.py", "--fetch-outputs", str(tmp_path / "results"), home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    fetched = sorted(p.relative_to(tmp_path / "results").as_posix() for p in (tmp_path / "results").rglob("*.txt"))
+    assert fetched == ["Taskflow-Demo/E/result.txt"]  # E is the only task no other task consumes
+    (produced,) = (tmp_path / "scratch").glob("*/E-1/result.txt")
+    assert (tmp_path / "results" / "Taskflow-Demo" / "E" / "result.txt").read_text() == produced.read_text()
+
+
 def test_failed_workflow_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
     script = tmp_path / "fails.py"
     script.write_text(

@@ -48,12 +48,17 @@ async def test_data_crosses_three_agents_over_http(
         assert client.coordinator is not None
         async with asyncio.timeout(20):
             await client.coordinator.wait_for_agents(3)
-        result = await (await client.submit(pipeline())).wait()
+        handle = await client.submit(pipeline())
+        result = await handle.wait()
+        fetched = await handle.fetch("C", "c.txt", tmp_path / "results")  # from agent2's data server
+        fetched_dir = await handle.fetch("A", "out/*.txt", tmp_path / "results-a")
     assert result.state is RunState.SUCCEEDED, result.cause
     a, b, c = result["A"], result["B"], result["C"]
     assert (a.agent, b.agent, c.agent) == ("agent0", "agent1", "agent2")
     digest = hashlib.sha256((Path(a.workdir) / "out" / "big.bin").read_bytes()).hexdigest()
     assert (Path(c.workdir) / "c.txt").read_text() == f"{digest}\nsmall\n"
+    assert (fetched / "c.txt").read_text() == f"{digest}\nsmall\n"
+    assert [p.name for p in (fetched_dir / "out").iterdir()] == ["small.txt"]
     assert "pulled 1 file(s)" in b.cause and "from agent0 over http" in b.cause
     assert "pulled 2 file(s)" in c.cause and "from agent0, agent1 over http" in c.cause
     # pulled into the consumer's own scratch root: copies, not links into another agent's directory

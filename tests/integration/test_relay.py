@@ -11,7 +11,7 @@ from _keys import agent_security, coordinator_security
 import dagon
 from dagon.agent import Agent, load_agent_config
 from dagon.core import Coordinator, RunState
-from dagon.protocol.transport import MemoryHub
+from dagon.protocol.transport import MemoryHub, pull
 
 
 def agent(hub: MemoryHub, tmp: Path, name: str, **flags: object) -> Agent:
@@ -40,7 +40,12 @@ async def test_outputs_of_an_unreachable_agent_travel_through_the_relay(tmp_path
         edge = await stack.enter_async_context(agent(hub, tmp_path, "edge", host_id="behind-nat", reachable=False))
         await stack.enter_async_context(agent(hub, tmp_path, "cloud", host_id="datacentre"))
         await coordinator.wait_for_agents(2)
-        result = await coordinator.wait(await coordinator.submit(wf))
+        run = await coordinator.submit(wf)
+        result = await coordinator.wait(run)
+        # a client fetching the unreachable agent's output gets it through the relay too
+        source = coordinator.output_source(run, "sense", 1, "edge", "out")
+        assert source.relay and source.url == coordinator.relay_url
+        stats = await pull(source.url, source.token, tmp_path / "fetched", wait_for_upload=30)
         served_by_edge = edge._data.stats.requests
     assert result.state is RunState.SUCCEEDED, result.cause
     sense, analyse = result["sense"], result["analyse"]
@@ -50,6 +55,7 @@ async def test_outputs_of_an_unreachable_agent_travel_through_the_relay(tmp_path
     assert served_by_edge == 0  # nobody connected to the unreachable agent
     (relayed,) = (tmp_path / "relay").rglob("reading.bin")
     assert relayed.read_bytes() == data
+    assert stats.files == 1 and (tmp_path / "fetched" / "out" / "reading.bin").read_bytes() == data
 
 
 async def test_without_a_relay_the_consumer_says_what_is_missing(tmp_path: Path) -> None:
