@@ -86,14 +86,25 @@ def mosquitto() -> Iterator[str]:
 
 
 class Agents:
-    """``count`` real ``dagon-agent`` processes, each with its own home and scratch."""
+    """``count`` real ``dagon-agent`` processes, each with its own home and scratch
+    (``separate_hosts``: each also its own host id, so data between them goes over the network)."""
 
-    def __init__(self, url: str, count: int, *, slots: int, root: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        url: str,
+        count: int,
+        *,
+        slots: int,
+        root: Path,
+        extra: Sequence[str] = (),
+        separate_hosts: bool = False,
+    ) -> None:
         self.url = url
         self.count = count
         self.slots = slots
         self.root = root
         self.extra = list(extra)
+        self.separate_hosts = separate_hosts
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Agents:
@@ -106,14 +117,21 @@ class Agents:
             home.mkdir(parents=True, exist_ok=True)
             enroll(home, coordinator_home / "keys" / "coordinator.pub")
             env = dict(os.environ, DAGON_HOME=str(home))
+            if self.separate_hosts:
+                env["DAGON_HOST_ID"] = f"bench-host-{i}"
             cmd = [
                 sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
-                "--broker", self.url, "--id", f"bench-{self.root.name}-{i}", "--slots", str(self.slots),
+                "--broker", self.url, "--id", self.ids[i], "--slots", str(self.slots),
                 "--scratch", str(home / "scratch"), *self.extra,
             ]  # fmt: skip
             with (home / "agent.log").open("wb") as log:
                 self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
         return self
+
+    @property
+    def ids(self) -> list[str]:
+        # Unique per root: the coordinator pins each id to its first key, and every root has fresh keys.
+        return [f"bench-{self.root.name}-{i}" for i in range(self.count)]
 
     def __exit__(self, *exc: object) -> None:
         for proc in self.procs:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE: Final = "manifest.json"  # under a task's .dagon/: the producer's own manifest
 _CHUNK: Final = 1 << 20
+_BATCH: Final = 8 << 20  # bytes handed to the writer thread at once
 _MAX_LISTED: Final = 10_000
 
 Authorize = Callable[[str], Grant]  # bearer token -> grant, or raise ProtocolError
@@ -326,20 +327,29 @@ async def _download(
             fd = await asyncio.to_thread(os.open, part, mode, 0o644)
             buffered: list[bytes] = []
             pending = 0
+            # Double buffering: one batch is hashed and written in a thread while the
+            # next arrives; batches are written strictly in order (the hash needs it).
+            writing: asyncio.Future[None] | None = None
             try:
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     buffered.append(chunk)
                     pending += len(chunk)
-                    if pending >= 4 * _CHUNK:
-                        await asyncio.to_thread(_write_all, fd, digest, buffered)
+                    if pending >= _BATCH:
+                        if writing is not None:
+                            await writing
+                        writing = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, digest, buffered))
                         stats.bytes += pending
                         buffered, pending = [], 0
             finally:
-                # Keep what arrived before a drop: the next attempt resumes after it.
-                if buffered:
-                    await asyncio.to_thread(_write_all, fd, digest, buffered)
-                    stats.bytes += pending
-                os.close(fd)
+                try:
+                    if writing is not None:
+                        await _settle(writing)
+                    # Keep what arrived before a drop: the next attempt resumes after it.
+                    if buffered:
+                        await asyncio.to_thread(_write_all, fd, digest, buffered)
+                        stats.bytes += pending
+                finally:
+                    os.close(fd)
     if digest.hexdigest() != expected:
         await asyncio.to_thread(part.unlink, missing_ok=True)
         raise _Corrupt(
@@ -347,6 +357,14 @@ async def _download(
         )
     await asyncio.to_thread(part.replace, dest)
     stats.files += 1
+
+
+async def _settle(fut: asyncio.Future[None]) -> None:
+    """Wait for ``fut`` even through cancellation (a thread must not outlive its descriptor)."""
+    while not fut.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(fut)
+    fut.result()
 
 
 def _write_all(fd: int, digest: Any, chunks: list[bytes]) -> None:
