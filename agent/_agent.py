@@ -154,9 +154,12 @@ class Agent:
         await asyncio.to_thread(mark_scratch_root, self.config.scratch)
         if self.config.run_as:
             await asyncio.to_thread(check_scratch_reachable, self.config.scratch, self.config.run_as)
-        await self._data.__aenter__()
+        data_url = ""
+        if self.config.serve_data:
+            await self._data.__aenter__()
+            data_url = self.config.data_url or self._data.url
         self.capabilities = dataclasses.replace(
-            self.capabilities, data_url=self.config.data_url or self._data.url, reachable=self.config.reachable
+            self.capabilities, data_url=data_url, reachable=self.config.reachable, ssh_url=self.config.ssh_url or ""
         )
         try:
             await self._transport.__aenter__()

@@ -13,6 +13,10 @@
 | data server port | ``--data-port`` | ``DAGON_DATA_PORT`` | ``data_port`` | a free port |
 | its URL for others | ``--data-url`` | ``DAGON_DATA_URL`` | ``data_url`` | ``http://<data_host>:<port>`` |
 | host identity | — | ``DAGON_HOST_ID`` | ``host_id`` | ``/etc/machine-id`` (agents sharing it link files) |
+| SSH access to this host | — | ``DAGON_SSH_URL`` | ``ssh_url`` | none (``ssh://user@host:port``) |
+| serve outputs over HTTP | ``--no-data-server`` | ``DAGON_SERVE_DATA`` | ``serve_data`` | true |
+| own SSH key for SFTP | — | ``DAGON_SSH_KEY`` | ``ssh_key`` | none |
+| trusted SSH host keys | — | ``DAGON_SSH_KNOWN_HOSTS`` | ``ssh_known_hosts`` | ``~/.ssh/known_hosts`` |
 | reachable by others | ``--unreachable`` | ``DAGON_REACHABLE`` | ``reachable`` | true (false: via the relay) |
 | task user | ``--run-as`` | ``DAGON_RUN_AS`` | ``run_as`` | the agent's own user |
 | secrets file | — | ``DAGON_SECRETS_FILE`` | ``secrets_file`` | ``<home>/secrets.toml`` when it exists |
@@ -98,6 +102,9 @@ class AgentConfig:
         max_transfers: concurrent input pulls (and concurrent files served).
         host_id: overrides the machine identity: agents with the same one share a
             file system (inputs are linked), others pull over the network.
+        serve_data: run the HTTP data server (off: outputs are read over SSH or relayed).
+        ssh_url: ``ssh://user@host:port`` other agents may read this scratch root from over SFTP.
+        ssh_key, ssh_known_hosts: this agent's key for SFTP staging, and the host keys it trusts.
     """
 
     agent_id: str
@@ -126,6 +133,10 @@ class AgentConfig:
     reachable: bool = True
     max_transfers: int = 4
     host_id: str | None = None
+    serve_data: bool = True
+    ssh_url: str | None = None
+    ssh_key: Path | None = None
+    ssh_known_hosts: Path | None = None
 
     def __post_init__(self) -> None:
         if not _ID_RE.fullmatch(self.agent_id):
@@ -153,6 +164,8 @@ class AgentConfig:
             raise ConfigError(f"data_port must be a TCP port (0: any free one), got {self.data_port}")
         if self.max_transfers < 1:
             raise ConfigError(f"max_transfers must be at least 1, got {self.max_transfers}")
+        if self.ssh_url is not None and not self.ssh_url.startswith("ssh://"):
+            raise ConfigError(f"ssh_url must look like ssh://user@host:port, got {self.ssh_url!r}")
         if self.data_url is not None and not self.data_url.startswith(("http://", "https://")):
             raise ConfigError(f"data_url must be an http:// or https:// URL, got {self.data_url!r}")
         for key, value in self.labels.items():
@@ -377,6 +390,13 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
             kwargs[key] = _int(value, key)
     if (value := pick("reachable", "DAGON_REACHABLE")) is not None:
         kwargs["reachable"] = _bool(value, "reachable")
+    if (value := pick("serve_data", "DAGON_SERVE_DATA")) is not None:
+        kwargs["serve_data"] = _bool(value, "serve_data")
+    if (value := pick("ssh_url", "DAGON_SSH_URL")) is not None:
+        kwargs["ssh_url"] = _str(value, "ssh_url")
+    for key in ("ssh_key", "ssh_known_hosts"):
+        if (value := pick(key, f"DAGON_{key.upper()}")) is not None:
+            kwargs[key] = Path(_str(value, key)).expanduser()
     if (value := pick("run_as", "DAGON_RUN_AS")) is not None:
         kwargs["run_as"] = _run_as(_str(value, "run_as"))
     for key in ("mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_username", "mqtt_password_file"):

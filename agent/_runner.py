@@ -19,6 +19,7 @@ from types import MappingProxyType
 
 from dagon.agent._config import AgentConfig
 from dagon.agent._secrets import SecretError, Secrets
+from dagon.agent._sftp import SshAccess, sftp_pull
 from dagon.agent._staging import (
     StagingError,
     check_input_path,
@@ -95,6 +96,11 @@ class TaskRunner:
         self._secrets = secrets or Secrets()
         self._run_as = RunAs.lookup(config.run_as) if config.run_as else None
         self._transfers = asyncio.Semaphore(config.max_transfers)
+        self._ssh = (
+            SshAccess(config.ssh_key, config.ssh_known_hosts or Path.home() / ".ssh" / "known_hosts")
+            if config.ssh_key is not None
+            else None
+        )
 
     def workdir(self, a: TaskAssignment) -> Path | None:
         """``<scratch>/<run>/<task>-<attempt>``; ``None`` for python tasks without inputs.
@@ -196,7 +202,7 @@ class TaskRunner:
         ways: set[str] = set()
         for item in items:
             check_input_path(item)
-            if not item.url or not item.token:
+            if not item.url or not (item.token or item.url.startswith("ssh://")):
                 raise StagingError(
                     f"input {item.ref}: produced on another host by agent {item.source_agent!r}, which serves"
                     " no data (no data server URL known) — configure its data_host/data_url, or relay it"
@@ -204,14 +210,18 @@ class TaskRunner:
             dest = input_root(workdir, item)
             wait = RELAY_WAIT if item.relay else 0.0
             async with self._transfers:
-                try:
-                    stats = await pull(
-                        item.url, item.token, dest, concurrency=self._config.max_transfers, wait_for_upload=wait
-                    )
-                except TransportError as exc:
-                    via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""
-                    raise StagingError(f"input {item.ref}{via}: {exc}") from None
-            ways.add("via the coordinator's relay" if item.relay else "over http")
+                if item.url.startswith("ssh://"):
+                    stats = await sftp_pull(item, dest, self._ssh)
+                    ways.add("over sftp")
+                else:
+                    try:
+                        stats = await pull(
+                            item.url, item.token, dest, concurrency=self._config.max_transfers, wait_for_upload=wait
+                        )
+                    except TransportError as exc:
+                        via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""
+                        raise StagingError(f"input {item.ref}{via}: {exc}") from None
+                    ways.add("via the coordinator's relay" if item.relay else "over http")
             total.files += stats.files
             total.bytes += stats.bytes
             total.retries += stats.retries

@@ -48,6 +48,7 @@ from dagon.core._events import (
 )
 from dagon.core._model import Workflow
 from dagon.core._output import PublicOutput
+from dagon.core._placement import AgentView
 from dagon.core._results import RunEvent, RunResult, task_result_doc
 from dagon.core._states import TERMINAL, RunState, TaskState
 from dagon.core._store import RunStore
@@ -457,13 +458,22 @@ class Coordinator:
                 producer = agents.get(item.source_agent)
                 run = RunId(item.source_run or assignment.run)
                 token = self.grant(run=run, task=item.task, attempt=item.source_attempt, path=item.path, audience=agent)
-                if producer is not None and not producer.capabilities.reachable:
-                    item = self._through_relay(item, run, token)
-                else:
-                    url = producer.capabilities.data_url if producer is not None else ""
-                    item = dataclasses.replace(item, url=url, token=token)
+                item = self._source(item, producer, run, token)
             inputs.append(item)
         return dataclasses.replace(assignment, inputs=tuple(inputs))
+
+    def _source(self, item: StageInput, producer: AgentView | None, run: RunId, token: str) -> StageInput:
+        """The cheapest way to another host's output: its data server, else SFTP, else the relay."""
+        if producer is None:
+            return item
+        caps = producer.capabilities
+        if not caps.reachable:
+            return self._through_relay(item, run, token)
+        if caps.data_url:
+            return dataclasses.replace(item, url=caps.data_url, token=token)
+        if caps.ssh_url:
+            return dataclasses.replace(item, url=caps.ssh_url)  # the consumer's own SSH key authenticates it
+        return item
 
     def output_source(self, run: RunId, task: str, attempt: int, agent: str, path: str) -> StageInput:
         """Where a client can pull ``path`` of a finished task's output from: the producer's
@@ -478,11 +488,10 @@ class Coordinator:
             source_attempt=attempt,
         )  # fmt: skip
         token = self.grant(run=run, task=task, attempt=attempt, path=path, audience="client")
-        if not caps.reachable:
-            item = self._through_relay(item, run, token)
+        item = self._source(item, producer, run, token)
+        if item.relay:
             self._wake.set()  # the upload request goes out with the next drive pass
-            return item
-        return dataclasses.replace(item, url=caps.data_url, token=token)
+        return item
 
     def _through_relay(self, item: StageInput, run: RunId, token: str) -> StageInput:
         """The producer cannot be reached: ask it (once) to upload to the relay; the consumer pulls there."""

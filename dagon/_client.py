@@ -246,6 +246,10 @@ class Client:
             return dest
         if not source.url:
             raise DagonError(f"the output of {task!r} cannot be reached: agent {outcome.agent} serves no data")
+        if source.url.startswith("ssh://"):
+            raise DagonError(
+                f"the output of {task!r} is reachable only over SSH ({source.url}{outcome.workdir}): copy it from there"
+            )
         try:
             await pull(source.url, source.token, dest, wait_for_upload=300.0 if source.relay else 0.0)
         except TransportError as exc:

@@ -159,6 +159,7 @@ class Capabilities:
     prefetch: int = 0  # assignments the agent queues beyond its slots (hides dispatch latency)
     data_url: str = ""  # where its data server serves task outputs ("" = none)
     reachable: bool = True  # False: others cannot connect to it (NAT); its outputs go through the relay
+    ssh_url: str = ""  # ssh://user@host:port where its scratch root can be read over SFTP ("" = no)
 
 
 @dataclass(frozen=True, slots=True)
