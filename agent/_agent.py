@@ -43,6 +43,7 @@ from dagon.protocol import (
     ResultStatus,
     Signer,
     TaskAssignment,
+    TaskProgress,
     TaskRef,
     TaskResult,
     UploadOutputs,
@@ -388,9 +389,14 @@ class Agent:
                     a,
                     on_start=lambda item: self._outbox.started(reply_to, item),
                     on_finish=lambda result: self._finish(reply_to, result),
+                    on_progress=lambda note: self._progress(reply_to, a, note),
                 )
             finally:
                 self._active -= 1
+
+    async def _progress(self, reply_to: str, a: TaskAssignment, note: str) -> None:
+        message = TaskProgress(agent=self.id, run=a.run, task=a.task, attempt=a.attempt, note=note)
+        await self._publisher.send(topics.coordinator_inbox(reply_to), self.codec.encode(message))
 
     def _finish(self, reply_to: str, result: TaskResult) -> None:
         self._tasks.pop(TaskRef(result.run, result.task, result.attempt), None)

@@ -9,11 +9,12 @@ cancellation itself (re-raised after the result was recorded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -34,6 +35,7 @@ from dagon.agent._staging import (
 )
 from dagon.agent.runtimes import Execution, Outcome, PythonRuntime, RunAs, Runtime, run_process
 from dagon.protocol import (
+    DagonError,
     OutputFile,
     ResultStatus,
     StageInput,
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 
 OnStart = Callable[[StartedTask], None]
 OnFinish = Callable[[TaskResult], None]
+OnProgress = Callable[[str], Awaitable[None]]
+PROGRESS_EVERY = 2.0  # seconds between progress reports of a long staging step
 RELAY_WAIT = 300.0  # seconds a consumer waits for an unreachable producer's upload to the relay
 
 
@@ -112,8 +116,11 @@ class TaskRunner:
             return None
         return self._config.scratch / task_dir_name(a.run, a.task, a.attempt)
 
-    async def run(self, a: TaskAssignment, *, on_start: OnStart, on_finish: OnFinish) -> None:
-        """Run ``a``; report its start (once it has a directory) and always its result."""
+    async def run(
+        self, a: TaskAssignment, *, on_start: OnStart, on_finish: OnFinish, on_progress: OnProgress | None = None
+    ) -> None:
+        """Run ``a``; report its start (once it has a directory) and always its result;
+        long staging reports its progress through ``on_progress``."""
         started = time.time()
         workdir = ""
         outcome = Outcome(ResultStatus.ERROR, None, error="the agent stopped before the task ended")
@@ -123,7 +130,7 @@ class TaskRunner:
             path = self.workdir(a)
             workdir = str(path) if path is not None else ""
             on_start(StartedTask(a.run, a.task, a.attempt, started, workdir))
-            outcome, outputs = await self._run(a, path, staging)
+            outcome, outputs = await self._run(a, path, staging, on_progress)
         except asyncio.CancelledError:
             outcome = Outcome(ResultStatus.CANCELLED, None, error="cancelled")
             raise
@@ -154,7 +161,7 @@ class TaskRunner:
             )
 
     async def _run(
-        self, a: TaskAssignment, path: Path | None, staging: list[str]
+        self, a: TaskAssignment, path: Path | None, staging: list[str], on_progress: OnProgress | None = None
     ) -> tuple[Outcome, tuple[OutputFile, ...]]:
         staged: dict[str, str] = {}
         if a.inputs:
@@ -165,7 +172,7 @@ class TaskRunner:
                 mode = a.stage_mode or self._config.stage_mode
                 staged = await asyncio.to_thread(stage_inputs, local, path, host_id=self._host_id, mode=mode)
             if remote:
-                staged.update(await self._pull(remote, path, staging))
+                staged.update(await self._pull(remote, path, staging, on_progress))
         if a.runtime == "python":
             args = rewrite_value(a.args, staged)
             kwargs = rewrite_value(a.kwargs, staged)
@@ -193,11 +200,40 @@ class TaskRunner:
             outputs = await asyncio.to_thread(_manifest, path, a.outputs)
         return outcome, outputs
 
-    async def _pull(self, items: list[StageInput], workdir: Path, staging: list[str]) -> dict[str, str]:
+    async def _pull(
+        self, items: list[StageInput], workdir: Path, staging: list[str], on_progress: OnProgress | None = None
+    ) -> dict[str, str]:
         """Pull inputs produced on other hosts from their data servers (checksummed, resumable)."""
-        staged: dict[str, str] = {}
-        total = PullStats()
         began = time.monotonic()
+        live = PullStats()  # shared with the pulls: what the progress reports and the summary read
+        reporter = asyncio.create_task(self._report(live, began, on_progress)) if on_progress else None
+        try:
+            return await self._pull_all(items, workdir, staging, live, began)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+
+    @staticmethod
+    async def _report(live: PullStats, began: float, on_progress: OnProgress) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            seconds = time.monotonic() - began
+            share = f" of {_size(live.total)} ({live.bytes / live.total:.0%})" if live.total else ""
+            note = f"staging: {_size(live.bytes)}{share} in {seconds:.0f} s ({_size(live.bytes / seconds)}/s)"
+            with contextlib.suppress(DagonError):
+                await on_progress(note)
+
+    async def _pull_all(
+        self,
+        items: list[StageInput],
+        workdir: Path,
+        staging: list[str],
+        live: PullStats,
+        began: float,
+    ) -> dict[str, str]:
+        staged: dict[str, str] = {}
         sources: set[str] = set()
         ways: set[str] = set()
         for item in items:
@@ -212,29 +248,29 @@ class TaskRunner:
             async with self._transfers:
                 if item.url.startswith("ssh://"):
                     stats = await sftp_pull(item, dest, self._ssh)
+                    live.files += stats.files
+                    live.bytes += stats.bytes
                     ways.add("over sftp")
                 else:
                     try:
-                        stats = await pull(
-                            item.url, item.token, dest, concurrency=self._config.max_transfers, wait_for_upload=wait
-                        )
+                        await pull(
+                            item.url, item.token, dest, concurrency=self._config.max_transfers,
+                            wait_for_upload=wait, stats=live,
+                        )  # fmt: skip
                     except TransportError as exc:
                         via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""
                         raise StagingError(f"input {item.ref}{via}: {exc}") from None
                     ways.add("via the coordinator's relay" if item.relay else "over http")
-            total.files += stats.files
-            total.bytes += stats.bytes
-            total.retries += stats.retries
             sources.add(item.source_agent)
             staged[item.ref] = str(dest / item.path)
         seconds = time.monotonic() - began
-        rate = total.bytes / seconds if seconds > 0 else 0.0
+        rate = live.bytes / seconds if seconds > 0 else 0.0
         note = (
-            f"pulled {total.files} file(s), {_size(total.bytes)} in {seconds:.2f} s ({_size(rate)}/s)"
+            f"pulled {live.files} file(s), {_size(live.bytes)} in {seconds:.2f} s ({_size(rate)}/s)"
             f" from {', '.join(sorted(sources))} {' and '.join(sorted(ways))}"
         )
-        if total.retries:
-            note += f" ({total.retries} retried)"
+        if live.retries:
+            note += f" ({live.retries} retried)"
         staging.append(note)
         return staged
 

@@ -77,6 +77,7 @@ from dagon.protocol import (
     SubmitRun,
     TaskAssignment,
     TaskName,
+    TaskProgress,
     TaskRef,
     TasksFinished,
     TasksStarted,
@@ -404,6 +405,9 @@ class Coordinator:
         elif isinstance(msg, Ack):
             for rejection in msg.rejected:
                 pending.extend(engine.handle(TaskRejected(msg.agent, rejection), now))
+        elif isinstance(msg, TaskProgress):
+            self._on_progress(msg, now)
+            return
         elif isinstance(msg, SubmitRun):
             self._remote_submit(msg)
         elif isinstance(msg, CancelRun):
@@ -602,6 +606,18 @@ class Coordinator:
             if self._writer is not None:
                 self._writer.task_row((run, t.task, t.new.value, t.attempt, t.agent, t.cause, payload.decode()))
             self._output.task_result(run, t.task, payload)
+
+    def _on_progress(self, msg: TaskProgress, now: float) -> None:
+        """An informational event (no state change) for the current attempt only."""
+        run = self.engine.runs.get(msg.run)
+        view = run.tasks.get(msg.task) if run is not None else None
+        if view is None or view.attempt != msg.attempt or view.agent != msg.agent or view.state in TERMINAL:
+            return
+        state = view.state.value
+        event = RunEvent(msg.run, msg.task, state, state, msg.attempt, msg.agent, msg.note[:500], now)
+        for queue in self._watchers.get(msg.run, ()):
+            queue.put_nowait(event)
+        self._output.event(event)
 
     def _on_run_transition(self, t: RunTransition) -> None:
         view = self.engine.runs[t.run]

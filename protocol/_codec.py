@@ -60,6 +60,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.TasksStarted,
         m.TasksFinished,
         m.Ack,
+        m.TaskProgress,
         m.SubmitRun,
         m.CancelRun,
     )

@@ -37,6 +37,7 @@ __all__ = [
     "SubmitRun",
     "TaskAssignment",
     "TaskName",
+    "TaskProgress",
     "TaskRef",
     "TaskResult",
     "TasksFinished",
@@ -297,6 +298,18 @@ class TasksFinished(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class TaskProgress(Message):
+    """What a long step of one attempt is doing (e.g. staging: bytes so far, rate); informational."""
+
+    OP: ClassVar[str] = "progress"
+    agent: AgentId
+    run: RunId
+    task: TaskName
+    attempt: int
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ack(Message):
     """Sent for an assignment message only when some of its tasks were refused."""
 
@@ -323,5 +336,5 @@ class CancelRun(Message):
 
 
 ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs
-FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack
+FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress
 ToCoordinator = SubmitRun | CancelRun

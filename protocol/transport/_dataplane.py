@@ -278,6 +278,7 @@ class DataServer:
 
 @dataclass
 class PullStats:
+    total: int = 0  # bytes listed for this pull (known once the listing arrived)
     files: int = 0
     bytes: int = 0  # bytes received over the network (resumed parts are not counted twice)
     seconds: float = 0.0
@@ -385,23 +386,26 @@ async def pull(
     on_progress: Callable[[PullStats], Awaitable[None] | None] | None = None,
     stall_after: float = 30.0,
     wait_for_upload: float = 0.0,
+    stats: PullStats | None = None,
 ) -> PullStats:
     """Download every file ``token`` covers from the data server at ``url`` into ``dest``.
 
     ``stall_after`` bounds connecting and each wait for data (not the whole transfer).
     ``wait_for_upload`` (seconds) keeps asking a relay whose upload is not complete yet.
+    ``stats`` (optional) is updated while the pull runs, for progress reports.
 
     Raises:
         TransportError: the server refused, or a file still failed after ``retries``
             attempts (corrupt or unreachable); the message says which file and why.
     """
-    stats = PullStats()
+    stats = stats if stats is not None else PullStats()
     started = time.monotonic()
     limit = asyncio.Semaphore(concurrency)
     client_timeout = ClientTimeout(total=None, sock_connect=stall_after, sock_read=stall_after)
     try:
         async with ClientSession(timeout=client_timeout) as session:
             files = await _list_files(session, url, token, wait=wait_for_upload)
+            stats.total += sum(int(entry["size"]) for entry in files)
 
             async def one(entry: dict[str, Any]) -> None:
                 async with limit:

@@ -6,10 +6,12 @@ import contextlib
 import hashlib
 from pathlib import Path
 
+import pytest
 from _keys import agent_security, coordinator_security
 
 import dagon
 from dagon.agent import Agent, load_agent_config
+from dagon.agent import _runner as runner_module
 from dagon.core import Coordinator, RunState
 from dagon.protocol.transport import MemoryHub, pull
 
@@ -73,3 +75,24 @@ async def test_without_a_relay_the_consumer_says_what_is_missing(tmp_path: Path)
         result = await coordinator.wait(await coordinator.submit(wf))
     assert result.state is RunState.FAILED
     assert "serves no data" in result["analyse"].cause
+
+
+async def test_long_staging_reports_progress_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner_module, "PROGRESS_EVERY", 0.02)
+    hub = MemoryHub()
+    wf = dagon.Workflow("progress")
+    wf.shell("make", "head -c 60000000 /dev/urandom > big.bin", agent="a")
+    wf.shell("use", "test -s workflow:///make/big.bin", agent="b")
+    async with contextlib.AsyncExitStack() as stack:
+        coordinator = await stack.enter_async_context(
+            Coordinator(connect=lambda will: hub.transport(will=will), coordinator_id="c", **coordinator_security())
+        )
+        await stack.enter_async_context(agent(hub, tmp_path, "a", host_id="one"))
+        await stack.enter_async_context(agent(hub, tmp_path, "b", host_id="two"))
+        await coordinator.wait_for_agents(2)
+        run = await coordinator.submit(wf)
+        events = [e async for e in coordinator.events(run)]
+    notes = [e for e in events if e.task == "use" and e.cause.startswith("staging: ")]
+    assert notes, [e.cause for e in events]
+    assert all(e.state == e.old and e.agent == "b" for e in notes)  # informational: no state change
+    assert "of 57.2 MiB" in notes[-1].cause
