@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
-from dagon.agent._config import AgentConfig, check_scratch_reachable
+from dagon.agent._config import AgentConfig, check_scratch_reachable, data_server_tls
 from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
@@ -115,6 +115,7 @@ class Agent:
             host=config.data_host,
             port=config.data_port,
             max_transfers=config.max_transfers,
+            tls=data_server_tls(config),
         )
         names = [r.name for r in runtimes]
         if len(set(names)) != len(names) or {"process", "python"} & set(names):

@@ -15,6 +15,8 @@
 | host identity | — | ``DAGON_HOST_ID`` | ``host_id`` | ``/etc/machine-id`` (agents sharing it link files) |
 | SSH access to this host | — | ``DAGON_SSH_URL`` | ``ssh_url`` | none (``ssh://user@host:port``) |
 | serve outputs over HTTP | ``--no-data-server`` | ``DAGON_SERVE_DATA`` | ``serve_data`` | true |
+| data server TLS | — | ``DAGON_DATA_TLS_CERT``, ``_KEY`` | ``data_tls_cert``, ``data_tls_key`` | none (plain HTTP) |
+| CA for peers' data servers | — | ``DAGON_DATA_TLS_CA`` | ``data_tls_ca`` | the system's CAs |
 | own SSH key for SFTP | — | ``DAGON_SSH_KEY`` | ``ssh_key`` | none |
 | trusted SSH host keys | — | ``DAGON_SSH_KNOWN_HOSTS`` | ``ssh_known_hosts`` | ``~/.ssh/known_hosts`` |
 | reachable by others | ``--unreachable`` | ``DAGON_REACHABLE`` | ``reachable`` | true (false: via the relay) |
@@ -40,6 +42,7 @@ import os
 import pwd
 import re
 import socket
+import ssl
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -53,6 +56,8 @@ __all__ = [
     "AgentConfig",
     "StageMode",
     "check_scratch_reachable",
+    "data_client_tls",
+    "data_server_tls",
     "default_home",
     "load_agent_config",
     "parse_labels",
@@ -105,6 +110,8 @@ class AgentConfig:
         serve_data: run the HTTP data server (off: outputs are read over SSH or relayed).
         ssh_url: ``ssh://user@host:port`` other agents may read this scratch root from over SFTP.
         ssh_key, ssh_known_hosts: this agent's key for SFTP staging, and the host keys it trusts.
+        data_tls_cert, data_tls_key: serve the data server over HTTPS with this certificate.
+        data_tls_ca: CA bundle that signed peers' data server certificates.
     """
 
     agent_id: str
@@ -137,6 +144,9 @@ class AgentConfig:
     ssh_url: str | None = None
     ssh_key: Path | None = None
     ssh_known_hosts: Path | None = None
+    data_tls_cert: Path | None = None
+    data_tls_key: Path | None = None
+    data_tls_ca: Path | None = None
 
     def __post_init__(self) -> None:
         if not _ID_RE.fullmatch(self.agent_id):
@@ -164,6 +174,8 @@ class AgentConfig:
             raise ConfigError(f"data_port must be a TCP port (0: any free one), got {self.data_port}")
         if self.max_transfers < 1:
             raise ConfigError(f"max_transfers must be at least 1, got {self.max_transfers}")
+        if (self.data_tls_cert is None) != (self.data_tls_key is None):
+            raise ConfigError("data_tls_cert and data_tls_key go together: set both or neither")
         if self.ssh_url is not None and not self.ssh_url.startswith("ssh://"):
             raise ConfigError(f"ssh_url must look like ssh://user@host:port, got {self.ssh_url!r}")
         if self.data_url is not None and not self.data_url.startswith(("http://", "https://")):
@@ -308,6 +320,32 @@ def _run_as(name: str) -> str:
     return name
 
 
+def data_server_tls(config: AgentConfig) -> ssl.SSLContext | None:
+    """The data server's TLS context, or None for plain HTTP.
+
+    Raises:
+        ConfigError: the certificate or key cannot be loaded.
+    """
+    if config.data_tls_cert is None or config.data_tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.data_tls_cert, config.data_tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the data server certificate {config.data_tls_cert}: {exc}") from None
+    return context
+
+
+def data_client_tls(config: AgentConfig) -> ssl.SSLContext | None:
+    """How this agent verifies peers' HTTPS data servers (None: the system's CAs)."""
+    if config.data_tls_ca is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(config.data_tls_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the data CA bundle {config.data_tls_ca}: {exc}") from None
+
+
 def check_scratch_reachable(scratch: Path, user: str) -> None:
     """Tasks running as ``user`` must reach their directories by absolute path.
 
@@ -394,7 +432,7 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
         kwargs["serve_data"] = _bool(value, "serve_data")
     if (value := pick("ssh_url", "DAGON_SSH_URL")) is not None:
         kwargs["ssh_url"] = _str(value, "ssh_url")
-    for key in ("ssh_key", "ssh_known_hosts"):
+    for key in ("ssh_key", "ssh_known_hosts", "data_tls_cert", "data_tls_key", "data_tls_ca"):
         if (value := pick(key, f"DAGON_{key.upper()}")) is not None:
             kwargs[key] = Path(_str(value, key)).expanduser()
     if (value := pick("run_as", "DAGON_RUN_AS")) is not None:

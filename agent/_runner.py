@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from dagon.agent._config import AgentConfig
+from dagon.agent._config import AgentConfig, data_client_tls
 from dagon.agent._secrets import SecretError, Secrets
 from dagon.agent._sftp import SshAccess, sftp_pull
 from dagon.agent._staging import (
@@ -100,6 +100,7 @@ class TaskRunner:
         self._secrets = secrets or Secrets()
         self._run_as = RunAs.lookup(config.run_as) if config.run_as else None
         self._transfers = asyncio.Semaphore(config.max_transfers)
+        self._tls = data_client_tls(config)
         self._ssh = (
             SshAccess(config.ssh_key, config.ssh_known_hosts or Path.home() / ".ssh" / "known_hosts")
             if config.ssh_key is not None
@@ -255,7 +256,7 @@ class TaskRunner:
                     try:
                         await pull(
                             item.url, item.token, dest, concurrency=self._config.max_transfers,
-                            wait_for_upload=wait, stats=live,
+                            wait_for_upload=wait, stats=live, tls=self._tls,
                         )  # fmt: skip
                     except TransportError as exc:
                         via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""

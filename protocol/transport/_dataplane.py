@@ -22,13 +22,14 @@ import hashlib
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 from dagon.protocol._errors import DagonError, ProtocolError, TransportError
 from dagon.protocol._grants import Grant, covers
@@ -132,6 +133,7 @@ class DataServer:
             manifest) under grants with op ``write``; a directory is listed only once
             its manifest has arrived, so consumers never see half an upload.
         max_transfers: concurrent requests served; more wait.
+        tls: serve HTTPS with this server context (certificate and key loaded).
     """
 
     def __init__(
@@ -143,12 +145,14 @@ class DataServer:
         port: int = 0,
         uploads: bool = False,
         max_transfers: int = 16,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._authorize = authorize
         self._locate = locate
         self._host = host
         self._port = port
         self._uploads = uploads
+        self._tls = tls
         self._limit = asyncio.Semaphore(max_transfers)
         self._runner: web.AppRunner | None = None
         self.stats = ServerStats()
@@ -157,7 +161,7 @@ class DataServer:
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
 
     async def __aenter__(self) -> DataServer:
         app = web.Application(client_max_size=1 << 20, middlewares=[self._count_refusals])
@@ -168,7 +172,7 @@ class DataServer:
             app.router.add_put("/v1/manifest", self._put_manifest)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._tls)
         await site.start()
         server = site._server  # the bound socket: port 0 becomes the real port
         sockets = getattr(server, "sockets", None) or []
@@ -387,12 +391,14 @@ async def pull(
     stall_after: float = 30.0,
     wait_for_upload: float = 0.0,
     stats: PullStats | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> PullStats:
     """Download every file ``token`` covers from the data server at ``url`` into ``dest``.
 
     ``stall_after`` bounds connecting and each wait for data (not the whole transfer).
     ``wait_for_upload`` (seconds) keeps asking a relay whose upload is not complete yet.
     ``stats`` (optional) is updated while the pull runs, for progress reports.
+    ``tls`` verifies ``https://`` servers (default: the system's CAs).
 
     Raises:
         TransportError: the server refused, or a file still failed after ``retries``
@@ -403,7 +409,7 @@ async def pull(
     limit = asyncio.Semaphore(concurrency)
     client_timeout = ClientTimeout(total=None, sock_connect=stall_after, sock_read=stall_after)
     try:
-        async with ClientSession(timeout=client_timeout) as session:
+        async with ClientSession(timeout=client_timeout, connector=_connector(tls)) as session:
             files = await _list_files(session, url, token, wait=wait_for_upload)
             stats.total += sum(int(entry["size"]) for entry in files)
 
@@ -466,7 +472,13 @@ def _check_listed(path: str) -> None:
         raise TransportError(f"data server listed an unsafe path {path!r}")
 
 
-async def push(url: str, token: str, root: Path, scope: str, *, stall_after: float = 30.0) -> int:
+def _connector(tls: ssl.SSLContext | None) -> TCPConnector:
+    return TCPConnector(ssl=tls if tls is not None else True)
+
+
+async def push(
+    url: str, token: str, root: Path, scope: str, *, stall_after: float = 30.0, tls: ssl.SSLContext | None = None
+) -> int:
     """Upload the files of ``root`` that ``scope`` covers to the relay at ``url``, then their
     manifest (which completes the upload). Returns the bytes sent.
 
@@ -480,7 +492,7 @@ async def push(url: str, token: str, root: Path, scope: str, *, stall_after: flo
     sent = 0
     timeout = ClientTimeout(total=None, sock_connect=stall_after, sock_read=stall_after)
     try:
-        async with ClientSession(timeout=timeout) as session:
+        async with ClientSession(timeout=timeout, connector=_connector(tls)) as session:
             for entry in files:
                 with (root / entry["path"]).open("rb") as data:
                     async with session.put(f"{url}/v1/files/{entry['path']}", data=data, headers=headers) as r:
