@@ -7,22 +7,14 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from _keys import agent_security, coordinator_security
+from _keys import coordinator_security
 
 import dagon
-from dagon.agent import Agent, load_agent_config
 from dagon.agent import _runner as runner_module
 from dagon.core import Coordinator, RunState
 from dagon.protocol.transport import MemoryHub, pull
 
-
-def agent(hub: MemoryHub, tmp: Path, name: str, **flags: object) -> Agent:
-    config = load_agent_config(
-        config_file=None,
-        env={"DAGON_HOME": str(tmp / name)},
-        flags={"id": name, "scratch": str(tmp / name / "scratch"), **flags},
-    )
-    return Agent(config=config, connect=lambda will: hub.transport(will=will), **agent_security())
+from ._stack import hub_agent as agent
 
 
 async def test_outputs_of_an_unreachable_agent_travel_through_the_relay(tmp_path: Path) -> None:
