@@ -501,21 +501,21 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         records = store.list_runs(limit=max(1, args.limit))
     finally:
         store.close()
-    rows = [
-        {"run": r.id, "workflow": r.workflow, "state": r.state, "cause": r.cause,
-         "submitted_at": r.submitted_at, "finished_at": r.finished_at}
-        for r in records
-    ]  # fmt: skip
     if args.json:
+        rows = [
+            {"run": r.id, "workflow": r.workflow, "state": r.state, "cause": r.cause,
+             "submitted_at": r.submitted_at, "finished_at": r.finished_at}
+            for r in records
+        ]  # fmt: skip
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
-    table = Table(title=f"{len(rows)} most recent run(s) in {path}")
+    table = Table(title=f"{len(records)} most recent run(s) in {path}")
     for col in ("run", "workflow", "state", "submitted", "took", "cause"):
         table.add_column(col)
-    for r in rows:
-        took = f"{r['finished_at'] - r['submitted_at']:.1f} s" if r["finished_at"] else ""
-        submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["submitted_at"]))
-        table.add_row(r["run"], r["workflow"], r["state"], submitted, took, r["cause"][:60])
+    for r in records:
+        took = f"{r.finished_at - r.submitted_at:.1f} s" if r.finished_at else ""
+        submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.submitted_at))
+        table.add_row(r.id, r.workflow, r.state, submitted, took, r.cause[:60])
     Console().print(table)
     return 0
 
