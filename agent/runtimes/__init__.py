@@ -1,10 +1,13 @@
 """Agent runtimes: how a task's command actually runs."""
 
 from dagon.agent.runtimes._base import Execution, Outcome, Runtime
+from dagon.agent.runtimes._docker import DockerRuntime, docker_config
 from dagon.agent.runtimes._process import KILL_GRACE, STDERR_TAIL, run_process
 from dagon.agent.runtimes._python import MAX_VALUE_BYTES, PythonRuntime, resolve_callable
 
 __all__ = [
+    "DockerRuntime",
+    "docker_config",
     "KILL_GRACE",
     "Execution",
     "MAX_VALUE_BYTES",

@@ -1,0 +1,223 @@
+"""The Docker runtime: one container per attempt, through the Docker Engine API (aiodocker).
+
+The task's scratch directory is bind-mounted at the *same* absolute path and is
+the container's working directory, so the ``workflow://`` references the agent
+rewrote to absolute paths stay valid inside. The container runs the command with
+``/bin/sh -c`` (``shell`` option), as the agent's uid:gid unless ``user`` says
+otherwise (outputs stay owned by the agent), with no network unless ``network``
+says otherwise, and with the task's ``cpus``/``memory`` as hard limits.
+
+Options (``Task.runtime_options``): ``image`` (required), ``pull`` (``never``,
+``if-missing`` — the default —, ``always``), ``user``, ``network`` (default
+``none``), ``devices`` (``HOST[:CONTAINER[:PERMS]]``), ``volumes``
+(``SRC:DST[:ro]``), ``gpus`` (``"all"`` or a count), ``shell``.
+
+Every attempt ends with the container removed: after its exit, on timeout and on
+cancellation (removal is shielded from further cancellation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from dagon.agent.runtimes._base import Execution, Outcome, Runtime
+from dagon.agent.runtimes._mounts import outside_link_targets
+from dagon.agent.runtimes._process import STDERR_TAIL, _finish
+from dagon.protocol import ResultStatus
+
+if TYPE_CHECKING:
+    import aiodocker
+
+__all__ = ["DEFAULT_DOCKER_URL", "DockerRuntime", "docker_config"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DOCKER_URL: Final = "unix:///var/run/docker.sock"
+PULL_POLICIES: Final = ("never", "if-missing", "always")
+STOP_GRACE: Final = 2
+_NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+class DockerError(Exception):
+    """An option or the engine refused the container (ends the attempt as ERROR)."""
+
+
+def _device(spec: str) -> dict[str, str]:
+    parts = spec.split(":")
+    if not 1 <= len(parts) <= 3 or not parts[0]:
+        raise DockerError(f"device {spec!r} is not HOST[:CONTAINER[:PERMISSIONS]]")
+    host = parts[0]
+    inside = parts[1] if len(parts) > 1 and parts[1] else host
+    perms = parts[2] if len(parts) > 2 else "rwm"
+    return {"PathOnHost": host, "PathInContainer": inside, "CgroupPermissions": perms}
+
+
+def _gpus(value: Any) -> list[dict[str, Any]]:
+    count = -1 if value in ("all", -1) else int(value)
+    return [{"Driver": "", "Count": count, "Capabilities": [["gpu"]]}]
+
+
+def docker_config(execution: Execution, *, uid: int | None = None, gid: int | None = None) -> dict[str, Any]:
+    """The Engine API ``ContainerCreate`` body for ``execution`` (pure; no I/O but a directory walk).
+
+    Raises:
+        DockerError: an option is malformed (the message names it).
+    """
+    a = execution.assignment
+    opts = a.runtime_options
+    workdir = str(execution.workdir)
+    binds = [f"{workdir}:{workdir}:rw"]
+    binds += [f"{p}:{p}:ro" for p in outside_link_targets(execution.workdir)]
+    for volume in opts.get("volumes", ()):
+        if ":" not in volume:
+            raise DockerError(f"volume {volume!r} is not SRC:DST[:ro]")
+        binds.append(volume)
+    host: dict[str, Any] = {
+        "Binds": binds,
+        "NetworkMode": str(opts.get("network", "none")),
+        "Devices": [_device(d) for d in opts.get("devices", ())],
+        "AutoRemove": False,  # removed by us after the logs were read
+    }
+    if a.cpus > 0:
+        host["NanoCpus"] = int(a.cpus * 1e9)
+    if a.memory > 0:
+        host["Memory"] = int(a.memory)
+        host["MemorySwap"] = int(a.memory)  # no swap beyond the limit
+    if "gpus" in opts:
+        host["DeviceRequests"] = _gpus(opts["gpus"])
+    user = opts.get("user")
+    if user is None:
+        user = f"{os.getuid() if uid is None else uid}:{os.getgid() if gid is None else gid}"
+    return {
+        "Image": str(opts["image"]),
+        "Entrypoint": [str(opts.get("shell", "/bin/sh")), "-c"],
+        "Cmd": [execution.command],
+        "WorkingDir": workdir,
+        "Env": [f"{k}={v}" for k, v in execution.env.items()],
+        "User": str(user),
+        "Labels": {"dagon.run": a.run, "dagon.task": a.task, "dagon.attempt": str(a.attempt)},
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "HostConfig": host,
+    }
+
+
+def _write_logs(path: Path, chunks: list[str]) -> str:
+    data = "".join(chunks)
+    path.write_text(data)
+    return data[-STDERR_TAIL:]
+
+
+class DockerRuntime(Runtime):
+    """Runs ``runtime="docker"`` tasks in containers of a Docker engine.
+
+    Args:
+        url: the engine's API (``unix:///…`` or ``tcp://…``); default ``$DOCKER_HOST``
+            or the standard socket.
+    """
+
+    name: ClassVar[str] = "docker"
+
+    def __init__(self, *, url: str | None = None) -> None:
+        self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
+        self._client: aiodocker.Docker | None = None
+        self._pulls: dict[str, asyncio.Lock] = {}
+
+    def _docker(self) -> aiodocker.Docker:
+        if self._client is None:
+            import aiodocker  # optional dependency: the `docker` extra
+
+            self._client = aiodocker.Docker(url=self.url)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def _ensure_image(self, image: str, policy: str) -> None:
+        import aiodocker
+
+        docker = self._docker()
+        # One pull per image at a time: concurrent tasks of one image wait for it.
+        async with self._pulls.setdefault(image, asyncio.Lock()):
+            if policy != "always":
+                try:
+                    await docker.images.inspect(image)
+                    return
+                except aiodocker.DockerError as exc:
+                    if exc.status != 404:
+                        raise
+                if policy == "never":
+                    raise DockerError(f"image {image!r} is not present and the pull policy is 'never'")
+            log.info("pulling image %s", image)
+            name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+            await docker.images.pull(name, tag=tag or "latest")
+
+    async def run(self, execution: Execution) -> Outcome:
+        import aiodocker
+
+        a = execution.assignment
+        policy = str(a.runtime_options.get("pull", "if-missing"))
+        try:
+            if policy not in PULL_POLICIES:
+                raise DockerError(f"pull policy {policy!r} is not one of {', '.join(PULL_POLICIES)}")
+            if not a.runtime_options.get("image"):
+                raise DockerError("runtime_options has no 'image'")
+            config = await asyncio.to_thread(docker_config, execution)
+            await self._ensure_image(config["Image"], policy)
+            name = _NAME_BAD.sub("_", f"dagon-{a.run}-{a.task}-{a.attempt}-{os.urandom(3).hex()}")[:200]
+            container = await self._docker().containers.create(config, name=name)
+        except DockerError as exc:
+            return Outcome(ResultStatus.ERROR, None, error=str(exc))
+        except aiodocker.DockerError as exc:
+            return Outcome(ResultStatus.ERROR, None, error=f"docker refused the container: {exc.message}")
+        try:
+            return await self._run_container(container, execution)
+        except asyncio.CancelledError:
+            await _finish(asyncio.ensure_future(self._remove(container)))
+            raise
+        except aiodocker.DockerError as exc:
+            await self._remove(container)
+            return Outcome(ResultStatus.ERROR, None, error=f"docker error: {exc.message}")
+
+    async def _run_container(self, container: aiodocker.containers.DockerContainer, execution: Execution) -> Outcome:
+        a = execution.assignment
+        await container.start()
+        status = ResultStatus.SUCCEEDED
+        code: int | None = None
+        try:
+            async with asyncio.timeout(a.timeout):
+                result = await container.wait(timeout=None)
+            code = int(result["StatusCode"])
+        except TimeoutError:
+            status = ResultStatus.TIMEOUT
+            with contextlib.suppress(Exception):
+                await container.stop(t=STOP_GRACE)
+            info = await container.show()
+            code = int(info["State"]["ExitCode"])
+        out = await container.log(stdout=True, timeout=None)
+        err = await container.log(stderr=True, timeout=None)
+        await asyncio.to_thread(_write_logs, execution.stdout, out)
+        tail = await asyncio.to_thread(_write_logs, execution.stderr, err)
+        await self._remove(container)
+        if status is ResultStatus.SUCCEEDED and code != 0:
+            status = ResultStatus.FAILED
+        error = f"container stopped after the {a.timeout:g} s timeout" if status is ResultStatus.TIMEOUT else ""
+        if code == 137 and status is ResultStatus.FAILED:
+            error = "the container was killed (exit 137: out of memory or SIGKILL)"
+        return Outcome(status, code, error=error, stderr_tail=tail)
+
+    @staticmethod
+    async def _remove(container: aiodocker.containers.DockerContainer) -> None:
+        # force: a running container is killed first; errors only logged (already gone, engine down).
+        try:
+            await container.delete(force=True, v=True)
+        except Exception as exc:
+            log.warning("could not remove container %s: %s", container.id, exc)
