@@ -9,6 +9,7 @@
 | slots | ``--slots`` | ``DAGON_SLOTS`` | ``slots`` | CPU count |
 | home | — | ``DAGON_HOME`` | ``home`` | ``$XDG_STATE_HOME/dagon`` or ``~/.local/state/dagon`` |
 | MQTT version | — | ``DAGON_MQTT_PROTOCOL`` | ``mqtt_protocol`` | ``"5"`` (``"3.1.1"`` for amqtt) |
+| container runtimes | ``--runtimes docker,…`` | ``DAGON_RUNTIMES`` | ``runtimes`` (list) | ``auto``: detected |
 
 Further TOML-only keys: ``prefetch`` (assignments queued beyond the slots so a
 slot never idles waiting for the coordinator; default: as many as slots),
@@ -63,6 +64,8 @@ class AgentConfig:
         python_workers: size of that pool (0: as many as slots).
         mqtt_protocol: ``"5"`` or ``"3.1.1"``.
         max_message_size: largest message accepted or sent, in bytes.
+        runtimes: container runtimes to offer (``docker``, ``charliecloud``,
+            ``apptainer``); ``None`` detects the ones that work here, ``()`` offers none.
     """
 
     agent_id: str
@@ -78,6 +81,7 @@ class AgentConfig:
     python_workers: int = 0
     mqtt_protocol: MqttProtocol = "5"
     max_message_size: int = DEFAULT_MAX_SIZE
+    runtimes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _ID_RE.fullmatch(self.agent_id):
@@ -267,4 +271,23 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
             kwargs[key] = _str(value, key)
     if (value := pick("heartbeat_interval")) is not None:
         kwargs["heartbeat_interval"] = _float(value, "heartbeat_interval")
+    if (value := pick("runtimes", "DAGON_RUNTIMES")) is not None:
+        kwargs["runtimes"] = _runtimes(value)
     return AgentConfig(**kwargs)
+
+
+def _runtimes(value: Any) -> tuple[str, ...] | None:
+    """``"docker,charliecloud"`` or a TOML list; ``auto`` detects, ``none`` (or empty) offers none."""
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise ConfigError(f"runtimes must be a list of names or 'a,b', got {value!r}")
+    if items == ["auto"]:
+        return None
+    if items in ([], ["none"]):
+        return ()
+    if "auto" in items or "none" in items:
+        raise ConfigError("runtimes: 'auto' and 'none' cannot be combined with runtime names")
+    return tuple(items)

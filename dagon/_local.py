@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from dagon.agent import Agent, load_agent_config
+from dagon.agent.runtimes import select_runtimes
 from dagon.protocol.transport import MqttTransport, Transport, Will
 
 __all__ = ["start_embedded_agent"]
@@ -28,4 +29,5 @@ async def start_embedded_agent(stack: AsyncExitStack, *, url: str, home: Path, s
     def connect(will: Will) -> Transport:
         return MqttTransport(url, client_id=f"dagon-agent-{config.agent_id}", will=will, protocol="3.1.1")
 
-    return await stack.enter_async_context(Agent(config=config, connect=connect))
+    runtimes = await select_runtimes(config.runtimes, home=config.home, scratch=config.scratch)
+    return await stack.enter_async_context(Agent(config=config, connect=connect, runtimes=runtimes))

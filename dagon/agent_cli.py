@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from dagon.agent import Agent, AgentConfig, load_agent_config
+from dagon.agent.runtimes import select_runtimes
 from dagon.protocol import ConfigError, DagonError
 from dagon.protocol.transport import MqttTransport, Transport, Will, redact_url
 
@@ -27,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="placement labels, e.g. site=lab,gpu=no (default: $DAGON_LABELS)")
     p.add_argument("--slots", type=int, help="tasks run at once (default: $DAGON_SLOTS or the CPU count)")
     p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument(
+        "--runtimes",
+        help="container runtimes to offer: docker,charliecloud,apptainer, 'auto' (detect) or 'none'"
+        " (default: $DAGON_RUNTIMES or auto)",
+    )
     p.add_argument(
         "--log-level",
         type=str.upper,
@@ -46,7 +52,8 @@ async def _serve(config: AgentConfig) -> None:
             config.broker, client_id=f"dagon-agent-{config.agent_id}", will=will, protocol=config.mqtt_protocol
         )
 
-    async with Agent(config=config, connect=connect) as agent:
+    runtimes = await select_runtimes(config.runtimes, home=config.home, scratch=config.scratch)
+    async with Agent(config=config, connect=connect, runtimes=runtimes) as agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Only wakes serve_forever: leaving the block does the graceful shutdown.
@@ -67,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         0 after a clean shutdown, 2 for a configuration or connection error.
     """
     args = _parser().parse_args(argv)
-    flags = {"broker": args.broker, "id": args.id, "scratch": args.scratch, "labels": args.labels, "slots": args.slots}
+    flags = {
+        "broker": args.broker, "id": args.id, "scratch": args.scratch, "labels": args.labels, "slots": args.slots,
+        "runtimes": args.runtimes,
+    }  # fmt: skip
     try:
         config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)
         if not config.broker:
