@@ -1,5 +1,6 @@
 """Runtimes compared: the same 3-task pipeline (A -> B -> C, a file passed on through
-``workflow://``) with the process, Docker and Charliecloud runtimes, on this machine.
+``workflow://``) with the process, Docker (a container per task, and ``reuse``) and Charliecloud
+runtimes, on this machine.
 
 Real components only: a real Mosquitto, one real ``dagon-agent`` process offering
 all three runtimes, a private dockerd (started and stopped here, by PID, with the
@@ -42,7 +43,8 @@ from _harness import Agents, mosquitto, print_table, workspace
 
 import dagon
 
-RUNTIMES = ("process", "docker", "charliecloud")
+# docker-reuse: the Docker runtime with reuse=true (docker exec in a long-lived container).
+RUNTIMES = ("process", "docker", "docker-reuse", "charliecloud")
 COMMANDS = (
     ("A", "seq 1 50000 > a.txt"),
     ("B", "sort -r workflow:///A/a.txt | md5sum > b.txt"),
@@ -56,6 +58,8 @@ def pipeline(runtime: str, image: str, n: int) -> dagon.Workflow:
     for name, command in COMMANDS:
         if runtime == "process":
             wf.shell(name, command)
+        elif runtime == "docker-reuse":
+            wf.container(name, image=image, command=command, runtime="docker", reuse=True)
         else:
             wf.container(name, image=image, command=command, runtime=runtime)
     return wf
@@ -115,7 +119,7 @@ async def measure(url: str, agent_pid: int, images: dict[str, str], runs: int) -
         for n in range(runs + 1):  # run 0 warms caches (image layers, page cache) and is not counted
             for runtime in RUNTIMES:
                 cpu0 = _busy_cpu()
-                with PeakRss(agent_pid, engine=runtime == "docker") as rss:
+                with PeakRss(agent_pid, engine=runtime.startswith("docker")) as rss:
                     start = time.perf_counter()
                     handle = await client.submit(pipeline(runtime, images[runtime], n))
                     result = await handle.wait()
@@ -130,8 +134,8 @@ async def measure(url: str, agent_pid: int, images: dict[str, str], runs: int) -
 
 def svg_bars(path: Path, title: str, series: dict[str, dict[str, float]], units: dict[str, str]) -> None:
     """A small grouped bar chart: one panel per metric, one bar per runtime."""
-    colours = {"process": "#4c78a8", "docker": "#f58518", "charliecloud": "#54a24b"}
-    panel_w, panel_h, top, bottom = 230, 220, 50, 40
+    colours = {"process": "#4c78a8", "docker": "#f58518", "docker-reuse": "#e45756", "charliecloud": "#54a24b"}
+    panel_w, panel_h, top, bottom = 300, 220, 50, 40
     width = panel_w * len(series) + 20
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{panel_h + top + bottom}" '
@@ -176,7 +180,12 @@ def main() -> int:
             engine.start()
             engine.import_busybox()
             ch_image = busybox_rootfs(root / "ch-busybox")
-            images = {"process": "", "docker": BUSYBOX_IMAGE, "charliecloud": str(ch_image)}
+            images = {
+                "process": "",
+                "docker": BUSYBOX_IMAGE,
+                "docker-reuse": BUSYBOX_IMAGE,
+                "charliecloud": str(ch_image),
+            }
             os.environ["DOCKER_HOST"] = engine.url  # the agent process finds the private engine
             with Agents(url, 1, slots=2, root=root, extra=["--runtimes", "docker,charliecloud"]) as agents:
                 samples = asyncio.run(measure(url, agents.procs[0].pid, images, args.runs))

@@ -19,7 +19,7 @@ __all__ = ["CONTAINER_OPTIONS", "CONTAINER_RUNTIMES", "check_container_options"]
 _COMMON: Final = frozenset({"image", "shell"})
 # None: any key is accepted here (the agent-side runtime validates them).
 CONTAINER_OPTIONS: Final[Mapping[str, frozenset[str] | None]] = {
-    "docker": _COMMON | {"pull", "user", "devices", "network", "volumes", "gpus"},
+    "docker": _COMMON | {"pull", "user", "devices", "network", "volumes", "gpus", "reuse"},
     "apptainer": _COMMON
     | {"binds", "writable_tmpfs", "overlay", "nv", "rocm", "contain", "cleanenv", "executable", "pull"},
     "charliecloud": _COMMON | {"binds", "write", "private_tmp"},
@@ -71,7 +71,7 @@ def check_container_options(task: str, runtime: str, options: Mapping[str, Any])
         raise ValidationError(
             f"task {task!r}: pull must be one of {', '.join(_PULL)}, got {options['pull']!r}", tasks=[task]
         )
-    for key in ("writable_tmpfs", "nv", "rocm", "contain", "cleanenv", "write", "private_tmp"):
+    for key in ("reuse", "writable_tmpfs", "nv", "rocm", "contain", "cleanenv", "write", "private_tmp"):
         if key in options and not isinstance(options[key], bool):
             raise ValidationError(f"task {task!r}: {key} must be true or false, got {options[key]!r}", tasks=[task])
     for key in ("user", "network", "shell", "overlay", "executable", "gpus"):

@@ -78,7 +78,7 @@ def build_runtimes(names: Sequence[str], *, home: Path, scratch: Path, docker_ur
     runtimes: list[Runtime] = []
     for name in dict.fromkeys(names):
         if name == "docker":
-            runtimes.append(DockerRuntime(url=docker_url))
+            runtimes.append(DockerRuntime(url=docker_url, scratch_root=scratch))
         elif name == "charliecloud":
             runtimes.append(CharliecloudRuntime(scratch_root=scratch))
         elif name == "apptainer":

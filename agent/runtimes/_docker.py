@@ -14,6 +14,15 @@ Options (``Task.runtime_options``): ``image`` (required), ``pull`` (``never``,
 
 Every attempt ends with the container removed: after its exit, on timeout and on
 cancellation (removal is shielded from further cancellation).
+
+``reuse: true`` trades isolation for start-up time (many short tasks): the task
+runs through ``docker exec`` in a long-lived container that mounts the agent's
+whole scratch root at the same path (the runtime must be given ``scratch_root``).
+Each container of the pool serves one task at a time; one that a task timed out
+or was cancelled in is removed (there is no API to kill an exec'd process), the
+others are removed when the runtime closes. Processes a task leaves running in
+the background may outlive it in a reused container: reuse is for short,
+well-behaved commands.
 """
 
 from __future__ import annotations
@@ -108,10 +117,41 @@ def docker_config(execution: Execution, *, uid: int | None = None, gid: int | No
     }
 
 
+def _reuse_config(config: dict[str, Any], execution: Execution, scratch_root: Path) -> dict[str, Any]:
+    """A long-lived container for ``reuse``: the scratch root instead of the task's directory, idling."""
+    workdir = str(execution.workdir)
+    root = str(scratch_root)
+    host = dict(config["HostConfig"])
+    host["Binds"] = [f"{root}:{root}:rw", *(b for b in host["Binds"] if not b.startswith(f"{workdir}:"))]
+    labels = {"dagon.reuse": "1"}
+    return {
+        **config,
+        "Entrypoint": [config["Entrypoint"][0], "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
+        "Cmd": [],
+        "WorkingDir": root,
+        "Env": [],
+        "Labels": labels,
+        "HostConfig": host,
+    }
+
+
+def _reuse_key(config: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(config, sort_keys=True)
+
+
 def _write_logs(path: Path, chunks: list[str]) -> str:
     data = "".join(chunks)
     path.write_text(data)
     return data[-STDERR_TAIL:]
+
+
+def _tail(path: Path) -> str:
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - STDERR_TAIL))
+        return f.read().decode(errors="replace")
 
 
 class DockerRuntime(Runtime):
@@ -120,14 +160,18 @@ class DockerRuntime(Runtime):
     Args:
         url: the engine's API (``unix:///…`` or ``tcp://…``); default ``$DOCKER_HOST``
             or the standard socket.
+        scratch_root: the agent's scratch root (needed by ``reuse`` only).
     """
 
     name: ClassVar[str] = "docker"
 
-    def __init__(self, *, url: str | None = None) -> None:
+    def __init__(self, *, url: str | None = None, scratch_root: Path | None = None) -> None:
         self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
+        self.scratch_root = scratch_root
         self._client: aiodocker.Docker | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
+        self._idle: dict[str, list[aiodocker.containers.DockerContainer]] = {}
+        self._pooled: dict[str, aiodocker.containers.DockerContainer] = {}
 
     def _docker(self) -> aiodocker.Docker:
         if self._client is None:
@@ -137,6 +181,10 @@ class DockerRuntime(Runtime):
         return self._client
 
     async def aclose(self) -> None:
+        pooled, self._pooled = list(self._pooled.values()), {}
+        self._idle.clear()
+        for container in pooled:
+            await self._remove(container)
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -172,6 +220,8 @@ class DockerRuntime(Runtime):
                 raise DockerError("runtime_options has no 'image'")
             config = await asyncio.to_thread(docker_config, execution)
             await self._ensure_image(config["Image"], policy)
+            if a.runtime_options.get("reuse"):
+                return await self._run_reused(config, execution)
             name = _NAME_BAD.sub("_", f"dagon-{a.run}-{a.task}-{a.attempt}-{os.urandom(3).hex()}")[:200]
             container = await self._docker().containers.create(config, name=name)
         except DockerError as exc:
@@ -213,6 +263,63 @@ class DockerRuntime(Runtime):
         if code == 137 and status is ResultStatus.FAILED:
             error = "the container was killed (exit 137: out of memory or SIGKILL)"
         return Outcome(status, code, error=error, stderr_tail=tail)
+
+    async def _run_reused(self, config: dict[str, Any], execution: Execution) -> Outcome:
+        if self.scratch_root is None or not execution.workdir.is_relative_to(self.scratch_root):
+            raise DockerError("reuse needs the agent's scratch root (DockerRuntime(scratch_root=...))")
+        long_lived = _reuse_config(config, execution, self.scratch_root)
+        key = _reuse_key(long_lived)
+        idle = self._idle.setdefault(key, [])
+        if idle:
+            container = idle.pop()
+        else:
+            name = f"dagon-reuse-{os.urandom(4).hex()}"
+            container = await self._docker().containers.create(long_lived, name=name)
+            self._pooled[container.id] = container
+            await container.start()
+        healthy = False
+        try:
+            outcome = await self._exec(container, config, execution)
+            healthy = outcome.status is not ResultStatus.TIMEOUT
+            return outcome
+        finally:
+            if healthy and container.id in self._pooled:
+                idle.append(container)
+            else:
+                self._pooled.pop(container.id, None)
+                await _finish(asyncio.ensure_future(self._remove(container)))
+
+    async def _exec(
+        self, container: aiodocker.containers.DockerContainer, config: dict[str, Any], execution: Execution
+    ) -> Outcome:
+        a = execution.assignment
+        run = await container.exec(
+            cmd=[*config["Entrypoint"], *config["Cmd"]],
+            stdout=True,
+            stderr=True,
+            user=config["User"],
+            environment=config["Env"],
+            workdir=config["WorkingDir"],
+        )
+        status = ResultStatus.SUCCEEDED
+        with execution.stdout.open("wb") as out, execution.stderr.open("wb") as err:
+            try:
+                async with asyncio.timeout(a.timeout):
+                    stream = run.start(detach=False, timeout=None)
+                    async with stream:
+                        while (msg := await stream.read_out()) is not None:
+                            # A few small writes per task: not worth a thread hop each.
+                            (err if msg.stream == 2 else out).write(msg.data)
+            except TimeoutError:
+                status = ResultStatus.TIMEOUT
+        tail = await asyncio.to_thread(_tail, execution.stderr)
+        if status is ResultStatus.TIMEOUT:
+            return Outcome(status, None, error=f"killed after the {a.timeout:g} s timeout", stderr_tail=tail)
+        code = (await run.inspect()).get("ExitCode")
+        code = int(code) if code is not None else None
+        if code != 0:
+            status = ResultStatus.FAILED
+        return Outcome(status, code, stderr_tail=tail)
 
     @staticmethod
     async def _remove(container: aiodocker.containers.DockerContainer) -> None:

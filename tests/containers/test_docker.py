@@ -178,3 +178,42 @@ async def test_missing_image_with_pull_never_is_an_error(dockerd: Dockerd, tmp_p
         await runtime.aclose()
     assert outcome.status is ResultStatus.ERROR
     assert "dagon-test/absent:1" in outcome.error and "never" in outcome.error
+
+
+async def test_reuse_runs_short_tasks_in_one_long_lived_container(
+    dockerd: Dockerd, docker: aiodocker.Docker, hub: MemoryHub, tmp_path: Path
+) -> None:
+    wf = dagon.Workflow("reuse")
+    wf.container("a", image=BUSYBOX_IMAGE, reuse=True, command="hostname > host.txt; echo 1 > n.txt")
+    wf.container("b", image=BUSYBOX_IMAGE, reuse=True, env={"ADD": "1"},
+                 command="hostname > host.txt; echo $(( $(cat workflow:///a/n.txt) + ADD )) > n.txt")  # fmt: skip
+    wf.container("c", image=BUSYBOX_IMAGE, reuse=True, command="hostname > host.txt; cat workflow:///b/n.txt; exit 5")
+    runtime = DockerRuntime(url=dockerd.url, scratch_root=tmp_path / "agent0" / "scratch")
+    async with memory_stack(hub, tmp_path, runtimes=[runtime]) as (coordinator, _):
+        result = await coordinator.wait(await coordinator.submit(wf))
+        pooled = await docker.containers.list(all=True, filters={"label": ["dagon.reuse=1"]})
+        assert len(pooled) == 1
+    hosts = {(Path(result[t].workdir) / "host.txt").read_text() for t in "abc"}
+    assert len(hosts) == 1 and pooled[0].id.startswith(hosts.pop().strip())
+    assert (Path(result["b"].workdir) / "n.txt").read_text() == "2\n"
+    c = result["c"]
+    assert c.state is TaskState.FAILED and c.exit_code == 5
+    assert (Path(c.workdir) / ".dagon" / "stdout").read_text() == "2\n"
+    # the runtime's close removed the pool
+    assert await docker.containers.list(all=True, filters={"label": ["dagon.reuse=1"]}) == []
+
+
+async def test_reuse_timeout_removes_the_container(dockerd: Dockerd, docker: aiodocker.Docker, tmp_path: Path) -> None:
+    runtime = DockerRuntime(url=dockerd.url, scratch_root=tmp_path)
+    try:
+        outcome = await runtime.run(_execution(tmp_path, "sleep 60", run="rt", timeout=0.5, reuse=True))
+        assert outcome.status is ResultStatus.TIMEOUT
+        assert await docker.containers.list(all=True, filters={"label": ["dagon.reuse=1"]}) == []
+        rootless = DockerRuntime(url=dockerd.url)
+        try:
+            refused = await rootless.run(_execution(tmp_path / "x", "true", run="rt", reuse=True))
+        finally:
+            await rootless.aclose()
+        assert refused.status is ResultStatus.ERROR and "scratch root" in refused.error
+    finally:
+        await runtime.aclose()
