@@ -223,7 +223,7 @@ class DockerRuntime(Runtime):
             if a.runtime_options.get("reuse"):
                 return await self._run_reused(config, execution)
             name = _NAME_BAD.sub("_", f"dagon-{a.run}-{a.task}-{a.attempt}-{os.urandom(3).hex()}")[:200]
-            container = await self._docker().containers.create(config, name=name)
+            container = await self._create(config, name)
         except DockerError as exc:
             return Outcome(ResultStatus.ERROR, None, error=str(exc))
         except aiodocker.DockerError as exc:
@@ -264,6 +264,17 @@ class DockerRuntime(Runtime):
             error = "the container was killed (exit 137: out of memory or SIGKILL)"
         return Outcome(status, code, error=error, stderr_tail=tail)
 
+    async def _create(self, config: dict[str, Any], name: str) -> aiodocker.containers.DockerContainer:
+        """Create a container; if cancelled meanwhile, the engine may have made it: remove it."""
+        creating = asyncio.ensure_future(self._docker().containers.create(config, name=name))
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                made = await _finish(creating)
+                await _finish(asyncio.ensure_future(self._remove(made)))
+            raise
+
     async def _run_reused(self, config: dict[str, Any], execution: Execution) -> Outcome:
         if self.scratch_root is None or not execution.workdir.is_relative_to(self.scratch_root):
             raise DockerError("reuse needs the agent's scratch root (DockerRuntime(scratch_root=...))")
@@ -274,7 +285,7 @@ class DockerRuntime(Runtime):
             container = idle.pop()
         else:
             name = f"dagon-reuse-{os.urandom(4).hex()}"
-            container = await self._docker().containers.create(long_lived, name=name)
+            container = await self._create(long_lived, name)
             self._pooled[container.id] = container
             await container.start()
         healthy = False
@@ -302,7 +313,7 @@ class DockerRuntime(Runtime):
             workdir=config["WorkingDir"],
         )
         status = ResultStatus.SUCCEEDED
-        with execution.stdout.open("wb") as out, execution.stderr.open("wb") as err:
+        with execution.stdout.open("wb", buffering=0) as out, execution.stderr.open("wb", buffering=0) as err:
             try:
                 async with asyncio.timeout(a.timeout):
                     stream = run.start(detach=False, timeout=None)

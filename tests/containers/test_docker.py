@@ -209,6 +209,15 @@ async def test_reuse_timeout_removes_the_container(dockerd: Dockerd, docker: aio
         outcome = await runtime.run(_execution(tmp_path, "sleep 60", run="rt", timeout=0.5, reuse=True))
         assert outcome.status is ResultStatus.TIMEOUT
         assert await docker.containers.list(all=True, filters={"label": ["dagon.reuse=1"]}) == []
+        task = asyncio.ensure_future(runtime.run(_execution(tmp_path / "c", "echo up; sleep 60", run="rc", reuse=True)))
+        async with asyncio.timeout(30):
+            out = tmp_path / "c" / "work" / ".dagon" / "stdout"
+            while not out.exists() or not out.read_bytes():
+                await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await docker.containers.list(all=True, filters={"label": ["dagon.reuse=1"]}) == []
         rootless = DockerRuntime(url=dockerd.url)
         try:
             refused = await rootless.run(_execution(tmp_path / "x", "true", run="rt", reuse=True))
