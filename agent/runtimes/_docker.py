@@ -141,12 +141,6 @@ def _reuse_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def _write_logs(path: Path, chunks: list[str]) -> str:
-    data = "".join(chunks)
-    path.write_text(data)
-    return data[-STDERR_TAIL:]
-
-
 def _tail(path: Path) -> str:
     with path.open("rb") as f:
         size = f.seek(0, os.SEEK_END)
@@ -241,7 +235,6 @@ class DockerRuntime(Runtime):
         a = execution.assignment
         await container.start()
         status = ResultStatus.SUCCEEDED
-        code: int | None = None
         try:
             async with asyncio.timeout(a.timeout):
                 result = await container.wait(timeout=None)
@@ -252,10 +245,10 @@ class DockerRuntime(Runtime):
                 await container.stop(t=STOP_GRACE)
             info = await container.show()
             code = int(info["State"]["ExitCode"])
-        out = await container.log(stdout=True, timeout=None)
-        err = await container.log(stderr=True, timeout=None)
-        await asyncio.to_thread(_write_logs, execution.stdout, out)
-        tail = await asyncio.to_thread(_write_logs, execution.stderr, err)
+        # Read once the container has stopped: a followed stream can end before the
+        # logging driver flushed a last line without a newline (seen on Engine 20.10).
+        await self._save_logs(container.id, execution)
+        tail = await asyncio.to_thread(_tail, execution.stderr)
         await self._remove(container)
         if status is ResultStatus.SUCCEEDED and code != 0:
             status = ResultStatus.FAILED
@@ -263,6 +256,27 @@ class DockerRuntime(Runtime):
         if code == 137 and status is ResultStatus.FAILED:
             error = "the container was killed (exit 137: out of memory or SIGKILL)"
         return Outcome(status, code, error=error, stderr_tail=tail)
+
+    async def _save_logs(self, container_id: str, execution: Execution) -> None:
+        """Stream the engine's multiplexed logs (8-byte frame headers: stream, size) into the files.
+
+        In bounded memory (frames go straight to the files). The bytes are what the
+        engine's logging driver kept: the default json-file driver stores text, so
+        invalid UTF-8 comes back as U+FFFD.
+        """
+        params = {"stdout": "1", "stderr": "1"}
+        query = self._docker()._query(f"containers/{container_id}/logs", params=params, timeout=None)
+        with execution.stdout.open("wb", buffering=0) as out, execution.stderr.open("wb", buffering=0) as err:
+            async with query as response:
+                while True:
+                    try:
+                        header = await response.content.readexactly(8)
+                    except asyncio.IncompleteReadError:
+                        return
+                    size = int.from_bytes(header[4:8], "big")
+                    data = await response.content.readexactly(size)
+                    # Small writes to local files: not worth a thread hop each.
+                    (err if header[0] == 2 else out).write(data)
 
     async def _create(self, config: dict[str, Any], name: str) -> aiodocker.containers.DockerContainer:
         """Create a container; if cancelled meanwhile, the engine may have made it: remove it."""

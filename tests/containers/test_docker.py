@@ -137,12 +137,16 @@ async def test_timeout_stops_and_removes_the_container(
 ) -> None:
     runtime = DockerRuntime(url=dockerd.url)
     try:
-        outcome = await runtime.run(_execution(tmp_path, "echo started; sleep 60", run="tmo", timeout=1.0))
+        command = "echo started; printf 'no newline \\000' >&2; sleep 60"
+        outcome = await runtime.run(_execution(tmp_path, command, run="tmo", timeout=1.0))
     finally:
         await runtime.aclose()
     assert outcome.status is ResultStatus.TIMEOUT and "timeout" in outcome.error
     assert outcome.exit_code != 0
     assert (tmp_path / "work" / ".dagon" / "stdout").read_text() == "started\n"
+    # a last line without a newline is not lost (the engine's json-file log driver
+    # stores text: invalid UTF-8 would come back as U+FFFD, NUL survives)
+    assert (tmp_path / "work" / ".dagon" / "stderr").read_bytes() == b"no newline \x00"
     assert await _containers_of(docker, "tmo") == []
 
 
@@ -155,7 +159,7 @@ async def test_cancel_stops_and_removes_the_container(
         async with asyncio.timeout(30):
             while not (ids := await _containers_of(docker, "cxl")):
                 await asyncio.sleep(0.05)
-            while (await docker.containers.get(ids[0])).__getitem__("State")["Status"] != "running":
+            while (await docker.containers.get(ids[0]))["State"]["Status"] != "running":
                 await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
