@@ -141,6 +141,18 @@ def _reuse_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+def _split_reference(image: str) -> tuple[str, str]:
+    """``(repository, tag or digest)`` for the pull API (without a tag it would pull every tag)."""
+    if "@" in image:
+        name, _, digest = image.partition("@")
+        return name, digest
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, _, tag = image.rpartition(":")
+        return name, tag
+    return image, "latest"
+
+
 def _tail(path: Path) -> str:
     with path.open("rb") as f:
         size = f.seek(0, os.SEEK_END)
@@ -199,8 +211,7 @@ class DockerRuntime(Runtime):
                 if policy == "never":
                     raise DockerError(f"image {image!r} is not present and the pull policy is 'never'")
             log.info("pulling image %s", image)
-            name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
-            await docker.images.pull(name, tag=tag or "latest")
+            await docker.images.pull(*_split_reference(image))
 
     async def run(self, execution: Execution) -> Outcome:
         import aiodocker
