@@ -211,7 +211,8 @@ class DockerRuntime(Runtime):
                 if policy == "never":
                     raise DockerError(f"image {image!r} is not present and the pull policy is 'never'")
             log.info("pulling image %s", image)
-            await docker.images.pull(*_split_reference(image))
+            repository, tag = _split_reference(image)
+            await docker.images.pull(repository, tag=tag)
 
     async def run(self, execution: Execution) -> Outcome:
         import aiodocker
