@@ -212,7 +212,10 @@ class DockerRuntime(Runtime):
                     raise DockerError(f"image {image!r} is not present and the pull policy is 'never'")
             log.info("pulling image %s", image)
             repository, tag = _split_reference(image)
-            await docker.images.pull(repository, tag=tag)
+            try:
+                await docker.images.pull(repository, tag=tag)
+            except aiodocker.DockerError as exc:
+                raise DockerError(f"pulling image {image!r} failed: {exc.message}") from exc
 
     async def run(self, execution: Execution) -> Outcome:
         import aiodocker

@@ -230,3 +230,17 @@ async def test_reuse_timeout_removes_the_container(dockerd: Dockerd, docker: aio
         assert refused.status is ResultStatus.ERROR and "scratch root" in refused.error
     finally:
         await runtime.aclose()
+
+
+async def test_missing_image_is_pulled_and_a_failed_pull_is_an_error(dockerd: Dockerd, tmp_path: Path) -> None:
+    # A registry on a closed loopback port: the pull is really attempted (no traffic leaves the host).
+    runtime = DockerRuntime(url=dockerd.url)
+    try:
+        ex = _execution(tmp_path, "true", run="pull")
+        ex.assignment.runtime_options.update(image="127.0.0.1:1/dagon/absent:1")
+        outcome = await runtime.run(ex)
+    finally:
+        await runtime.aclose()
+    assert outcome.status is ResultStatus.ERROR
+    assert "pulling image '127.0.0.1:1/dagon/absent:1' failed" in outcome.error, outcome.error
+    assert "connection refused" in outcome.error
