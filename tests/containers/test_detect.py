@@ -58,7 +58,7 @@ async def test_select_builds_the_named_runtimes(tmp_path: Path) -> None:
 
 async def test_docker_is_detected_only_when_the_engine_answers(tmp_path: Path) -> None:
     assert not await docker_answers(f"unix://{tmp_path}/absent.sock")
-    # a socket that accepts but is no Docker engine (closes at once)
+    # a socket that takes connections but never answers (not a Docker engine): times out
     path = tmp_path / "mute.sock"
     with contextlib.closing(socket.socket(socket.AF_UNIX)) as mute:
         mute.bind(str(path))
