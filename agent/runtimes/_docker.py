@@ -245,6 +245,9 @@ class DockerRuntime(Runtime):
         except aiodocker.DockerError as exc:
             await self._remove(container)
             return Outcome(ResultStatus.ERROR, None, error=f"docker error: {exc.message}")
+        except Exception:
+            await self._remove(container)  # e.g. the engine's connection broke, or a log file failed
+            raise
 
     async def _run_container(self, container: aiodocker.containers.DockerContainer, execution: Execution) -> Outcome:
         a = execution.assignment
