@@ -26,24 +26,46 @@ __all__ = [
     "busybox_rootfs",
     "charliecloud_binary",
     "dockerd_binary",
+    "is_static",
 ]
 
 BUSYBOX = "/bin/busybox"
 BUSYBOX_IMAGE = "dagon-test/busybox:latest"
-DOCKER_MISSING = "dockerd, docker or busybox-static not installed; run .ci/setup"
-CHARLIECLOUD_MISSING = "ch-run (charliecloud-runtime) or mksquashfs (squashfs-tools) not installed; run .ci/setup"
+DOCKER_MISSING = "dockerd, docker or busybox-static (a static /bin/busybox) not installed; run .ci/setup"
+CHARLIECLOUD_MISSING = (
+    "ch-run (charliecloud-runtime), mksquashfs (squashfs-tools) or busybox-static not installed; run .ci/setup"
+)
+
+
+def is_static(path: str) -> bool:
+    """Whether the ELF executable at ``path`` has no program interpreter (statically linked)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only (our CI machines)
+            return False
+        order = "little" if head[5] == 1 else "big"
+        phoff = int.from_bytes(head[32:40], order)
+        phentsize = int.from_bytes(head[54:56], order)
+        phnum = int.from_bytes(head[56:58], order)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(int.from_bytes(table[i : i + 4], order) != 3 for i in range(0, len(table), phentsize))  # PT_INTERP
+
+
+def busybox_ok() -> bool:
+    return os.access(BUSYBOX, os.X_OK) and is_static(BUSYBOX)
 
 
 def dockerd_binary() -> str | None:
     found = shutil.which("dockerd") or next((p for p in ("/usr/sbin/dockerd",) if os.access(p, os.X_OK)), None)
-    if found is None or shutil.which("docker") is None or not os.access(BUSYBOX, os.X_OK):
+    if found is None or shutil.which("docker") is None or not busybox_ok():
         return None
     return found
 
 
 def charliecloud_binary() -> str | None:
     found = shutil.which("ch-run")
-    return found if found and shutil.which("mksquashfs") else None
+    return found if found and shutil.which("mksquashfs") and busybox_ok() else None
 
 
 def busybox_rootfs(root: Path, *, extra_dirs: tuple[str, ...] = ()) -> Path:
