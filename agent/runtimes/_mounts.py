@@ -17,9 +17,8 @@ def outside_link_targets(workdir: Path) -> list[Path]:
     too. Hard links and copies need nothing (the common case: an empty list).
     """
     targets: set[Path] = set()
+    # Staged inputs live under .dagon/inputs, so the walk includes .dagon.
     for dirpath, dirnames, filenames in os.walk(workdir):
-        if Path(dirpath) == workdir and ".dagon" in dirnames:
-            dirnames.remove(".dagon")
         for name in [*filenames, *dirnames]:
             path = Path(dirpath, name)
             if path.is_symlink():

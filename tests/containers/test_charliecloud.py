@@ -120,3 +120,18 @@ async def test_ch_run_failure_is_an_agent_error(busybox_tree: Path, tmp_path: Pa
     outcome = await CharliecloudRuntime().run(ex)
     assert outcome.status is ResultStatus.ERROR
     assert "ch-run could not start the container" in outcome.error and "missing" in outcome.error
+
+
+async def test_symlink_staged_inputs_resolve_inside(busybox_tree: Path, hub: MemoryHub, tmp_path: Path) -> None:
+    image = shutil.copytree(busybox_tree, tmp_path / "image", symlinks=True)
+    wf = dagon.Workflow("links")
+    wf.container("make", image=str(image), runtime="charliecloud", command="mkdir d && echo linked > d/x.txt")
+    # private_tmp: ch-run shares the host's /tmp by default, which would hide a missing bind
+    wf.container("use", image=str(image), runtime="charliecloud", stage_mode="symlink", private_tmp=True,
+                 command="cat workflow:///make/d/x.txt > y.txt")  # fmt: skip
+    async with memory_stack(hub, tmp_path, runtimes=[CharliecloudRuntime()]) as (coordinator, _):
+        result = await coordinator.wait(await coordinator.submit(wf))
+    assert result.state is RunState.SUCCEEDED, result
+    use = Path(result["use"].workdir)
+    assert any(p.is_symlink() for p in await asyncio.to_thread(lambda: list(use.rglob("x.txt"))))
+    assert (use / "y.txt").read_text() == "linked\n"

@@ -244,3 +244,19 @@ async def test_missing_image_is_pulled_and_a_failed_pull_is_an_error(dockerd: Do
     assert outcome.status is ResultStatus.ERROR
     assert "pulling image '127.0.0.1:1/dagon/absent:1' failed" in outcome.error, outcome.error
     assert "connection refused" in outcome.error
+
+
+async def test_symlink_staged_inputs_resolve_inside_the_container(
+    dockerd: Dockerd, hub: MemoryHub, tmp_path: Path
+) -> None:
+    wf = dagon.Workflow("links")
+    wf.container("make", image=BUSYBOX_IMAGE, command="mkdir d && echo linked > d/x.txt")
+    wf.container("use", image=BUSYBOX_IMAGE, stage_mode="symlink",
+                 command="cat workflow:///make/d/x.txt > y.txt && ! touch workflow:///make/d/x.txt")  # fmt: skip
+    async with memory_stack(hub, tmp_path, runtimes=[DockerRuntime(url=dockerd.url)]) as (coordinator, _):
+        result = await coordinator.wait(await coordinator.submit(wf))
+    assert result.state is RunState.SUCCEEDED, result["use"].stderr_tail
+    use = Path(result["use"].workdir)
+    assert any(p.is_symlink() for p in await asyncio.to_thread(lambda: list(use.rglob("x.txt"))))
+    # the producer's directory is visible read-only: the consumer cannot change its input
+    assert (use / "y.txt").read_text() == "linked\n"
