@@ -18,9 +18,19 @@ from dagon.agent._config import (
 )
 from dagon.agent._host import capabilities, host_id
 from dagon.agent._staging import StagingError, manifest, rewrite_command, stage_inputs
-from dagon.agent.runtimes import Execution, Outcome, Runtime
+from dagon.agent.runtimes import (
+    ApptainerRuntime,
+    CharliecloudRuntime,
+    DockerRuntime,
+    Execution,
+    Outcome,
+    Runtime,
+)
 
 __all__ = [
+    "ApptainerRuntime",
+    "CharliecloudRuntime",
+    "DockerRuntime",
     "Agent",
     "AgentConfig",
     "Execution",

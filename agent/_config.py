@@ -27,6 +27,7 @@
 Broker TLS and login: ``mqtt_ca``, ``mqtt_cert``, ``mqtt_key``, ``mqtt_username``,
 ``mqtt_password_file`` (environment: the same names upper-cased with a ``DAGON_``
 prefix, e.g. ``DAGON_MQTT_CA``).
+| container runtimes | ``--runtimes docker,…`` | ``DAGON_RUNTIMES`` | ``runtimes`` (list) | ``auto``: detected |
 
 Further TOML-only keys: ``prefetch`` (assignments queued beyond the slots so a
 slot never idles waiting for the coordinator; default: as many as slots),
@@ -112,6 +113,8 @@ class AgentConfig:
         ssh_key, ssh_known_hosts: this agent's key for SFTP staging, and the host keys it trusts.
         data_tls_cert, data_tls_key: serve the data server over HTTPS with this certificate.
         data_tls_ca: CA bundle that signed peers' data server certificates.
+        runtimes: container runtimes to offer (``docker``, ``charliecloud``,
+            ``apptainer``); ``None`` detects the ones that work here, ``()`` offers none.
     """
 
     agent_id: str
@@ -147,6 +150,7 @@ class AgentConfig:
     data_tls_cert: Path | None = None
     data_tls_key: Path | None = None
     data_tls_ca: Path | None = None
+    runtimes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _ID_RE.fullmatch(self.agent_id):
@@ -440,4 +444,23 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
     for key in ("mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_username", "mqtt_password_file"):
         if (value := pick(key, f"DAGON_{key.upper()}")) is not None:
             kwargs[key] = _str(value, key)
+    if (value := pick("runtimes", "DAGON_RUNTIMES")) is not None:
+        kwargs["runtimes"] = _runtimes(value)
     return AgentConfig(**kwargs)
+
+
+def _runtimes(value: Any) -> tuple[str, ...] | None:
+    """``"docker,charliecloud"`` or a TOML list; ``auto`` detects, ``none`` (or empty) offers none."""
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise ConfigError(f"runtimes must be a list of names or 'a,b', got {value!r}")
+    if items == ["auto"]:
+        return None
+    if items in ([], ["none"]):
+        return ()
+    if "auto" in items or "none" in items:
+        raise ConfigError("runtimes: 'auto' and 'none' cannot be combined with runtime names")
+    return tuple(items)

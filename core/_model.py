@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from dagon.core._containers import check_container_options
 from dagon.core._errors import ValidationError
 from dagon.core._refs import Reference, check_name, check_relative_path, find_references
 from dagon.protocol import ProtocolError, check_plain
@@ -226,6 +227,12 @@ _OPTIONAL_FIELDS: Final = (
 )  # fmt: skip
 
 
+# Task fields wf.container() takes as keywords; every other keyword is a container option.
+_CONTAINER_TASK_FIELDS: Final = frozenset(
+    {"inputs", "outputs", "env", "timeout", "retry", "cpus", "memory", "labels", "agent", "stage_mode"}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Graph:
     """A validated workflow: dependencies, references and a topological order.
@@ -301,6 +308,48 @@ class Workflow:
                 kwargs=kwargs,
                 after=_names(after),
                 **(options or {}),
+            )
+        )
+
+    def container(
+        self,
+        name: str,
+        *,
+        image: str,
+        command: str,
+        runtime: str = "docker",
+        after: Iterable[str | Task] = (),
+        **options: Any,
+    ) -> Task:
+        """Add a task running ``command`` (a shell command) inside a container.
+
+        The task's scratch directory is mounted at the same path and is the working
+        directory, so ``workflow://`` references work exactly as for ``shell``.
+
+        Args:
+            name: the task's name.
+            image: the container image (``docker``: a local or pullable image;
+                ``apptainer``: ``docker://…`` or a ``.sif`` path; ``charliecloud``: an
+                image directory or SquashFS file).
+            command: the shell command run inside the container.
+            runtime: ``docker``, ``apptainer``, ``charliecloud``, ``kubernetes`` or ``nomad``.
+            after: tasks that must succeed first (besides those referenced).
+            **options: :class:`Task` fields (``timeout``, ``env``, ``cpus``, ``memory`` —
+                the container's limits —, ``retry``, ``labels``, …) and container settings
+                for the runtime (e.g. ``devices=[...]``, ``network="none"``,
+                ``pull="if-missing"``); a key neither knows raises :class:`ValidationError`.
+        """
+        fields = {k: options.pop(k) for k in list(options) if k in _CONTAINER_TASK_FIELDS}
+        runtime_options = {"image": image, **options}
+        check_container_options(name, runtime, runtime_options)
+        return self.add(
+            Task(
+                name=name,
+                command=command,
+                runtime=runtime,
+                after=_names(after),
+                runtime_options=runtime_options,
+                **fields,
             )
         )
 

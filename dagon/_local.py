@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dagon._keys import agent_keys
 from dagon.agent import Agent, load_agent_config
+from dagon.agent.runtimes import select_runtimes
 from dagon.protocol.transport import MqttTransport, Transport, Will
 
 __all__ = ["start_embedded_agent"]
@@ -42,5 +43,6 @@ async def start_embedded_agent(
 
     # Same home as the in-process coordinator: the agent trusts its key with no enrolment.
     signer, trust = (None, None) if insecure else await asyncio.to_thread(agent_keys, home)
-    agent = Agent(config=config, connect=connect, signer=signer, trust=trust, insecure=insecure)
+    runtimes = await select_runtimes(config.runtimes, home=config.home, scratch=config.scratch)
+    agent = Agent(config=config, connect=connect, runtimes=runtimes, signer=signer, trust=trust, insecure=insecure)
     return await stack.enter_async_context(agent)

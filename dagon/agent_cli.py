@@ -18,6 +18,7 @@ from pathlib import Path
 from dagon._keys import agent_keys, agent_signer, enroll, read_public_key, warn_insecure
 from dagon._settings import insecure_from_env
 from dagon.agent import Agent, AgentConfig, load_agent_config
+from dagon.agent.runtimes import select_runtimes
 from dagon.protocol import ConfigError, DagonError, fingerprint, public_key_line
 from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, redact_url
 
@@ -49,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         help="obey unsigned tasks and sign nothing (development only; default: $DAGON_INSECURE)",
     )
     p.add_argument(
+        "--runtimes",
+        help="container runtimes to offer: docker,charliecloud,apptainer, 'auto' (detect) or 'none'"
+        " (default: $DAGON_RUNTIMES or auto)",
+    )
+    p.add_argument(
         "--log-level",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -60,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _serve(config: AgentConfig, *, insecure: bool) -> None:
     assert config.broker is not None
+    # Configuration mistakes first (runtimes, TLS files), then keys.
+    runtimes = await select_runtimes(config.runtimes, home=config.home, scratch=config.scratch)
     if insecure:
         signer, trust = None, None
         warn_insecure(log)
@@ -85,7 +93,8 @@ async def _serve(config: AgentConfig, *, insecure: bool) -> None:
             auth=auth,
         )
 
-    async with Agent(config=config, connect=connect, signer=signer, trust=trust, insecure=insecure) as agent:
+    agent = Agent(config=config, connect=connect, runtimes=runtimes, signer=signer, trust=trust, insecure=insecure)
+    async with agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Only wakes serve_forever: leaving the block does the graceful shutdown.
@@ -109,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["enroll"], ["key"]):
         return _keys_main(argv)
     args = _parser().parse_args(argv)
-    names = ("broker", "id", "scratch", "labels", "slots", "run_as", "data_host", "data_port", "data_url", "reachable")
-    flags = {name: getattr(args, name) for name in names}
+    names = ("broker", "id", "scratch", "labels", "slots", "run_as", "data_host", "data_port", "data_url")
+    flags = {name: getattr(args, name) for name in (*names, "reachable", "runtimes")}
     try:
         config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)
         if not config.broker:
