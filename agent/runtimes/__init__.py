@@ -1,4 +1,10 @@
-"""Agent runtimes: how a task's command actually runs."""
+"""Agent runtimes: how a task's command actually runs.
+
+``KubernetesRuntime`` (extra ``k8s``) and ``NomadRuntime`` (extra ``http``) are
+imported on first use, so the base install does not need their client libraries.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from dagon.agent.runtimes._base import Execution, Outcome, Runtime
 from dagon.agent.runtimes._process import KILL_GRACE, STDERR_TAIL, run_process
@@ -9,9 +15,27 @@ __all__ = [
     "Execution",
     "MAX_VALUE_BYTES",
     "STDERR_TAIL",
+    "KubernetesRuntime",
+    "NomadRuntime",
     "Outcome",
     "PythonRuntime",
     "Runtime",
     "resolve_callable",
     "run_process",
 ]
+
+if TYPE_CHECKING:
+    from dagon.agent.runtimes._kubernetes import KubernetesRuntime
+    from dagon.agent.runtimes._nomad import NomadRuntime
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KubernetesRuntime":
+        from dagon.agent.runtimes._kubernetes import KubernetesRuntime
+
+        return KubernetesRuntime
+    if name == "NomadRuntime":
+        from dagon.agent.runtimes._nomad import NomadRuntime
+
+        return NomadRuntime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
