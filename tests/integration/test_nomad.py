@@ -1,0 +1,196 @@
+"""The Nomad runtime against a fake of Nomad's documented HTTP API (no real Nomad).
+
+See :mod:`._fake_nomad` for exactly what the fake implements; the tasks it
+"allocates" run for real as local processes, so staged data really flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import dagon
+from dagon.agent import Execution
+from dagon.agent.runtimes import NomadRuntime
+from dagon.agent.runtimes._jobs import Options
+from dagon.core import RunState, Task, TaskState
+from dagon.protocol import ResultStatus, TaskAssignment
+from dagon.protocol.transport import MemoryHub
+
+from ._fake_nomad import FakeNomad
+from ._stack import memory_stack
+
+pytestmark = pytest.mark.nomad
+
+TOKEN = "s3cr3t-nomad-acl-token"
+
+
+@pytest.fixture
+async def nomad() -> AsyncIterator[FakeNomad]:
+    async with FakeNomad(token=TOKEN) as fake:
+        yield fake
+
+
+def runtime(nomad: FakeNomad, scratch: Path, **kwargs: object) -> NomadRuntime:
+    return NomadRuntime(
+        scratch=scratch, address=nomad.url, token=TOKEN, region="edge", datacenters=["dc-lab"], node="pi-1",
+        wait=5, kill_timeout=0.5, **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def nomad_task(name: str, command: str, **kwargs: object) -> Task:
+    return Task(name=name, command=command, runtime="nomad", runtime_options={"driver": "raw_exec"}, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_pipeline_passes_a_file_between_jobs(
+    hub: MemoryHub, tmp_path: Path, nomad: FakeNomad, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wf = dagon.Workflow("nomad")
+    wf.add(nomad_task("make", "sleep 0.3; echo payload > data.txt; echo made; echo noise >&2"))
+    wf.add(
+        nomad_task("use", 'tr a-z A-Z < workflow:///make/data.txt > copy.txt; echo "$GREETING"', env={"GREETING": "hi"})
+    )
+    wf.add(nomad_task("bad", "echo broken >&2; exit 7", after=("make",)))
+    rt = runtime(nomad, tmp_path / "agent0" / "scratch")
+    async with memory_stack(hub, tmp_path, runtimes=[rt]) as (coordinator, agents):
+        assert "nomad" in agents[0].capabilities.runtimes
+        result = await coordinator.wait(await coordinator.submit(wf))
+
+    assert result.state is RunState.FAILED
+    make, use, bad = result["make"], result["use"], result["bad"]
+    assert make.state is TaskState.SUCCEEDED and use.state is TaskState.SUCCEEDED
+    assert (Path(use.workdir) / "copy.txt").read_text() == "PAYLOAD\n"
+    # Nomad keeps stdout and stderr apart: each lands in its own file
+    assert (Path(make.workdir) / ".dagon" / "stdout").read_text() == "made\n"
+    assert (Path(make.workdir) / ".dagon" / "stderr").read_text() == "noise\n"
+    assert (Path(use.workdir) / ".dagon" / "stdout").read_text() == "hi\n"
+    assert bad.state is TaskState.FAILED and bad.exit_code == 7 and "broken" in bad.stderr_tail
+
+    # every job was registered as a one-task batch job, then purged
+    registered = nomad.of("POST", "/v1/jobs")
+    assert len(registered) == 3
+    assert sorted(nomad.purged) == sorted(a.job_id for a in nomad.allocs.values()) and not nomad.jobs
+    assert all(r.query == {"region": "edge"} for r in registered)
+    deletes = nomad.of("DELETE", "/v1/job/[^/]+")
+    assert len(deletes) == 3 and all(r.query.get("purge") == "true" for r in deletes)
+    # the ACL token went with every request and never into the logs
+    assert all(r.headers.get("X-Nomad-Token") == TOKEN for r in nomad.requests)
+    assert TOKEN not in caplog.text and TOKEN not in repr(rt)
+    # allocations were followed with blocking queries: index from X-Nomad-Index and a wait
+    queries = nomad.of("GET", "/v1/job/[^/]+/allocations")
+    blocking = [q for q in queries if int(q.query.get("index", "0")) > 0]
+    assert blocking and all(q.query["wait"] == "5s" for q in blocking)
+    # …and not polled: a handful of requests per job (state changes), not one per tick
+    assert len(queries) <= 3 * 4, [(q.path, q.query) for q in queries]
+    logs = nomad.of("GET", "/v1/client/fs/logs/[^/]+")
+    assert {q.query["type"] for q in logs} == {"stdout", "stderr"} and all(q.query["plain"] == "true" for q in logs)
+
+
+def test_job_json_follows_the_documented_fields(tmp_path: Path) -> None:
+    rt = NomadRuntime(
+        scratch=tmp_path / "scratch", region="edge", namespace="science", datacenters=["dc1"], node="pi-1",
+        scratch_volume="dagon-scratch",
+    )  # fmt: skip
+    ex = execution(
+        tmp_path, "echo hi", {"image": "local/busybox", "devices": ["/dev/ttyACM0"]}, cpus=0.5, memory=64 << 20
+    )
+    job = rt._job(ex, Options("nomad", ex.assignment.runtime_options, frozenset({"image", "devices"})))
+    group = job["TaskGroups"][0]
+    task = group["Tasks"][0]
+    assert job["Type"] == "batch" and job["Datacenters"] == ["dc1"]
+    assert job["Region"] == "edge" and job["Namespace"] == "science"
+    assert job["Constraints"] == [{"LTarget": "${node.unique.name}", "RTarget": "pi-1", "Operand": "="}]
+    assert group["RestartPolicy"] == {"Attempts": 0, "Mode": "fail"}
+    assert group["Volumes"] == {"scratch": {"Name": "scratch", "Type": "host", "Source": "dagon-scratch"}}
+    assert task["VolumeMounts"] == [{"Volume": "scratch", "Destination": str(tmp_path / "scratch"), "ReadOnly": False}]
+    assert task["Driver"] == "docker"
+    assert task["Config"]["image"] == "local/busybox" and task["Config"]["work_dir"] == str(ex.workdir)
+    assert task["Config"]["command"] == "/bin/sh" and task["Config"]["args"] == ["-c", "echo hi"]
+    assert task["Config"]["devices"] == [{"host_path": "/dev/ttyACM0", "container_path": "/dev/ttyACM0"}]
+    assert task["Resources"] == {"CPU": 500, "MemoryMB": 64}
+
+
+def execution(
+    tmp_path: Path,
+    command: str,
+    options: dict[str, object],
+    *,
+    cpus: float = 1.0,
+    memory: int = 0,
+    timeout: float | None = None,
+) -> Execution:
+    workdir = tmp_path / "scratch" / "run1" / "t-1"
+    (workdir / ".dagon").mkdir(parents=True, exist_ok=True)
+    a = TaskAssignment(
+        run="run1", workflow="wf", task="t", attempt=1, runtime="nomad", command=command,  # type: ignore[arg-type]
+        runtime_options=options, cpus=cpus, memory=memory, timeout=timeout,
+    )  # fmt: skip
+    return Execution(
+        assignment=a, command=command, workdir=workdir, env={"DAGON_TASK": "t"},
+        stdout=workdir / ".dagon" / "stdout", stderr=workdir / ".dagon" / "stderr",
+    )  # fmt: skip
+
+
+async def test_cancel_purges_the_job_and_reraises(tmp_path: Path, nomad: FakeNomad) -> None:
+    rt = runtime(nomad, tmp_path / "scratch")
+    try:
+        job = asyncio.ensure_future(rt.run(execution(tmp_path, "sleep 60", {"driver": "raw_exec"})))
+        await asyncio.wait_for(nomad.started.wait(), 20)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+    finally:
+        await rt.aclose()
+    (alloc,) = nomad.allocs.values()
+    assert nomad.purged == [alloc.job_id] and not nomad.jobs
+    assert alloc.proc is not None and alloc.proc.returncode is not None  # the process was stopped
+
+
+async def test_timeout_purges_the_job(tmp_path: Path, nomad: FakeNomad) -> None:
+    rt = runtime(nomad, tmp_path / "scratch")
+    ex = execution(tmp_path, "echo started; sleep 60", {"driver": "raw_exec"}, timeout=1.0)
+    try:
+        outcome = await rt.run(ex)
+    finally:
+        await rt.aclose()
+    assert outcome.status is ResultStatus.TIMEOUT
+    (alloc,) = nomad.allocs.values()
+    assert nomad.purged == [alloc.job_id]
+    assert alloc.proc is not None and alloc.proc.returncode is not None
+
+
+async def test_wrong_token_is_a_clear_error(tmp_path: Path, nomad: FakeNomad) -> None:
+    rt = NomadRuntime(scratch=tmp_path / "scratch", address=nomad.url, token="wrong")
+    try:
+        outcome = await rt.run(execution(tmp_path, "true", {"driver": "raw_exec"}))
+    finally:
+        await rt.aclose()
+    assert outcome.status is ResultStatus.ERROR
+    assert "403" in outcome.error and "Permission denied" in outcome.error and "wrong" not in outcome.error
+    assert not nomad.jobs
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "option 'image' is required"),
+        ({"driver": "podman"}, "option 'driver' must be one of"),
+        ({"driver": "exec", "image": "busybox"}, "option 'image' needs driver 'docker'"),
+        ({"image": "busybox", "cpu_mhz": 0}, "option 'cpu_mhz' must be a whole number of at least 1"),
+        ({"driver": "raw_exec", "datacenters": "dc1"}, "option 'datacenters' must be a non-empty list"),
+        ({"driver": "raw_exec", "gpu": True}, "unknown nomad option(s) ['gpu']"),
+    ],
+)
+async def test_bad_options_are_an_error_naming_the_option(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    rt = NomadRuntime(scratch=tmp_path / "scratch", address="http://127.0.0.1:9")  # nothing is contacted
+    outcome = await rt.run(execution(tmp_path, "true", options))
+    await rt.aclose()
+    assert outcome.status is ResultStatus.ERROR
+    assert message in outcome.error
