@@ -10,7 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
-from dagon.agent import Agent, AgentConfig, load_agent_config
+from dagon.agent import Agent, AgentConfig, Runtime, load_agent_config
+from dagon.agent.runtimes import orchestrator_runtimes
 from dagon.protocol import ConfigError, DagonError
 from dagon.protocol.transport import MqttTransport, Transport, Will, redact_url
 
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: AgentConfig) -> None:
+async def _serve(config: AgentConfig, runtimes: list[Runtime] | None = None) -> None:
     assert config.broker is not None
 
     def connect(will: Will) -> Transport:
@@ -46,7 +47,7 @@ async def _serve(config: AgentConfig) -> None:
             config.broker, client_id=f"dagon-agent-{config.agent_id}", will=will, protocol=config.mqtt_protocol
         )
 
-    async with Agent(config=config, connect=connect) as agent:
+    async with Agent(config=config, connect=connect, runtimes=runtimes or ()) as agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Only wakes serve_forever: leaving the block does the graceful shutdown.
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        asyncio.run(_serve(config))
+        runtimes = orchestrator_runtimes(config_file=args.config, scratch=config.scratch, env=os.environ)
+        asyncio.run(_serve(config, runtimes))
     except DagonError as exc:
         sys.stderr.write(f"dagon-agent: error: {exc}\n")
         return 2

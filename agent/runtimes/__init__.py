@@ -7,6 +7,12 @@ imported on first use, so the base install does not need their client libraries.
 from typing import TYPE_CHECKING, Any
 
 from dagon.agent.runtimes._base import Execution, Outcome, Runtime
+from dagon.agent.runtimes._orchestrators import (
+    KubernetesSettings,
+    NomadSettings,
+    orchestrator_runtimes,
+    read_orchestrator_settings,
+)
 from dagon.agent.runtimes._process import KILL_GRACE, STDERR_TAIL, run_process
 from dagon.agent.runtimes._python import MAX_VALUE_BYTES, PythonRuntime, resolve_callable
 
@@ -16,10 +22,14 @@ __all__ = [
     "MAX_VALUE_BYTES",
     "STDERR_TAIL",
     "KubernetesRuntime",
+    "KubernetesSettings",
     "NomadRuntime",
+    "NomadSettings",
     "Outcome",
     "PythonRuntime",
     "Runtime",
+    "orchestrator_runtimes",
+    "read_orchestrator_settings",
     "resolve_callable",
     "run_process",
 ]
