@@ -204,3 +204,39 @@ async def test_in_cluster_credentials_come_from_the_service_account_files(tmp_pa
     assert cfg.host == "https://10.96.0.1:443"
     assert cfg.api_key["BearerToken"] == "Bearer sa-token"
     assert cfg.ssl_ca_cert == str(tmp_path / "ca.crt")
+
+
+async def test_watch_is_resumed_when_the_server_ends_it_and_relisted_on_410(
+    tmp_path: Path, cluster: tuple[kmock.KubernetesEmulator, Kubelet, Path]
+) -> None:
+    emu, _, kubeconfig = cluster
+    # The first two watches on our pod are answered by the test: one stream the server simply ends
+    # (as at timeoutSeconds), then one "410 Gone" (resourceVersion too old). The third is kmock's own.
+    scripted: list[int] = []
+
+    def first_two_watches(request: kmock.Request) -> bool:
+        if request.action != kmock.action.WATCH or "fieldSelector" not in request.params:
+            return False
+        if request.id not in scripted and len(scripted) < 2:
+            scripted.append(request.id)
+        return request.id in scripted
+
+    async def answer(request: kmock.Request) -> AsyncIterator[object]:
+        yield b""
+        if request.id == scripted[-1] and len(scripted) == 2:
+            yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                               "message": "too old resource version"}}  # fmt: skip
+
+    emu[first_two_watches] << answer
+    rt = runtime(tmp_path, kubeconfig, scratch=tmp_path / "scratch")
+    try:
+        outcome = await rt.run(execution(tmp_path, "sleep 2; echo resumed", {"image": "busybox"}))
+    finally:
+        await rt.aclose()
+    assert outcome.status is ResultStatus.SUCCEEDED, outcome
+    assert (tmp_path / "scratch" / "run1" / "t-1" / ".dagon" / "stdout").read_text() == "resumed\n"
+    ours = [r for r in emu if r.action in (kmock.action.LIST, kmock.action.WATCH) and "fieldSelector" in r.params]
+    kinds = [r.action for r in ours]
+    assert kinds == [kmock.action.LIST, kmock.action.WATCH, kmock.action.WATCH, kmock.action.LIST, kmock.action.WATCH]
+    # the resumed watch continues from the version the list reported
+    assert ours[1].params.get("resourceVersion") == ours[2].params.get("resourceVersion") == "..."
