@@ -116,8 +116,11 @@ class FakeNomad:
             if alloc.proc is not None and alloc.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(alloc.proc.pid, signal.SIGKILL)
-        for task in self._tasks:
-            task.cancel()
+        # Let each task read its pipes to the end (closing them) rather than cancelling it mid-way.
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=10)
+            for task in late:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         assert self._runner is not None
         await self._runner.cleanup()
@@ -199,21 +202,35 @@ class FakeNomad:
             return web.Response(status=404, text="job not found")
         job = self.jobs[job_id]
         kill_timeout = job["TaskGroups"][0]["Tasks"][0].get("KillTimeout", 5_000_000_000) / 1e9
+        # As in Nomad, the answer does not wait for the allocation to stop: the client kills it
+        # afterwards (the kill signal, then SIGKILL once KillTimeout has passed).
         for alloc in [a for a in self.allocs.values() if a.job_id == job_id]:
             if alloc.proc is not None and alloc.proc.returncode is None:
-                alloc.events.append({"Type": "Killing", "Time": time.time_ns(), "ExitCode": 0, "Signal": 0})
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(alloc.proc.pid, signal.SIGINT)  # Nomad's default kill signal
-                try:
-                    await asyncio.wait_for(alloc.proc.wait(), kill_timeout)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(alloc.proc.pid, signal.SIGKILL)
+                task = asyncio.create_task(self._kill(alloc, kill_timeout))
+                self._tasks.add(task)
         if request.query.get("purge") == "true":
             del self.jobs[job_id]
             self.purged.append(job_id)
         return web.json_response({"EvalID": str(uuid.uuid4()), "EvalCreateIndex": self.index,
                                   "JobModifyIndex": self.index})  # fmt: skip
+
+    async def _kill(self, alloc: FakeAlloc, kill_timeout: float) -> None:
+        assert alloc.proc is not None
+        alloc.events.append({"Type": "Killing", "Time": time.time_ns(), "ExitCode": 0, "Signal": 0})
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(alloc.proc.pid, signal.SIGINT)  # Nomad's default kill signal
+        try:
+            await asyncio.wait_for(asyncio.shield(alloc.proc.wait()), kill_timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(alloc.proc.pid, signal.SIGKILL)
+
+    async def stopped(self, alloc: FakeAlloc, within: float = 10.0) -> bool:
+        """True once the allocation's process has exited (waiting up to ``within`` seconds)."""
+        assert alloc.proc is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(alloc.proc.wait()), within)
+        return alloc.proc.returncode is not None
 
     async def _logs(self, request: web.Request) -> web.Response:
         alloc = self.allocs.get(request.match_info["alloc"])

@@ -51,11 +51,15 @@ class Kubelet:
     ) -> None:
         assert self._loop is not None
         self._loop.cancel()
-        for task in self._tasks:
-            task.cancel()
         for proc in self.running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        # Let each run read its pipes to the end (closing them) rather than cancelling it mid-way.
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=10)
+            for task in late:
+                task.cancel()
         await asyncio.gather(self._loop, *self._tasks, return_exceptions=True)
 
     async def _watch(self, ready: asyncio.Event) -> None:
