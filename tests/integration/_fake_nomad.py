@@ -14,6 +14,7 @@ for exactly these endpoints and fields:
 - ``DELETE /v1/job/:id?purge=true`` — stops the allocation (kill signal, then
   SIGKILL after ``KillTimeout``) and removes the job.
 - ``X-Nomad-Token`` checked when an ACL token is configured (403 otherwise).
+- HTTPS with client-certificate verification when given an SSL context.
 
 Every driver's task runs for real as a local process (``Config.command`` +
 ``Config.args``; ``work_dir`` for docker) with the task's ``Env`` plus this
@@ -28,6 +29,7 @@ import contextlib
 import os
 import re
 import signal
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -83,8 +85,9 @@ def _duration(text: str) -> float:
 
 
 class FakeNomad:
-    def __init__(self, *, token: str | None = None) -> None:
+    def __init__(self, *, token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.token = token
+        self.ssl_context = ssl_context
         self.requests: list[Recorded] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         self.allocs: dict[str, FakeAlloc] = {}
@@ -105,10 +108,10 @@ class FakeNomad:
         app.router.add_get("/v1/client/fs/logs/{alloc}", self._logs)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{port}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -9,10 +9,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import shutil
+import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _broker import stop_process
 
 import dagon
 from dagon.agent import Execution
@@ -202,3 +209,84 @@ async def test_bad_options_are_an_error_naming_the_option(
     await rt.aclose()
     assert outcome.status is ResultStatus.ERROR
     assert message in outcome.error
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (openssl CLI)."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is missing: .ci/setup installs it")
+    d = tmp_path / "pki"
+    d.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
+    return d
+
+
+async def test_mutual_tls_with_ca_and_client_certificate(tmp_path: Path, pki: Path) -> None:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.pem"))
+    server.load_cert_chain(pki / "server.pem", pki / "server.key")
+    server.verify_mode = ssl.CERT_REQUIRED  # like Nomad's verify_https_client
+    async with FakeNomad(ssl_context=server) as fake:
+        assert fake.url.startswith("https://")
+        rt = NomadRuntime(
+            scratch=tmp_path / "scratch", address=fake.url, ca_file=str(pki / "ca.pem"),
+            client_cert=str(pki / "client.pem"), client_key=str(pki / "client.key"), wait=5,
+        )  # fmt: skip
+        try:
+            ex = execution(tmp_path, "echo over-tls", {"driver": "raw_exec"})
+            outcome = await rt.run(ex)
+        finally:
+            await rt.aclose()
+        assert outcome.status is ResultStatus.SUCCEEDED, outcome
+        assert ex.stdout.read_text() == "over-tls\n"
+        # without the client certificate the server refuses the handshake: a clear error, no job
+        bare = NomadRuntime(scratch=tmp_path / "scratch", address=fake.url, ca_file=str(pki / "ca.pem"))
+        try:
+            refused = await bare.run(execution(tmp_path, "true", {"driver": "raw_exec"}))
+        finally:
+            await bare.aclose()
+        assert refused.status is ResultStatus.ERROR and "cannot reach Nomad" in refused.error
+        assert len(fake.allocs) == 1
+
+
+@pytest.mark.mosquitto
+async def test_dagon_agent_process_configured_by_a_nomad_table(mosquitto: Any, tmp_path: Path) -> None:
+    """A real ``dagon-agent`` process, its TOML ``[nomad]`` table, a real Mosquitto, the fake Nomad."""
+    async with FakeNomad(token=TOKEN) as fake:
+        home = tmp_path / "edge"
+        home.mkdir()
+        config = home / "agent.toml"
+        config.write_text(f'[nomad]\naddress = "{fake.url}"\ntoken_env = "EDGE_NOMAD_TOKEN"\nwait = 5\n')
+        cmd = [
+            sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
+            "--broker", mosquitto.url, "--id", "edge", "--scratch", str(home / "scratch"), "--config", str(config),
+        ]  # fmt: skip
+        env = dict(os.environ, DAGON_HOME=str(home), EDGE_NOMAD_TOKEN=TOKEN, DAGON_LOG_LEVEL="DEBUG")
+        with (home / "agent.log").open("wb") as log:
+            agent = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            async with dagon.connect(mosquitto.url, home=tmp_path / "client") as client:
+                assert client.coordinator is not None
+                async with asyncio.timeout(20):
+                    await client.coordinator.wait_for_agents(1)
+                wf = dagon.Workflow("nomad-cli")
+                wf.add(nomad_task("make", "echo from-nomad > data.txt"))
+                wf.add(nomad_task("use", "cat workflow:///make/data.txt > copy.txt"))
+                result = await (await client.submit(wf)).wait()
+        finally:
+            stop_process(agent)
+    assert result.ok, result.cause
+    assert (Path(result["use"].workdir) / "copy.txt").read_text() == "from-nomad\n"
+    assert len(fake.purged) == 2 and all(r.headers.get("X-Nomad-Token") == TOKEN for r in fake.requests)
+    assert TOKEN not in (home / "agent.log").read_text()  # DEBUG logging, and still no token
