@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-__all__ = ["OptionError", "Options", "object_name", "read_tail", "run_cleanup", "within"]
+__all__ = ["OptionError", "Options", "backoff", "object_name", "read_tail", "run_cleanup", "within"]
 
 _T = TypeVar("_T")
 TAIL: Final = 4096
@@ -89,6 +90,15 @@ class Options:
         if not isinstance(value, list | tuple) or not all(isinstance(p, str) and p.startswith("/") for p in value):
             raise self._fail(key, "a list of absolute paths", value)
         return list(value)
+
+
+def backoff(attempt: int, *, cap: float = 5.0) -> float:
+    """Capped, jittered exponential delay before repeating a request that brought nothing new.
+
+    A well-behaved server makes the request itself wait (watch, blocking query); this only
+    keeps a server that answers at once from turning the loop into a busy poll.
+    """
+    return min(cap, 0.05 * 2.0 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
 
 
 def object_name(prefix: str, run: str, task: str, attempt: int, *, limit: int) -> str:

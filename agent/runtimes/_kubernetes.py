@@ -44,7 +44,7 @@ from kubernetes_asyncio.config.incluster_config import (
 )
 
 from dagon.agent.runtimes._base import Execution, Outcome, Runtime
-from dagon.agent.runtimes._jobs import OptionError, Options, object_name, read_tail, run_cleanup, within
+from dagon.agent.runtimes._jobs import OptionError, Options, backoff, object_name, read_tail, run_cleanup, within
 from dagon.protocol import ResultStatus
 
 __all__ = ["KubernetesRuntime"]
@@ -262,6 +262,7 @@ class KubernetesRuntime(Runtime):
     async def _wait(self, v1: k8s.CoreV1Api, namespace: str, name: str) -> _End:
         """Follow the pod until it ends: list once, then watch from the list's resourceVersion."""
         version: str | None = None
+        idle = 0  # watches in a row that ended without an event
         while True:
             if version is None:
                 listing = await self._json(
@@ -275,8 +276,10 @@ class KubernetesRuntime(Runtime):
                 if (end := _ended(pods[0])) is not None:
                     return end
                 version = (listing.get("metadata") or {}).get("resourceVersion") or ""
+            events = 0
             try:
                 async for kind, pod in self._watch(v1, namespace, name, version):
+                    events += 1
                     if pod.get("metadata", {}).get("name") != name:
                         continue  # a server that ignores the field selector streams its neighbours too
                     version = pod["metadata"].get("resourceVersion") or version
@@ -288,6 +291,9 @@ class KubernetesRuntime(Runtime):
                 if exc.status != 410:
                     raise
                 version = None  # too old: list again
+            idle = 0 if events else idle + 1
+            if idle:
+                await asyncio.sleep(backoff(idle))
 
     async def _watch(
         self, v1: k8s.CoreV1Api, namespace: str, name: str, version: str

@@ -41,7 +41,7 @@ from urllib.parse import quote
 import aiohttp
 
 from dagon.agent.runtimes._base import Execution, Outcome, Runtime
-from dagon.agent.runtimes._jobs import OptionError, Options, object_name, read_tail, run_cleanup, within
+from dagon.agent.runtimes._jobs import OptionError, Options, backoff, object_name, read_tail, run_cleanup, within
 from dagon.protocol import ResultStatus
 
 __all__ = ["NomadRuntime"]
@@ -220,7 +220,7 @@ class NomadRuntime(Runtime):
 
     async def _wait(self, path: str, namespace: str | None, alloc: dict[str, Any]) -> _End:
         """Blocking queries on the job's allocations until its allocation is terminal."""
-        index = 0
+        index = stalled = 0
         while True:
             params = {"index": str(index), "wait": f"{self._block:g}s"} if index else {}
             # Nomad may add up to wait/16 to the wait; leave room before giving up on the socket.
@@ -228,7 +228,12 @@ class NomadRuntime(Runtime):
                 "GET", f"{path}/allocations", params=self._params(params, namespace), seconds=self._block * 1.1 + 15
             )
             new = int(headers.get("X-Nomad-Index", "0") or 0)
+            # Nomad's advice: an index that goes backwards resets the query; one that stays put
+            # means nothing changed (the wait elapsed) — pause briefly before asking again.
+            stalled = stalled + 1 if new == index else 0
             index = new if new > index else (0 if new < index else index)
+            if stalled:
+                await asyncio.sleep(backoff(stalled))
             if not allocs:
                 continue
             latest = max(allocs, key=lambda x: x.get("CreateIndex", 0))
