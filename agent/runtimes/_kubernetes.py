@@ -195,17 +195,20 @@ class KubernetesRuntime(Runtime):
         namespace = namespace_option or self._namespace or "default"
         name = pod["metadata"]["name"]
         pod["metadata"]["namespace"] = namespace
-        created = False
+        created = sent = False  # sent: the pod may exist even if the answer never came
         try:
             async with asyncio.timeout(a.timeout):
+                sent = True
                 (await v1.create_namespaced_pod(namespace, pod, _preload_content=False)).release()
                 created = True
                 log.info("task %s/%s attempt %d: pod %s/%s created", a.run, a.task, a.attempt, namespace, name)
                 end = await self._wait(v1, namespace, name)
         except TimeoutError:
             end = _End(ResultStatus.TIMEOUT, None, f"pod {namespace}/{name} deleted after the {a.timeout:g} s timeout")
+            if sent and not created:
+                await run_cleanup(lambda: self._delete(v1, namespace, name, grace=0))
         except asyncio.CancelledError:
-            if created:
+            if sent:
                 await run_cleanup(lambda: self._delete(v1, namespace, name, grace=0))
             raise
         except _PodGone:

@@ -61,6 +61,10 @@ _CHUNK: Final = 64 * 1024
 class NomadError(Exception):
     """Nomad answered with an error status; the message carries it (never the token)."""
 
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 @dataclass(frozen=True, slots=True)
 class _End:
@@ -175,7 +179,7 @@ class NomadRuntime(Runtime):
         ) as resp:
             if resp.status >= 400:
                 text = (await resp.text())[:500].strip()
-                raise NomadError(f"{method} {path}: {resp.status} {resp.reason}: {text}")
+                raise NomadError(f"{method} {path}: {resp.status} {resp.reason}: {text}", status=resp.status)
             return await resp.json(content_type=None), resp.headers
 
     async def aclose(self) -> None:
@@ -195,18 +199,21 @@ class NomadRuntime(Runtime):
             return Outcome(ResultStatus.ERROR, None, error=str(exc))
         job_id = job["ID"]
         path = f"/v1/job/{quote(job_id, safe='')}"
-        registered = False
+        registered = sent = False  # sent: the job may exist even if the answer never came
         alloc: dict[str, Any] = {}
         try:
             async with asyncio.timeout(a.timeout):
+                sent = True
                 await self._request("POST", "/v1/jobs", params=self._params(namespace=namespace), json={"Job": job})
                 registered = True
                 log.info("task %s/%s attempt %d: Nomad job %s registered", a.run, a.task, a.attempt, job_id)
                 end = await self._wait(path, namespace, alloc)
         except TimeoutError:
             end = _End(ResultStatus.TIMEOUT, None, f"Nomad job {job_id} purged after the {a.timeout:g} s timeout")
+            if sent and not registered:
+                await run_cleanup(lambda: self._purge(path, namespace))
         except asyncio.CancelledError:
-            if registered:
+            if sent:
                 await run_cleanup(lambda: self._purge(path, namespace))
             raise
         except NomadError as exc:
@@ -261,7 +268,8 @@ class NomadRuntime(Runtime):
         url = f"{self._address}/v1/client/fs/logs/{quote(alloc_id, safe='')}"
         async with session.get(url, params=params, timeout=aiohttp.ClientTimeout(total=300)) as resp:
             if resp.status >= 400:
-                raise NomadError(f"logs: {resp.status} {resp.reason}: {(await resp.text())[:200]}")
+                text = (await resp.text())[:200]
+                raise NomadError(f"logs: {resp.status} {resp.reason}: {text}", status=resp.status)
             out = await asyncio.to_thread(target.open, "ab")
             try:
                 async for chunk in resp.content.iter_chunked(_CHUNK):
@@ -273,7 +281,10 @@ class NomadRuntime(Runtime):
         try:
             await self._request("DELETE", path, params=self._params({"purge": "true"}, namespace))
             log.info("Nomad job %s purged", path.rsplit("/", 1)[-1])
-        except (NomadError, aiohttp.ClientError, OSError) as exc:
+        except NomadError as exc:
+            if exc.status != 404:  # 404: already gone, or never registered
+                log.warning("Nomad job %s could not be purged: %s", path.rsplit("/", 1)[-1], exc)
+        except (aiohttp.ClientError, OSError) as exc:
             log.warning("Nomad job %s could not be purged: %s", path.rsplit("/", 1)[-1], exc)
 
     # -- the job ----------------------------------------------------------------------------
