@@ -296,7 +296,8 @@ def _read_file(config_file: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {config_file} cannot be read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
-    known = {f.name for f in fields(AgentConfig)} - {"agent_id"} | {"id"}
+    # [kubernetes] and [nomad] tables are read by dagon.agent.runtimes.orchestrator_runtimes.
+    known = {f.name for f in fields(AgentConfig)} - {"agent_id"} | {"id", "kubernetes", "nomad"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"config file {config_file}: unknown setting(s) {unknown}; known: {sorted(known)}")

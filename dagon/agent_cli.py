@@ -17,8 +17,8 @@ from pathlib import Path
 
 from dagon._keys import agent_keys, agent_signer, enroll, read_public_key, warn_insecure
 from dagon._settings import insecure_from_env
-from dagon.agent import Agent, AgentConfig, load_agent_config
-from dagon.agent.runtimes import select_runtimes
+from dagon.agent import Agent, AgentConfig, Runtime, load_agent_config
+from dagon.agent.runtimes import orchestrator_runtimes, select_runtimes
 from dagon.protocol import ConfigError, DagonError, fingerprint, public_key_line
 from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, redact_url
 
@@ -64,10 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: AgentConfig, *, insecure: bool) -> None:
+async def _serve(config: AgentConfig, *, insecure: bool, orchestrators: list[Runtime] | None = None) -> None:
     assert config.broker is not None
     # Configuration mistakes first (runtimes, TLS files), then keys.
     runtimes = await select_runtimes(config.runtimes, home=config.home, scratch=config.scratch)
+    runtimes = [*runtimes, *(orchestrators or ())]
     if insecure:
         signer, trust = None, None
         warn_insecure(log)
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        asyncio.run(_serve(config, insecure=insecure_from_env(args.insecure)))
+        orchestrators = orchestrator_runtimes(config_file=args.config, scratch=config.scratch, env=os.environ)
+        asyncio.run(_serve(config, insecure=insecure_from_env(args.insecure), orchestrators=orchestrators))
     except DagonError as exc:
         sys.stderr.write(f"dagon-agent: error: {exc}\n")
         return 2
