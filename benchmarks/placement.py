@@ -78,9 +78,7 @@ def main() -> int:
         wf = build(args.tasks)
         base = drive(LeastLoaded(), wf, args.agents, args.slots)
         scored = drive(Scored(), wf, args.agents, args.slots)
-        rows.append(
-            (shape, len(wf), f"{len(wf) / base:,.0f}", f"{len(wf) / scored:,.0f}", f"{scored / base:.2f}x")
-        )
+        rows.append((shape, len(wf), f"{len(wf) / base:,.0f}", f"{len(wf) / scored:,.0f}", f"{scored / base:.2f}x"))
     print_table(
         f"engine placement, {args.agents} agents x {args.slots} slots (tasks/s, higher is better)",
         ("shape", "tasks", "LeastLoaded (baseline)", "Scored (default)", "time vs baseline"),

@@ -368,7 +368,7 @@ class Engine(Linking):
 
     def _place(self, ready: deque[TaskView], available: list[AgentView]) -> None:
         skipped: list[TaskView] = []
-        unplaceable: set[tuple[object, ...]] = set()
+        unplaceable: dict[tuple[object, ...], str] = {}  # constraints -> why they wait (this pass)
         for _ in range(len(ready)):
             if not available:
                 break
@@ -381,16 +381,15 @@ class Engine(Linking):
             key = (spec.runtime, spec.agent, tuple(spec.labels.items()), spec.cpus, spec.memory, spec.arch, colocated)
             if key in unplaceable:
                 skipped.append(view)
-                self._explain(view)
+                self._explain(view, reason=unplaceable[key])
                 continue
             fitting = [a for a in available if fits_now(spec, a) and (colocated is None or a.id == colocated)]
             agent = None
             if fitting:
                 agent = self.placement.choose(spec, fitting, input_hosts=hosts, locality=self._locality(view))
             if agent is None:
-                unplaceable.add(key)
                 skipped.append(view)
-                self._explain(view)
+                unplaceable[key] = self._explain(view)
                 continue
             self._dispatch(view, agent)
             if agent.free <= 0:
@@ -410,19 +409,22 @@ class Engine(Linking):
         run = view.run
         return locality_of(view, ((producer_of(run, r), r.path) for r in refs))
 
-    def _explain(self, view: TaskView, *, silent_busy: bool = False) -> None:
+    def _explain(self, view: TaskView, *, silent_busy: bool = False, reason: str = "") -> str:
         """Record why a ready task waits; emit a TaskWaiting event when the reason changed.
 
         Plain queueing (every agent full) only updates the cause of the queue's head
         (``silent_busy``): an event per queued task would double the events of a fan-out.
+        Returns the reason (``reason``, if given, is one already worked out this pass).
         """
-        reason = waiting_reason(view.spec, self.agents.values(), self._now, self._colocated(view))
+        if view.state is not _S.READY:
+            return reason  # a stale queue entry (cancelled or failed meanwhile)
+        reason = reason or waiting_reason(view.spec, self.agents.values(), self._now, self._colocated(view))
         if reason == view.cause:
-            return
+            return reason
         view.cause = reason
-        if silent_busy and reason.endswith("busy"):
-            return
-        self._out.append(TaskWaiting(view.run.id, view.name, view.attempt, reason, self._now))
+        if not (silent_busy and reason.endswith("busy")):
+            self._out.append(TaskWaiting(view.run.id, view.name, view.attempt, reason, self._now))
+        return reason
 
     def _linked(self, producer: TaskView) -> bool:
         """Whether a running run other than the producer's reads it (meta-workflow link)."""

@@ -24,8 +24,8 @@ from dagon.core import (
     Workflow,
 )
 from dagon.core._events import DeleteScratch, TaskWaiting
-from dagon.core._fit import check_placeable, held
-from dagon.protocol import AgentId, Capabilities, OutputFile, ResultStatus, RunId, TaskResult
+from dagon.core._fit import check_placeable, held, unmet
+from dagon.protocol import AgentId, Capabilities, OutputFile, ResultStatus, RunId, TaskAssignment, TaskName, TaskResult
 
 from ._sim import caps, dispatches
 
@@ -164,10 +164,8 @@ def test_cpus_and_memory_are_held_while_running() -> None:
     assert engine.run(R).counts[TaskState.SUCCEEDED] == 5
 
 
-def _assignment_of(engine: Engine, task: str):  # type: ignore[no-untyped-def]
+def _assignment_of(engine: Engine, task: str) -> TaskAssignment:
     view = engine.run(R).tasks[task]
-    from dagon.protocol import TaskAssignment, TaskName
-
     return TaskAssignment(run=R, workflow="w", task=TaskName(task), attempt=view.attempt, runtime="process", command="")
 
 
@@ -368,3 +366,68 @@ def test_deleted_outputs_have_no_unfinished_reader(
             assert f"t{i}" in deleted
         else:
             assert f"t{i}" not in deleted
+
+
+# -- property: placement honours constraints and resource budgets -----------------------
+
+
+agent_st = st.builds(
+    lambda cpus, slots, prefetch, gib, arch, gpu: agent_caps(
+        cpus=cpus, slots=slots, prefetch=prefetch, memory=gib * 2**30, arch=arch, labels={"gpu": gpu}
+    ),
+    st.integers(1, 8),
+    st.integers(1, 4),
+    st.integers(0, 2),
+    st.integers(1, 8),
+    st.sampled_from(["x86_64", "aarch64"]),
+    st.sampled_from(["yes", "no"]),
+)
+task_st = st.tuples(
+    st.sampled_from([0.5, 1.0, 2.0, 4.0]),
+    st.integers(0, 4),
+    st.sampled_from(["", "x86_64", "aarch64"]),
+    st.sampled_from(["", "yes"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(agent_st, min_size=1, max_size=4), st.lists(task_st, min_size=1, max_size=12), st.randoms())
+def test_dispatches_fit_constraints_and_budgets(
+    agents: list[Capabilities], tasks: list[tuple[float, int, str, str]], rng: random.Random
+) -> None:
+    engine = engine_with({f"a{i}": c for i, c in enumerate(agents)})
+    wf = Workflow("w")
+    for i, (cpus, gib, arch, gpu) in enumerate(tasks):
+        wf.shell(f"t{i}", "true", cpus=cpus, memory=gib * 2**30, arch=arch, labels={"gpu": gpu} if gpu else {})
+    try:
+        check_placeable(wf, engine.agents.values())
+    except ValidationError as exc:
+        bad = set(exc.tasks)
+        for name in bad:  # each named task really fits no agent
+            assert all(unmet(wf[name], a) is not None for a in engine.agents.values())
+        return
+    submit(engine, wf)
+    now = 0.0
+    for _ in range(10 * len(tasks)):
+        now += 1
+        batch = dispatches(engine.schedule(now))
+        for agent in engine.agents.values():
+            cpus, memory = held(agent)
+            if len(agent.inflight) > 1:
+                assert cpus <= max(agent.capabilities.cpus, agent.capabilities.slots) + agent.capabilities.prefetch
+                assert memory <= agent.capabilities.memory
+        for d in batch:
+            assert unmet(wf[d.assignment.task], engine.agents[d.agent]) is None
+        inflight = [(a, ref) for a in engine.agents.values() for ref in a.inflight]
+        rng.shuffle(inflight)
+        for agent, ref in inflight[: rng.randint(1, max(1, len(inflight)))]:
+            view = agent.inflight[ref]
+            finish_view(engine, agent.id, view.name, ref.attempt, now)
+        if engine.run(R).unfinished == 0:
+            break
+    assert engine.run(R).counts[TaskState.SUCCEEDED] == len(tasks)  # every satisfiable task ran
+
+
+def finish_view(engine: Engine, agent: AgentId, task: str, attempt: int, now: float) -> None:
+    result = TaskResult(R, TaskName(task), attempt, ResultStatus.SUCCEEDED, 0, now, now)
+    engine.handle(TaskFinished(agent, result), now)
