@@ -487,6 +487,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         console.print(f"  {doc['cause']}")
     counts = doc.get("counts") or {}
     console.print("  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    peaks = doc.get("scratch_peak") or {}
+    if peaks:
+        console.print("  peak scratch (task outputs): " + ", ".join(f"{a} {n:,} B" for a, n in sorted(peaks.items())))
     for task in doc.get("task_list", []):
         console.print(f"  {task['name']}: {task['state']} {task.get('cause', '')}")
     return 0

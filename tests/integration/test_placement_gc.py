@@ -133,3 +133,11 @@ async def test_gc_leaves_exactly_the_kept_outputs_and_locality_places_next_to_da
     assert done.returncode == 0, done.stderr
     assert "asked 3 agent(s)" in done.stdout
     assert await wait_for_dirs(tmp_path, kept.id, set()) == set()
+
+    # The retained run status carries each agent's peak scratch footprint; `dagon status` shows it.
+    status = [*cli[:3], "status", handle.id, "--broker", mosquitto.url]
+    wide = dict(env, COLUMNS="200")  # rich wraps at 80 columns without a terminal
+    shown = await asyncio.to_thread(subprocess.run, status, env=wide, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "peak scratch (task outputs):" in shown.stdout
+    assert f"agent2 {peak['agent2']:,} B" in shown.stdout
