@@ -16,6 +16,7 @@ instead of two (the coordinator accepts dispatched → finished).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections import defaultdict
@@ -40,6 +41,7 @@ __all__ = ["Outbox"]
 log = logging.getLogger(__name__)
 
 _R = TypeVar("_R", StartedTask, TaskResult)
+START_GRACE = 0.002  # seconds a start report may wait for its task's result
 
 
 class Outbox:
@@ -58,6 +60,7 @@ class Outbox:
         self._started: defaultdict[str, list[StartedTask]] = defaultdict(list)
         self._finished: defaultdict[str, list[TaskResult]] = defaultdict(list)
         self._wake = asyncio.Event()
+        self._result_ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self.batches = 0
 
@@ -75,17 +78,25 @@ class Outbox:
         """Queue a result for ``coordinator``."""
         self._finished[coordinator].append(item)
         self._wake.set()
+        self._result_ready.set()
 
     async def run(self) -> None:
         """Publish queued reports as they come, forever (the agent's outbox loop)."""
         while True:
             await self._wake.wait()
+            if not self._result_ready.is_set():
+                # Only starts are waiting: give a short task a moment to finish, so its start is
+                # replaced by its result (one signed message instead of two). Results never wait.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(START_GRACE):
+                        await self._result_ready.wait()
             await self.flush()
 
     async def flush(self) -> None:
         """Hand every queued report to the publisher now."""
         async with self._lock:
             self._wake.clear()
+            self._result_ready.clear()
             started, self._started = self._started, defaultdict(list)
             finished, self._finished = self._finished, defaultdict(list)
             for coordinator in started.keys() | finished.keys():

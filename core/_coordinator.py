@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -98,6 +99,14 @@ __all__ = ["Coordinator", "new_run_id"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH: Final = 2000  # assignments per message
+
+
+RELAY_KEEP: Final = 600.0  # seconds relayed outputs outlive their run
+
+
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _safe(name: str) -> str:
@@ -181,6 +190,8 @@ class Coordinator:
                 uploads=True,
             )
         self._uploads_asked: set[tuple[str, str, int, str]] = set()
+        self._relay_dir = relay_dir
+        self._relay_finished: dict[RunId, float] = {}
         self._uploads: list[tuple[AgentId, UploadOutputs]] = []
         will = Will(
             topics.coordinator_status(coordinator_id),
@@ -677,12 +688,27 @@ class Coordinator:
         log.info("run %s %s: %s", t.run, t.new.value, t.cause)
         if self._writer is not None:
             self._writer.run_state(t.run, t.new.value, t.cause, t.at)
+        if self._relay is not None:
+            self._expire_relay(t.run, t.at)
         for queue in self._watchers.pop(t.run, ()):
             queue.put_nowait(event)
             queue.put_nowait(None)
         fut = self._waiters.pop(t.run, None)
         if fut is not None and not fut.done():
             fut.set_result(RunResult.from_view(view))
+
+    def _expire_relay(self, finished: RunId, now: float) -> None:
+        """Relayed outputs stay for a while after their run ends (fetches, later runs referencing
+        them), then are deleted; asking again re-uploads them."""
+        self._relay_finished[finished] = now
+        expired = [run for run, at in self._relay_finished.items() if now - at > RELAY_KEEP]
+        if not expired or self._relay_dir is None or self._tg is None:
+            return
+        for run in expired:
+            del self._relay_finished[run]
+        self._uploads_asked = {key for key in self._uploads_asked if key[0] not in expired}
+        paths = [self._relay_dir / _safe(run) for run in expired]
+        self._tg.create_task(asyncio.to_thread(_remove_all, paths), name="coordinator-relay-expiry")
 
     async def _reannounce_loop(self) -> None:
         while True:

@@ -513,6 +513,10 @@ class Engine(Linking):
 
     def _fail(self, view: TaskView, cause: str) -> None:
         self._move(view, _S.FAILED, cause)
+        self._fail_dependents(view)
+
+    def _fail_dependents(self, view: TaskView) -> None:
+        """Every pending task downstream of ``view`` can never run: upstream_failed."""
         stack = list(view.dependents)
         while stack:
             child = stack.pop()

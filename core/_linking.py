@@ -43,6 +43,7 @@ class Linking:
         def _move(self, view: TaskView, new: TaskState, cause: str) -> None: ...
         def _make_ready(self, view: TaskView, cause: str) -> None: ...
         def _finish_run(self, run: RunView) -> None: ...
+        def _fail_dependents(self, view: TaskView) -> None: ...
 
     def check_references(self, workflow: Workflow, graph: Graph) -> None:
         """Raise ValidationError if a reference to another workflow names no known run or task."""
@@ -92,12 +93,7 @@ class Linking:
 
     def _upstream_failed(self, view: TaskView, cause: str) -> None:
         self._move(view, _S.UPSTREAM_FAILED, cause)
-        stack = list(view.dependents)
-        while stack:
-            child = stack.pop()
-            if child.state is _S.PENDING:
-                self._move(child, _S.UPSTREAM_FAILED, f"upstream task {view.name!r} failed")
-                stack.extend(child.dependents)
+        self._fail_dependents(view)
 
     def _expand(self, template: TaskView) -> None:
         """Replace a ready map template by one task per matching output file of its producer."""

@@ -32,8 +32,8 @@ from dagon.agent import host_id
 from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workflow
 from dagon.core._coordinator import new_run_id
 from dagon.core._store import RunStore
-from dagon.protocol import CancelRun, Codec, DagonError, RunId, Signer, SubmitRun, TransportError, covers, topics
-from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, pull
+from dagon.protocol import CancelRun, Codec, DagonError, RunId, Signer, SubmitRun, TransportError, topics
+from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, covered_files, pull
 
 __all__ = ["Client", "RunHandle", "connect"]
 
@@ -41,15 +41,10 @@ __all__ = ["Client", "RunHandle", "connect"]
 def _copy_covered(root: Path, scope: str, dest: Path) -> None:
     """Copy the regular files of ``root`` that ``scope`` covers (as staging would) into ``dest``."""
     found = False
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = [d for d in dirnames if not (here == root and d == ".dagon") and not (here / d).is_symlink()]
-        for name in filenames:
-            rel = (here / name).relative_to(root).as_posix()
-            if covers(scope, rel) and not (here / name).is_symlink():
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(here / name, dest / rel)
-                found = True
+    for rel in covered_files(root, scope):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
+        found = True
     if not found:
         raise DagonError(f"nothing in {root} matches {scope!r}")
 

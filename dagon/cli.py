@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     trust_agent.add_argument("agent")
     trust_agent.add_argument("pubkey", type=Path)
 
+    runs = sub.add_parser("runs", help="list the runs recorded in $DAGON_HOME's run store")
+    runs.add_argument("--limit", type=int, default=20, help="most recent N runs (default: 20)")
+    runs.add_argument("--json", action="store_true")
+
     status = sub.add_parser("status", help="show a run")
     status.add_argument("run")
     broker_arg(status)
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _cmd_submit,
         "coordinator": _cmd_coordinator,
         "status": _cmd_status,
+        "runs": _cmd_runs,
         "agents": _cmd_agents,
         "broker": _cmd_broker,
         "keys": _cmd_keys,
@@ -492,6 +497,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
         console.print("  peak scratch (task outputs): " + ", ".join(f"{a} {n:,} B" for a, n in sorted(peaks.items())))
     for task in doc.get("task_list", []):
         console.print(f"  {task['name']}: {task['state']} {task.get('cause', '')}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from dagon.core._store import RunStore
+
+    path = dagon_home() / "runs.sqlite"
+    if not path.exists():
+        raise DagonError(f"no run store in {dagon_home()} (set DAGON_HOME to the coordinator's home)")
+    store = RunStore(path)
+    try:
+        records = store.list_runs(limit=max(1, args.limit))
+    finally:
+        store.close()
+    if args.json:
+        rows = [
+            {"run": r.id, "workflow": r.workflow, "state": r.state, "cause": r.cause,
+             "submitted_at": r.submitted_at, "finished_at": r.finished_at}
+            for r in records
+        ]  # fmt: skip
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    table = Table(title=f"{len(records)} most recent run(s) in {path}")
+    for col in ("run", "workflow", "state", "submitted", "took", "cause"):
+        table.add_column(col)
+    for r in records:
+        took = f"{r.finished_at - r.submitted_at:.1f} s" if r.finished_at else ""
+        submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.submitted_at))
+        table.add_row(r.id, r.workflow, r.state, submitted, took, r.cause[:60])
+    Console().print(table)
     return 0
 
 

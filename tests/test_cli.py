@@ -53,6 +53,17 @@ def test_run_fetches_the_final_outputs(tmp_path: Path) -> None:
     assert (tmp_path / "results" / "Taskflow-Demo" / "E" / "result.txt").read_text() == produced.read_text()
 
 
+def test_runs_lists_the_store(tmp_path: Path) -> None:
+    assert dagon("runs", home=tmp_path).returncode == 2  # no store yet: a clear error
+    assert dagon("run", "examples/taskflow/taskflow.py", home=tmp_path).returncode == 0
+    out = dagon("runs", "--json", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert row["workflow"] == "Taskflow-Demo" and row["state"] == "succeeded" and row["finished_at"]
+    status = dagon("status", row["run"], "--json", home=tmp_path)
+    assert json.loads(status.stdout)["counts"] == {"succeeded": 5}
+
+
 def test_failed_workflow_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
     script = tmp_path / "fails.py"
     script.write_text(

@@ -6,7 +6,7 @@ This subpackage is the only place in dagon that talks to a broker; the rest of
 
 from dagon.protocol.transport._auth import MqttAuth
 from dagon.protocol.transport._base import Incoming, Transport, Will, topic_matches
-from dagon.protocol.transport._dataplane import MANIFEST_FILE, DataServer, PullStats, pull, push
+from dagon.protocol.transport._dataplane import MANIFEST_FILE, DataServer, PullStats, covered_files, pull, push
 from dagon.protocol.transport._memory import MemoryHub, MemoryTransport
 from dagon.protocol.transport._mqtt import BrokerURL, MqttTransport, redact_url
 from dagon.protocol.transport._publisher import Publisher
@@ -15,6 +15,7 @@ __all__ = [
     "MANIFEST_FILE",
     "DataServer",
     "PullStats",
+    "covered_files",
     "pull",
     "push",
     "BrokerURL",

@@ -34,7 +34,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from dagon.protocol._errors import DagonError, ProtocolError, TransportError
 from dagon.protocol._grants import Grant, covers
 
-__all__ = ["MANIFEST_FILE", "DataServer", "PullStats", "pull", "push"]
+__all__ = ["MANIFEST_FILE", "DataServer", "PullStats", "covered_files", "pull", "push"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _inside(root: Path, rel: str) -> Path:
     return full
 
 
-def _walk(root: Path, scope: str) -> Iterator[str]:
+def covered_files(root: Path, scope: str) -> Iterator[str]:
     """Relative paths of the regular files under ``root`` that ``scope`` covers (no symlinks, no .dagon)."""
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
@@ -91,7 +91,7 @@ def _listing(root: Path, scope: str) -> list[dict[str, Any]]:
         for entry in json.loads((root / ".dagon" / MANIFEST_FILE).read_text()):
             known[entry["path"]] = entry
     out = []
-    for rel in _walk(root, scope):
+    for rel in covered_files(root, scope):
         path = root / rel
         size = path.stat().st_size
         entry = known.get(rel)

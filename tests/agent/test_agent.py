@@ -161,7 +161,9 @@ async def test_started_is_never_after_finished_and_reports_are_batched(hub: Memo
             started_at.update({t.task: index for t in message.tasks})
         elif isinstance(message, TasksFinished):
             finished_at.update({r.task: index for r in message.results})
-    assert set(started_at) == set(finished_at) == {f"t{i}" for i in range(count)}
+    assert set(finished_at) == {f"t{i}" for i in range(count)}
+    # a start is reported before its result, or not at all (a short task's result replaces it)
+    assert set(started_at) <= set(finished_at)
     assert all(started_at[t] < finished_at[t] for t in started_at)
     assert len(coord.seen) < 2 * count  # coalesced: fewer messages than reports
 

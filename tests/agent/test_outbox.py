@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dagon.agent._outbox import Outbox
+import asyncio
+import contextlib
+
+from dagon.agent._outbox import START_GRACE, Outbox
 from dagon.protocol import (
     AgentId,
     Codec,
@@ -42,3 +45,26 @@ async def test_a_start_whose_result_is_in_the_same_flush_is_not_sent() -> None:
     assert isinstance(first, TasksStarted) and [t.task for t in first.tasks] == ["slow"]
     assert isinstance(second, TasksFinished) and [r.task for r in second.results] == ["quick"]
     assert second.results[0].started_at == 1.0 and second.results[0].workdir == "/s/r/quick-1"
+
+
+async def test_a_lone_start_waits_briefly_for_its_result_but_is_sent_if_none_comes() -> None:
+    hub = MemoryHub()
+    codec = Codec(sender="agent/a")
+    async with hub.transport() as sender, hub.transport() as inbox:
+        await inbox.subscribe(topics.coordinator_inbox("c"))
+        outbox = Outbox(agent=AgentId("a"), codec=codec, publisher=Publisher(sender))
+        loop = asyncio.create_task(outbox.run())
+        try:
+            messages = inbox.messages()
+            outbox.started("c", started("fast"))
+            await asyncio.sleep(START_GRACE / 4)
+            outbox.finished("c", result("fast"))  # within the grace: only the result goes out
+            only = codec.decode((await anext(messages)).payload).message
+            outbox.started("c", started("slow"))  # no result follows: the start goes out after the grace
+            late = codec.decode((await anext(messages)).payload).message
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+    assert isinstance(only, TasksFinished) and [r.task for r in only.results] == ["fast"]
+    assert isinstance(late, TasksStarted) and [t.task for t in late.tasks] == ["slow"]

@@ -118,3 +118,14 @@ def start_agent(
     environ = dict(os.environ, DAGON_HOME=str(home), **(env or {}))
     with (home / "agent.log").open("wb") as log:
         return subprocess.Popen(cmd, env=environ, stdout=log, stderr=subprocess.STDOUT)
+
+
+def hub_agent(hub: MemoryHub, tmp: Path, name: str, **flags: object) -> Agent:
+    """An in-process agent on ``hub`` with its own home and scratch under ``tmp/name``; ``flags`` as
+    ``dagon-agent``'s (e.g. ``host_id`` to act as another host, ``reachable=False``)."""
+    config = load_agent_config(
+        config_file=None,
+        env={"DAGON_HOME": str(tmp / name)},
+        flags={"id": name, "scratch": str(tmp / name / "scratch"), **flags},
+    )
+    return Agent(config=config, connect=lambda will: hub.transport(will=will), **agent_security())

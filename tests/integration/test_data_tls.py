@@ -5,22 +5,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from _keys import agent_security, coordinator_security
+from _keys import coordinator_security
 
 import dagon
 from dagon._brokerconfig import generate_broker_config
-from dagon.agent import Agent, load_agent_config
 from dagon.core import Coordinator, RunResult, RunState
 from dagon.protocol.transport import MemoryHub
 
-
-def agent(hub: MemoryHub, tmp: Path, name: str, **flags: object) -> Agent:
-    config = load_agent_config(
-        config_file=None,
-        env={"DAGON_HOME": str(tmp / name)},
-        flags={"id": name, "scratch": str(tmp / name / "scratch"), **flags},
-    )
-    return Agent(config=config, connect=lambda will: hub.transport(will=will), **agent_security())
+from ._stack import hub_agent as agent
 
 
 async def run(tmp: Path, consumer_flags: dict[str, object]) -> tuple[RunResult, str]:

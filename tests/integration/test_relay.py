@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from pathlib import Path
 
 import pytest
-from _keys import agent_security, coordinator_security
+from _keys import coordinator_security
 
 import dagon
-from dagon.agent import Agent, load_agent_config
 from dagon.agent import _runner as runner_module
 from dagon.core import Coordinator, RunState
+from dagon.core import _coordinator as coordinator_module
 from dagon.protocol.transport import MemoryHub, pull
 
-
-def agent(hub: MemoryHub, tmp: Path, name: str, **flags: object) -> Agent:
-    config = load_agent_config(
-        config_file=None,
-        env={"DAGON_HOME": str(tmp / name)},
-        flags={"id": name, "scratch": str(tmp / name / "scratch"), **flags},
-    )
-    return Agent(config=config, connect=lambda will: hub.transport(will=will), **agent_security())
+from ._stack import hub_agent as agent
 
 
 async def test_outputs_of_an_unreachable_agent_travel_through_the_relay(tmp_path: Path) -> None:
@@ -96,3 +90,35 @@ async def test_long_staging_reports_progress_events(tmp_path: Path, monkeypatch:
     assert notes, [e.cause for e in events]
     assert all(e.state == e.old and e.agent == "b" for e in notes)  # informational: no state change
     assert "of 57.2 MiB" in notes[-1].cause
+
+
+async def test_relayed_outputs_expire_after_their_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coordinator_module, "RELAY_KEEP", 0.0)
+    hub = MemoryHub()
+
+    def nat_pipeline(name: str) -> dagon.Workflow:
+        wf = dagon.Workflow(name)
+        wf.shell("sense", "echo 1 > r.txt", agent="edge")
+        wf.shell("analyse", "cat workflow:///sense/r.txt", agent="cloud")
+        return wf
+
+    async with contextlib.AsyncExitStack() as stack:
+        coordinator = await stack.enter_async_context(
+            Coordinator(
+                connect=lambda will: hub.transport(will=will), coordinator_id="c", relay_dir=tmp_path / "relay",
+                **coordinator_security(),
+            )
+        )  # fmt: skip
+        await stack.enter_async_context(agent(hub, tmp_path, "edge", host_id="behind-nat", reachable=False))
+        await stack.enter_async_context(agent(hub, tmp_path, "cloud", host_id="datacentre"))
+        await coordinator.wait_for_agents(2)
+        first = await coordinator.submit(nat_pipeline("first"))
+        assert (await coordinator.wait(first)).state is RunState.SUCCEEDED
+        assert (tmp_path / "relay" / first).is_dir()
+        second = await coordinator.submit(nat_pipeline("second"))
+        assert (await coordinator.wait(second)).state is RunState.SUCCEEDED
+        for _ in range(100):  # the expiry runs in a worker thread
+            if not (tmp_path / "relay" / first).exists():
+                break
+            await asyncio.sleep(0.02)
+    assert not (tmp_path / "relay" / first).exists()

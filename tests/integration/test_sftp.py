@@ -17,12 +17,13 @@ from pathlib import Path
 import asyncssh
 import pytest
 from _broker import IN_CI, free_port, stop_process
-from _keys import agent_security, coordinator_security
+from _keys import coordinator_security
 
 import dagon
-from dagon.agent import Agent, load_agent_config
 from dagon.core import Coordinator, RunState
 from dagon.protocol.transport import MemoryHub
+
+from ._stack import hub_agent as agent
 
 SSHD_MISSING = "OpenSSH server (sshd) not installed; run .ci/setup"
 
@@ -76,15 +77,6 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         yield Sshd(port, work / "client_key", work / "known_hosts")
     finally:
         stop_process(proc)
-
-
-def agent(hub: MemoryHub, tmp: Path, name: str, **flags: object) -> Agent:
-    config = load_agent_config(
-        config_file=None,
-        env={"DAGON_HOME": str(tmp / name)},
-        flags={"id": name, "scratch": str(tmp / name / "scratch"), **flags},
-    )
-    return Agent(config=config, connect=lambda will: hub.transport(will=will), **agent_security())
 
 
 async def run_two_hosts(tmp: Path, ssh: Sshd, known_hosts: Path) -> dagon.RunResult:
