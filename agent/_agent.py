@@ -22,6 +22,7 @@ from dagon.agent._config import AgentConfig, check_scratch_reachable, data_serve
 from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
+from dagon.agent._scratch_gc import delete_runs, delete_tasks
 from dagon.agent._secrets import environ_secrets
 from dagon.agent._staging import mark_scratch_root, task_dir_name
 from dagon.agent.runtimes import PythonRuntime, Runtime
@@ -34,6 +35,7 @@ from dagon.protocol import (
     Codec,
     Control,
     DagonError,
+    DeleteData,
     Heartbeat,
     KeyRing,
     Offline,
@@ -309,10 +311,23 @@ class Agent:
             if isinstance(message, UploadOutputs):
                 self._on_upload(message)
                 return
+            if isinstance(message, DeleteData):
+                await self._on_delete(message)
+                return
         elif msg.topic == topics.agent_control(self.id) and isinstance(message, Control):
             await self._on_control(message)
             return
         raise ProtocolError(f"{message.OP!r} messages are not accepted on {msg.topic}", reason="unexpected")
+
+    async def _on_delete(self, message: DeleteData) -> None:
+        """Garbage collection: really delete (never rename) directories inside the scratch root."""
+        busy = {(ref.run, ref.task, ref.attempt) for ref in self._tasks}
+        refs = [r for r in message.tasks if (r.run, r.task, r.attempt) not in busy]
+        runs = [r for r in message.runs if not any(ref.run == r for ref in self._tasks)]
+        scratch = self.config.scratch
+        tasks = await asyncio.to_thread(delete_tasks, scratch, refs)
+        whole = await asyncio.to_thread(delete_runs, scratch, runs)
+        log.info("agent %s: garbage collection removed %d task and %d run directories", self.id, tasks, whole)
 
     def _on_upload(self, message: UploadOutputs) -> None:
         assert self._tg is not None

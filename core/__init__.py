@@ -10,6 +10,7 @@ from dagon.core._events import (
     AgentSeen,
     CancelAttempt,
     Command,
+    DeleteScratch,
     Dispatch,
     Event,
     RunCancelRequested,
@@ -19,10 +20,12 @@ from dagon.core._events import (
     TaskRejected,
     TaskStarted,
     TaskTransition,
+    TaskWaiting,
     Tick,
 )
+from dagon.core._fit import Scored, check_placeable
 from dagon.core._model import Graph, Retry, Task, Workflow
-from dagon.core._placement import AgentView, LeastLoaded, Placement, unmet_constraint
+from dagon.core._placement import AgentView, LeastLoaded, Locality, Placement, unmet_constraint
 from dagon.core._refs import Reference, find_references
 from dagon.core._results import RunEvent, RunResult, TaskOutcome
 from dagon.core._states import LEGAL, RUN_TERMINAL, TERMINAL, RunState, TaskState
@@ -75,4 +78,9 @@ __all__ = [
     "find_references",
     "new_run_id",
     "unmet_constraint",
+    "DeleteScratch",
+    "TaskWaiting",
+    "Scored",
+    "Locality",
+    "check_placeable",
 ]

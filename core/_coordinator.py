@@ -36,6 +36,7 @@ from dagon.core._events import (
     AgentSeen,
     CancelAttempt,
     Command,
+    DeleteScratch,
     Dispatch,
     Event,
     RunCancelRequested,
@@ -45,8 +46,10 @@ from dagon.core._events import (
     TaskRejected,
     TaskStarted,
     TaskTransition,
+    TaskWaiting,
     Tick,
 )
+from dagon.core._fit import check_placeable
 from dagon.core._model import Workflow
 from dagon.core._output import PublicOutput
 from dagon.core._placement import AgentView
@@ -66,6 +69,7 @@ from dagon.protocol import (
     CancelRun,
     CancelTasks,
     Codec,
+    DeleteData,
     Grant,
     Heartbeat,
     Offline,
@@ -299,7 +303,7 @@ class Coordinator:
 
     # -- public API ----------------------------------------------------------
 
-    async def submit(self, workflow: Workflow, *, run_id: RunId | None = None) -> RunId:
+    async def submit(self, workflow: Workflow, *, run_id: RunId | None = None, keep_scratch: bool = False) -> RunId:
         """Validate and start a run; raises ValidationError before anything runs.
 
         References to other workflows (``workflow://Other/task/path``) resolve to the
@@ -309,11 +313,12 @@ class Coordinator:
         graph = workflow.graph(external=True)
         if self.agents_online:
             check_runtimes(workflow, self.engine.agents.values())
+        check_placeable(workflow, self.engine.agents.values())  # no-op while no agent is known
         self.engine.check_references(workflow, graph)
         run = run_id or new_run_id(workflow.name)
         if self.store is not None:
             await asyncio.to_thread(self.store.create_run, run, workflow.name, workflow.to_dict(), time.time())
-        self._feed(RunSubmitted(run, workflow, graph))
+        self._feed(RunSubmitted(run, workflow, graph, keep_scratch=keep_scratch))
         return run
 
     async def cancel(self, run: RunId, reason: str = "cancelled by user") -> None:
@@ -443,6 +448,7 @@ class Coordinator:
             graph = workflow.graph(external=True)
             if self.agents_online:
                 check_runtimes(workflow, self.engine.agents.values())
+            check_placeable(workflow, self.engine.agents.values())
             self.engine.check_references(workflow, graph)
         except ValidationError as exc:
             self._output.rejected(msg.run, str(exc))
@@ -450,7 +456,7 @@ class Coordinator:
             return
         if self._writer is not None:
             self._writer.create_run(msg.run, workflow.name, workflow.to_dict(), time.time())
-        self._pending.extend(self.engine.handle(RunSubmitted(msg.run, workflow, graph), time.time()))
+        self._pending.extend(self.engine.handle(RunSubmitted(msg.run, workflow, graph, msg.keep_scratch), time.time()))
         log.info("accepted run %s of workflow %s (%d tasks)", msg.run, workflow.name, len(workflow))
 
     def grant(self, *, run: RunId, task: str, attempt: int, path: str, audience: str, op: str = "read") -> str:
@@ -549,6 +555,7 @@ class Coordinator:
     async def _execute(self, commands: list[Command], now: float) -> None:
         assign: dict[AgentId, list[TaskAssignment]] = defaultdict(list)
         cancel: dict[AgentId, list[TaskRef]] = defaultdict(list)
+        delete: dict[AgentId, list[TaskRef]] = defaultdict(list)
         for cmd in commands:
             if isinstance(cmd, TaskTransition):
                 self._on_transition(cmd)
@@ -561,6 +568,10 @@ class Coordinator:
             elif isinstance(cmd, AgentChanged):
                 log.info("agent %s %s (%s)", cmd.agent, "online" if cmd.online else "offline", cmd.reason)
                 self._agents_changed.set()
+            elif isinstance(cmd, DeleteScratch):
+                delete[cmd.agent].append(cmd.ref)
+            elif isinstance(cmd, TaskWaiting):
+                self._on_waiting(cmd)
         self._output.flush(self.engine.runs, now)
         for agent, batch in assign.items():
             for i in range(0, len(batch), _MAX_BATCH):
@@ -569,6 +580,10 @@ class Coordinator:
         for agent, refs in cancel.items():
             payload = self.codec.encode(CancelTasks(tasks=tuple(refs), reason="run cancelled"))
             await self._publisher.send(topics.agent_tasks(agent), payload)
+        for agent, refs in delete.items():
+            for i in range(0, len(refs), _MAX_BATCH):
+                payload = self.codec.encode(DeleteData(tasks=tuple(refs[i : i + _MAX_BATCH])))
+                await self._publisher.send(topics.agent_tasks(agent), payload)
         uploads, self._uploads = self._uploads, []
         for agent, upload in uploads:
             await self._publisher.send(topics.agent_tasks(agent), self.codec.encode(upload))
@@ -629,6 +644,38 @@ class Coordinator:
         for queue in self._watchers.get(msg.run, ()):
             queue.put_nowait(event)
         self._output.event(event)
+
+    def _on_waiting(self, w: TaskWaiting) -> None:
+        """Why a ready task is not placed: an informational event (state stays ready)."""
+        state = TaskState.READY.value
+        event = RunEvent(w.run, w.task, state, state, w.attempt, None, w.reason, w.at)
+        for queue in self._watchers.get(w.run, ()):
+            queue.put_nowait(event)
+        self._output.event(event)
+
+    async def collect_garbage(self, runs: list[RunId] | None = None) -> list[RunId]:
+        """Ask every known agent to delete the scratch of finished runs (``dagon gc``).
+
+        Args:
+            runs: the runs to remove (default: every finished run of the run store,
+                plus finished runs still in memory). Running runs are never included.
+
+        Returns:
+            The run ids sent.
+        """
+        running = {r for r, v in self.engine.runs.items() if v.state is RunState.RUNNING}
+        if runs is None:
+            found = {r for r, v in self.engine.runs.items() if v.state is not RunState.RUNNING}
+            if self.store is not None:
+                records = await asyncio.to_thread(self.store.list_runs, 1_000_000)
+                found.update(RunId(r.id) for r in records if r.state != RunState.RUNNING.value)
+            runs = sorted(found)
+        chosen = tuple(r for r in runs if r not in running)
+        if chosen:
+            payload = self.codec.encode(DeleteData(runs=chosen))
+            for agent in list(self.engine.agents):
+                await self._publisher.send(topics.agent_tasks(agent), payload)
+        return list(chosen)
 
     def _on_run_transition(self, t: RunTransition) -> None:
         view = self.engine.runs[t.run]

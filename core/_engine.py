@@ -37,11 +37,14 @@ from dagon.core._events import (
     TaskRejected,
     TaskStarted,
     TaskTransition,
+    TaskWaiting,
     Tick,
 )
+from dagon.core._fit import Scored, fits_now, locality_of, waiting_reason
+from dagon.core._gc import ScratchGC
 from dagon.core._linking import Linking, producer_of
 from dagon.core._model import Graph, Task, Workflow
-from dagon.core._placement import AgentView, LeastLoaded, Placement
+from dagon.core._placement import AgentView, Locality, Placement
 from dagon.core._states import LEGAL, TERMINAL, RunState, TaskState
 from dagon.protocol import (
     AgentId,
@@ -120,6 +123,8 @@ class RunView:
     cause: str = ""
     # (workflow, task) -> the producing task of another run this run's tasks reference
     external: dict[tuple[str, str], TaskView] = field(default_factory=dict)
+    # agent -> peak bytes of this run's output manifests in its scratch (see core/_gc.py)
+    scratch_peak: dict[str, int] = field(default_factory=dict)
 
 
 class Engine(Linking):
@@ -145,7 +150,7 @@ class Engine(Linking):
     ) -> None:
         if heartbeat_ttl <= 0:
             raise ValueError("heartbeat_ttl must be positive")
-        self.placement: Placement = placement or LeastLoaded()
+        self.placement: Placement = placement or Scored()
         self.heartbeat_ttl = heartbeat_ttl
         self.max_lost = max_lost
         self.lost_assignment_grace = lost_assignment_grace
@@ -159,6 +164,7 @@ class Engine(Linking):
         self._now = 0.0
         self.ignored_reports = 0
         self._named: dict[str, RunId] = {}  # workflow name -> its latest run (meta-workflow references)
+        self.gc = ScratchGC()  # reference counts of workflow:// consumers, scratch footprints
 
     # -- queries -------------------------------------------------------------
 
@@ -186,6 +192,7 @@ class Engine(Linking):
         view = self.runs.get(run)
         if view is not None and view.state is not RunState.RUNNING:
             del self.runs[run]
+            self.gc.forget(run)
 
     # -- events --------------------------------------------------------------
 
@@ -234,6 +241,7 @@ class Engine(Linking):
         run.unfinished = len(tasks)
         self.runs[event.run] = run
         self._named[event.workflow.name] = event.run
+        self.gc.submitted(run, keep_scratch=event.keep_scratch)
         self._out.append(RunTransition(run.id, RunState.RUNNING, "submitted", self._now))
         if links:
             self._link_external(run, links)
@@ -299,6 +307,7 @@ class Engine(Linking):
                 child.waiting -= 1
                 if child.waiting == 0 and child.state is _S.PENDING:
                     self._make_ready(child, "dependencies succeeded")
+            self._out.extend(self.gc.succeeded(view, sum(f.size for f in result.outputs), self._linked))
             return
         if status is ResultStatus.CANCELLED:
             # We did not ask for it (run cancellation moves tasks first), so the
@@ -352,32 +361,77 @@ class Engine(Linking):
             available = [a for a in self.agents.values() if a.online and a.free > 0 and a.blocked_until <= now]
             if available:
                 self._place(ready, available)
+            elif ready:
+                self._explain(ready[0], silent_busy=True)
         out, self._out = self._out, []
         return out
 
     def _place(self, ready: deque[TaskView], available: list[AgentView]) -> None:
         skipped: list[TaskView] = []
-        unplaceable: set[tuple[object, ...]] = set()
+        unplaceable: dict[tuple[object, ...], str] = {}  # constraints -> why they wait (this pass)
         for _ in range(len(ready)):
             if not available:
                 break
             view = ready.popleft()
             if view.state is not _S.READY:
                 continue  # stale queue entry (cancelled or failed meanwhile)
+            spec = view.spec
             hosts = self._input_hosts(view)
-            key = (view.spec.runtime, view.spec.agent, tuple(view.spec.labels.items()), view.spec.cpus, hosts)
+            colocated = self._colocated(view)
+            key = (spec.runtime, spec.agent, tuple(spec.labels.items()), spec.cpus, spec.memory, spec.arch, colocated)
             if key in unplaceable:
                 skipped.append(view)
+                self._explain(view, reason=unplaceable[key])
                 continue
-            agent = self.placement.choose(view.spec, available, input_hosts=hosts)
+            fitting = [a for a in available if fits_now(spec, a) and (colocated is None or a.id == colocated)]
+            agent = None
+            if fitting:
+                agent = self.placement.choose(spec, fitting, input_hosts=hosts, locality=self._locality(view))
             if agent is None:
-                unplaceable.add(key)
                 skipped.append(view)
+                unplaceable[key] = self._explain(view)
                 continue
             self._dispatch(view, agent)
             if agent.free <= 0:
                 available.remove(agent)
         ready.extendleft(reversed(skipped))
+
+    def _colocated(self, view: TaskView) -> AgentId | None:
+        """The agent a ``colocate`` task must run on (its partner is a dependency, so it ran)."""
+        name = view.spec.colocate
+        partner = view.run.tasks.get(name) if name else None
+        return partner.agent if partner is not None else None
+
+    def _locality(self, view: TaskView) -> Locality | None:
+        refs = view.run.graph.refs_of(view.spec.name)
+        if not refs:
+            return None
+        run = view.run
+        return locality_of(view, ((producer_of(run, r), r.path) for r in refs))
+
+    def _explain(self, view: TaskView, *, silent_busy: bool = False, reason: str = "") -> str:
+        """Record why a ready task waits; emit a TaskWaiting event when the reason changed.
+
+        Plain queueing (every agent full) only updates the cause of the queue's head
+        (``silent_busy``): an event per queued task would double the events of a fan-out.
+        Returns the reason (``reason``, if given, is one already worked out this pass).
+        """
+        if view.state is not _S.READY:
+            return reason  # a stale queue entry (cancelled or failed meanwhile)
+        reason = reason or waiting_reason(view.spec, self.agents.values(), self._now, self._colocated(view))
+        if reason == view.cause:
+            return reason
+        view.cause = reason
+        if not (silent_busy and reason.endswith("busy")):
+            self._out.append(TaskWaiting(view.run.id, view.name, view.attempt, reason, self._now))
+        return reason
+
+    def _linked(self, producer: TaskView) -> bool:
+        """Whether a running run other than the producer's reads it (meta-workflow link)."""
+        for run in self.runs.values():
+            if run is not producer.run and run.state is RunState.RUNNING and producer in run.external.values():
+                return True
+        return False
 
     @staticmethod
     def _input_hosts(view: TaskView) -> frozenset[str]:

@@ -25,6 +25,8 @@ __all__ = [
     "TaskStarted",
     "TaskTransition",
     "Tick",
+    "DeleteScratch",
+    "TaskWaiting",
 ]
 
 
@@ -36,6 +38,7 @@ class RunSubmitted:
     run: RunId
     workflow: Workflow
     graph: Graph
+    keep_scratch: bool = False  # garbage-collect nothing of this run
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,4 +154,23 @@ class AgentChanged:
     reason: str
 
 
-Command = Dispatch | CancelAttempt | TaskTransition | RunTransition | AgentChanged
+@dataclass(frozen=True, slots=True)
+class DeleteScratch:
+    """``agent`` deletes the scratch directory of this attempt (its last consumer succeeded)."""
+
+    agent: AgentId
+    ref: TaskRef
+
+
+@dataclass(frozen=True, slots=True)
+class TaskWaiting:
+    """A ready task is not placed, and why (emitted only when the reason changes)."""
+
+    run: RunId
+    task: str
+    attempt: int
+    reason: str
+    at: float
+
+
+Command = Dispatch | CancelAttempt | TaskTransition | RunTransition | AgentChanged | DeleteScratch | TaskWaiting

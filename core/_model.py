@@ -69,6 +69,10 @@ class Task:
         map_over: a ``workflow:///PRODUCER/GLOB`` reference: the task is a template expanded
             at run time into one task per file of the producer's output matching the glob
             (see :mod:`dagon.core._patterns`); "" for an ordinary task.
+        arch: the agent's machine architecture must be this (e.g. ``x86_64``, ``aarch64``; "" = any).
+        colocate: run on the same agent as this task (which becomes a dependency).
+        keep: a declared workflow output: its scratch directory is never garbage-collected.
+        checkpoint: the task's output is a checkpoint: kept like ``keep``.
     """
 
     name: str
@@ -89,6 +93,10 @@ class Task:
     stage_mode: str = ""
     runtime_options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     map_over: str = ""
+    arch: str = ""
+    colocate: str | None = None
+    keep: bool = False
+    checkpoint: bool = False
 
     def __post_init__(self) -> None:
         # Copies keep callers' dicts from changing a validated task; empties share EMPTY.
@@ -173,6 +181,9 @@ class Task:
             doc["stage_mode"] = self.stage_mode
         if self.map_over:
             doc["map_over"] = self.map_over
+        for key in _PLACEMENT_FIELDS:
+            if getattr(self, key):
+                doc[key] = getattr(self, key)
         if self.retry != defaults.retry:
             doc["retry"] = {
                 "attempts": self.retry.attempts,
@@ -188,7 +199,7 @@ class Task:
         known = {
             "name", "command", "runtime", "args", "kwargs", "after", "inputs", "outputs", "env",
             "timeout", "cpus", "memory", "labels", "agent", "stage_mode", "retry", "runtime_options",
-            "map_over",
+            "map_over", *_PLACEMENT_FIELDS,
         }  # fmt: skip
         extra = sorted(set(doc) - known)
         if extra:
@@ -214,6 +225,10 @@ class Task:
                 stage_mode=doc.get("stage_mode", ""),
                 runtime_options=dict(doc.get("runtime_options", {})),
                 map_over=doc.get("map_over", ""),
+                arch=doc.get("arch", ""),
+                colocate=doc.get("colocate"),
+                keep=bool(doc.get("keep", False)),
+                checkpoint=bool(doc.get("checkpoint", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"task {doc.get('name')!r}: invalid spec ({exc})") from exc
@@ -221,6 +236,8 @@ class Task:
 
 
 _DEFAULT_TASK: Final = Task(name="_", command="_")
+# Placement and garbage-collection options, serialised only when set.
+_PLACEMENT_FIELDS: Final = ("arch", "colocate", "keep", "checkpoint")
 # Serialised only when they differ from the default (agent, stage_mode and retry have their own rules).
 _OPTIONAL_FIELDS: Final = (
     "args", "kwargs", "after", "inputs", "outputs", "env", "timeout", "cpus", "memory", "labels", "runtime_options",
@@ -395,6 +412,8 @@ class Workflow:
                         f"task {name!r}: map_over must name a task of this workflow, got {mapped.text}", tasks=[name]
                     )
                 needed.add(mapped.task)
+            if task.colocate:
+                needed.add(task.colocate)  # "same agent as X" needs X placed (and done) first
             for ref in found:
                 if ref.workflow not in ("", self.name):
                     if external:

@@ -11,7 +11,8 @@ locally), so that is a hard constraint here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from dagon.core._model import Task
@@ -20,7 +21,7 @@ from dagon.protocol import AgentId, Capabilities, TaskRef
 if TYPE_CHECKING:
     from dagon.core._engine import TaskView
 
-__all__ = ["AgentView", "LeastLoaded", "Placement", "unmet_constraint"]
+__all__ = ["AgentView", "LeastLoaded", "Locality", "Placement", "unmet_constraint"]
 
 
 class AgentView:
@@ -61,9 +62,24 @@ def unmet_constraint(task: Task, caps: Capabilities, agent: AgentId) -> str | No
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Locality:
+    """Bytes of a task's ``workflow://`` inputs already on each agent and each host."""
+
+    by_agent: Mapping[str, int] = field(default_factory=dict)
+    by_host: Mapping[str, int] = field(default_factory=dict)
+
+
 class Placement(Protocol):
-    def choose(self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]) -> AgentView | None:
-        """Pick one of ``agents`` (all online with a free slot) or None."""
+    def choose(
+        self,
+        task: Task,
+        agents: Sequence[AgentView],
+        *,
+        input_hosts: frozenset[str],
+        locality: Locality | None = None,
+    ) -> AgentView | None:
+        """Pick one of ``agents`` (online, with a free slot and room for the task's cpus/memory) or None."""
         ...
 
 
@@ -71,7 +87,14 @@ class LeastLoaded:
     """Eligible agent on the host of most of the task's inputs (data locality: staging is
     a link there, a network pull elsewhere), then with the highest fraction of free slots."""
 
-    def choose(self, task: Task, agents: Sequence[AgentView], *, input_hosts: frozenset[str]) -> AgentView | None:
+    def choose(
+        self,
+        task: Task,
+        agents: Sequence[AgentView],
+        *,
+        input_hosts: frozenset[str],
+        locality: Locality | None = None,
+    ) -> AgentView | None:
         best: AgentView | None = None
         best_score = (False, -1.0)
         for agent in agents:

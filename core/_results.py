@@ -168,6 +168,7 @@ class RunResult:
     tasks: Mapping[str, TaskOutcome] = field(default_factory=dict)
     submitted_at: float = 0.0
     finished_at: float | None = None
+    scratch_peak: Mapping[str, int] = field(default_factory=dict)  # agent -> peak bytes of outputs in scratch
 
     @property
     def ok(self) -> bool:
@@ -196,6 +197,7 @@ class RunResult:
             tasks=_Outcomes(view.tasks),
             submitted_at=view.submitted_at,
             finished_at=view.finished_at,
+            scratch_peak=dict(view.scratch_peak),
         )
 
 
@@ -211,6 +213,7 @@ def run_status_doc(view: RunView, *, coordinator: str) -> dict[str, Any]:
         "counts": {state.value: n for state, n in view.counts.items() if n},
         "submitted_at": view.submitted_at,
         "finished_at": view.finished_at,
+        "scratch_peak": dict(view.scratch_peak),
     }
 
 

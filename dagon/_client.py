@@ -106,8 +106,10 @@ class Client:
         insecure: bool | None = None,
         mqtt_auth: MqttAuth | None = None,
         agent_scratch: Path | None = None,
+        keep_scratch: bool = False,
     ) -> None:
         self.home = home or dagon_home()
+        self.keep_scratch = keep_scratch
         self.insecure = insecure_from_env(insecure)
         self._auth = mqtt_auth
         self._agent_scratch = agent_scratch
@@ -253,17 +255,22 @@ class Client:
 
     # -- API -----------------------------------------------------------------
 
-    async def submit(self, workflow: Workflow) -> RunHandle:
-        """Validate ``workflow`` and start running it; raises ValidationError first if invalid."""
+    async def submit(self, workflow: Workflow, *, keep_scratch: bool | None = None) -> RunHandle:
+        """Validate ``workflow`` and start running it; raises ValidationError first if invalid.
+
+        Args:
+            keep_scratch: garbage-collect nothing of this run (default: the client's setting).
+        """
+        keep = self.keep_scratch if keep_scratch is None else keep_scratch
         if self.coordinator is not None:
-            run = await self.coordinator.submit(workflow)
+            run = await self.coordinator.submit(workflow, keep_scratch=keep)
             return RunHandle(self, run, workflow.name)
         assert self._transport is not None and self._remote is not None and self._codec is not None
         workflow.graph(external=True)  # validate locally: fail before anything is sent
         run = new_run_id(workflow.name)
         await self._remote.track(run)
         assert self.coordinator_id is not None
-        payload = self._codec.encode(SubmitRun(run=run, workflow=workflow.to_dict()))
+        payload = self._codec.encode(SubmitRun(run=run, workflow=workflow.to_dict(), keep_scratch=keep))
         await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
         return RunHandle(self, run, workflow.name)
 
@@ -309,6 +316,7 @@ def connect(
     insecure: bool | None = None,
     mqtt_auth: MqttAuth | None = None,
     agent_scratch: Path | None = None,
+    keep_scratch: bool = False,
 ) -> Client:
     """Connect to dagon; use as ``async with dagon.connect(...) as client``.
 
@@ -329,6 +337,8 @@ def connect(
         mqtt_auth: TLS files and credentials for the broker (default: from the
             ``DAGON_MQTT_*`` environment variables).
         agent_scratch: scratch root of the embedded agent (default ``$DAGON_HOME/scratch``).
+        keep_scratch: runs submitted through this client keep every task directory
+            (no garbage collection of intermediate outputs).
     """
     return Client(
         broker=broker,
@@ -341,4 +351,5 @@ def connect(
         insecure=insecure,
         mqtt_auth=mqtt_auth,
         agent_scratch=agent_scratch,
+        keep_scratch=keep_scratch,
     )

@@ -95,4 +95,16 @@ def summary_table(result: RunResult, *, max_rows: int = 50) -> Table:
         hidden = Counter(t.state.value for t in ordered[max_rows:])
         summary = ", ".join(f"{n} {s}" for s, n in hidden.items())
         table.add_row(f"… {len(ordered) - max_rows} more", summary, "", "", "", "")
+    if result.scratch_peak:
+        peaks = ", ".join(f"{agent} {_fmt_bytes(n)}" for agent, n in sorted(result.scratch_peak.items()))
+        table.caption = f"peak scratch (task outputs) per agent: {peaks}"
     return table
+
+
+def _fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

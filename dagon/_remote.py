@@ -123,6 +123,7 @@ class RemoteRuns:
             tasks=dict(state.results),
             submitted_at=float(status.get("submitted_at") or 0.0),
             finished_at=status.get("finished_at"),
+            scratch_peak={str(k): int(v) for k, v in (status.get("scratch_peak") or {}).items()},
         )
 
     def status(self, run: RunId) -> dict[str, Any] | None:

@@ -154,6 +154,7 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
         dry_run: bool = False,
         progress: bool | None = None,
         check: bool | None = None,
+        keep_scratch: bool = False,
     ) -> RunResult | None:
         """Run to completion and return the result (blocking; for scripts).
 
@@ -167,6 +168,7 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
             check: raise :class:`~dagon.core.TaskFailed` — naming each failed task with its
                 exit code and stderr tail — if the run did not succeed. Default: on for
                 DAGonStar-style workflows run as plain scripts, off otherwise.
+            keep_scratch: keep every task directory (no garbage collection).
 
         Returns:
             The run's result, or None for a dry run (or under ``dagon submit``).
@@ -213,6 +215,8 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
                 scratch=scratch,
                 slots=self.ini.threads,
                 fetch_to=ctx.fetch_outputs if ctx is not None else None,
+                # DAGonStar keeps every task directory unless its ini says remove_dir
+                keep_scratch=keep_scratch or (self._dagonstar and not self.ini.remove_dir),
             )
         )
         if ctx is not None:
@@ -232,9 +236,12 @@ async def _run(
     scratch: Path | None = None,
     slots: int | None = None,
     fetch_to: Path | None = None,
+    keep_scratch: bool = False,
 ) -> RunResult:
     workflow.graph(external=True)  # fail on an invalid workflow before starting anything
-    async with connect(broker, home=home, agent_scratch=scratch, agent_slots=slots) as client:
+    async with connect(
+        broker, home=home, agent_scratch=scratch, agent_slots=slots, keep_scratch=keep_scratch
+    ) as client:
         await _check_runtimes(client.coordinator, workflow)
         handle = await client.submit(workflow)
         if not progress:

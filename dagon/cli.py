@@ -119,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     broker_arg(status)
     status.add_argument("--json", action="store_true")
 
+    gc = sub.add_parser("gc", help="remove leftovers of finished runs from the agents' scratch roots")
+    broker_arg(gc)
+    insecure_arg(gc)
+    gc.add_argument("runs", nargs="*", help="only these runs (default: every finished run of $DAGON_HOME's store)")
+    gc.add_argument("--id", default="main", help="the coordinator id whose store and key to use (default: main)")
+
     agents = sub.add_parser("agents", help="list online agents and their capabilities")
     broker_arg(agents)
     agents.add_argument("--json", action="store_true")
@@ -168,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "keys": _cmd_keys,
         "broker-config": _cmd_broker_config,
         "graph": _cmd_graph,
+        "gc": _cmd_gc,
     }
     if getattr(args, "insecure", None):
         os.environ["DAGON_INSECURE"] = "1"  # reaches the Workflow.run() calls of the script too
@@ -485,6 +492,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         console.print(f"  {doc['cause']}")
     counts = doc.get("counts") or {}
     console.print("  " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    peaks = doc.get("scratch_peak") or {}
+    if peaks:
+        console.print("  peak scratch (task outputs): " + ", ".join(f"{a} {n:,} B" for a, n in sorted(peaks.items())))
     for task in doc.get("task_list", []):
         console.print(f"  {task['name']}: {task['state']} {task.get('cause', '')}")
     return 0
@@ -548,6 +558,28 @@ def _status_from_store(run: str) -> dict[str, Any] | None:
         "finished_at": record.finished_at,
         "task_list": [{"name": t.name, "state": t.state, "cause": t.cause} for t in tasks],
     }
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from dagon._gc import finished_runs, send_gc
+    from dagon.protocol import RunId
+
+    broker = _require_broker(args, "dagon gc")
+    home = dagon_home()
+    finished = finished_runs(home)
+    if args.runs:
+        unknown = sorted(set(args.runs) - set(finished))
+        if unknown:
+            raise DagonError(
+                f"run(s) {', '.join(unknown)} are not finished runs of the store in {home}: run `dagon gc` where"
+                " the coordinator's DAGON_HOME is, and only for finished runs"
+            )
+        finished = [RunId(r) for r in args.runs]
+    retained = asyncio.run(_retained(broker, topics.all_agent_status()))
+    insecure = bool(insecure_from_env(args.insecure))
+    agents = asyncio.run(send_gc(broker, home, finished, retained, coordinator_id=args.id, insecure=insecure))
+    sys.stdout.write(f"asked {len(agents)} agent(s) to remove the scratch of {len(finished)} finished run(s)\n")
+    return 0
 
 
 def _cmd_agents(args: argparse.Namespace) -> int:

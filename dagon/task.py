@@ -74,7 +74,13 @@ class DagonTask:
         self.prevs: list[DagonTask] = []
         self.data_mover: DataMover | None = None
         self.stager_mover: StagerMover | None = None
-        self.spec = Task(name=name, command=command, runtime=self.runtime, runtime_options=self.runtime_options)
+        self.spec = Task(
+            name=name,
+            command=command,
+            runtime=self.runtime,
+            runtime_options=self.runtime_options,
+            checkpoint=task_type is TaskType.CHECKPOINT,  # never garbage-collected
+        )
 
     # -- what it maps to --------------------------------------------------------
 

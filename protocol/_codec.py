@@ -54,6 +54,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.CancelTasks,
         m.Control,
         m.UploadOutputs,
+        m.DeleteData,
         m.Announce,
         m.Offline,
         m.Heartbeat,

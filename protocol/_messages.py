@@ -24,6 +24,7 @@ __all__ = [
     "CancelTasks",
     "Capabilities",
     "Control",
+    "DeleteData",
     "FromAgent",
     "Heartbeat",
     "Message",
@@ -258,6 +259,19 @@ class UploadOutputs(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteData(Message):
+    """Delete these attempts' task directories and these runs' directories from the scratch root.
+
+    ``tasks``: outputs no consumer needs any more (garbage collection);
+    ``runs``: whole runs that are finished (``dagon gc``).
+    """
+
+    OP: ClassVar[str] = "delete"
+    tasks: tuple[TaskRef, ...] = ()
+    runs: tuple[RunId, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Announce(Message):
     OP: ClassVar[str] = "announce"
     agent: AgentId
@@ -326,6 +340,7 @@ class SubmitRun(Message):
     OP: ClassVar[str] = "submit"
     run: RunId
     workflow: dict[str, Any]
+    keep_scratch: bool = False  # garbage-collect nothing of this run
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +350,6 @@ class CancelRun(Message):
     reason: str = ""
 
 
-ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs
+ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData
 FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress
 ToCoordinator = SubmitRun | CancelRun

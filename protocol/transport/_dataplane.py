@@ -102,6 +102,17 @@ def _listing(root: Path, scope: str) -> list[dict[str, Any]]:
     return out
 
 
+def _merge_manifest(meta: Path, entries: list[dict[str, Any]]) -> None:
+    meta.mkdir(parents=True, exist_ok=True)
+    merged: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        merged = {e["path"]: e for e in json.loads((meta / MANIFEST_FILE).read_text())}
+    merged.update({e["path"]: e for e in entries})
+    tmp = meta / f"{MANIFEST_FILE}.{os.urandom(4).hex()}"
+    tmp.write_text(json.dumps(list(merged.values())))
+    tmp.replace(meta / MANIFEST_FILE)
+
+
 class _BoundedFile(web.FileResponse):
     """A streamed file that holds one of the server's transfer slots while it is sent."""
 
@@ -153,6 +164,7 @@ class DataServer:
         self._port = port
         self._uploads = uploads
         self._tls = tls
+        self._manifest_lock = asyncio.Lock()
         self._limit = asyncio.Semaphore(max_transfers)
         self._runner: web.AppRunner | None = None
         self.stats = ServerStats()
@@ -245,8 +257,10 @@ class DataServer:
             raise web.HTTPForbidden(text=f"the token covers {grant.path!r}, not {rel!r}")
         root = self._root(grant)
         target = root / rel
-        part = target.with_name(target.name + ".upload")
+        # Parts live under .dagon/ (never listed or served) until complete, then move into place.
+        part = root / ".dagon" / "parts" / (rel.replace("/", "%2F") + f".{os.urandom(4).hex()}")
         await asyncio.to_thread(part.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
         async with self._limit:
             fd = await asyncio.to_thread(os.open, part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
@@ -270,10 +284,8 @@ class DataServer:
             if not covers(grant.path, _relative(rel)):
                 raise web.HTTPForbidden(text=f"the token covers {grant.path!r}, not {rel!r}")
         meta = self._root(grant) / ".dagon"
-        await asyncio.to_thread(meta.mkdir, parents=True, exist_ok=True)
-        tmp = meta / (MANIFEST_FILE + ".upload")
-        await asyncio.to_thread(tmp.write_text, json.dumps(entries))
-        await asyncio.to_thread(tmp.replace, meta / MANIFEST_FILE)
+        async with self._manifest_lock:  # uploads of several scopes of one directory add up
+            await asyncio.to_thread(_merge_manifest, meta, entries)
         return web.Response(status=201)
 
 

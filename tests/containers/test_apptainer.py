@@ -173,7 +173,7 @@ async def test_pipeline_through_the_stand_in(hub: MemoryHub, tmp_path: Path) -> 
                  command="cat workflow:///a/msg.txt > copy.txt; exit 4")  # fmt: skip
     async with memory_stack(hub, tmp_path, runtimes=[runtime]) as (coordinator, agents):
         assert "apptainer" in agents[0].capabilities.runtimes
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     assert result.state is RunState.FAILED
     a, b = result["a"], result["b"]
     assert b.exit_code == 4 and b.state.name == "FAILED"

@@ -39,7 +39,7 @@ async def test_directory_image_pipeline_passes_data_through_workflow_refs(
     image = shutil.copytree(busybox_tree, tmp_path / "image", symlinks=True)
     async with memory_stack(hub, tmp_path, runtimes=[CharliecloudRuntime()]) as (coordinator, agents):
         assert "charliecloud" in agents[0].capabilities.runtimes
-        result = await coordinator.wait(await coordinator.submit(_pipeline(str(image))))
+        result = await coordinator.wait(await coordinator.submit(_pipeline(str(image)), keep_scratch=True))
     produce, consume = result["produce"], result["consume"]
     # busybox has no /etc/os-release: proof the command ran in the image, not on the host
     assert produce.state is TaskState.FAILED and "os-release" in produce.stderr_tail, produce
@@ -50,7 +50,7 @@ async def test_directory_image_pipeline_passes_data_through_workflow_refs(
     wf = _pipeline(str(image))
     wf["produce"].command = wf["produce"].command.replace(" && cat /etc/os-release", "")
     async with memory_stack(hub, tmp_path / "2", runtimes=[CharliecloudRuntime()]) as (coordinator, _):
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     assert result.state is RunState.SUCCEEDED, result
     workdir = Path(result["consume"].workdir)
     assert (workdir / "shout.txt").read_text() == "HELLO FROM CH\n"
@@ -69,7 +69,7 @@ async def test_squashfs_image_binds_the_scratch_root(busybox_tree: Path, hub: Me
     wf["produce"].command = wf["produce"].command.replace(" && cat /etc/os-release", "")
     runtime = CharliecloudRuntime(scratch_root=scratch)
     async with memory_stack(hub, tmp_path, runtimes=[runtime]) as (coordinator, _):
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     assert result.state is RunState.SUCCEEDED, result
     assert (Path(result["consume"].workdir) / "shout.txt").read_text() == "HELLO FROM CH\n"
 
@@ -130,7 +130,7 @@ async def test_symlink_staged_inputs_resolve_inside(busybox_tree: Path, hub: Mem
     wf.container("use", image=str(image), runtime="charliecloud", stage_mode="symlink", private_tmp=True,
                  command="cat workflow:///make/d/x.txt > y.txt")  # fmt: skip
     async with memory_stack(hub, tmp_path, runtimes=[CharliecloudRuntime()]) as (coordinator, _):
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     assert result.state is RunState.SUCCEEDED, result
     use = Path(result["use"].workdir)
     assert any(p.is_symlink() for p in await asyncio.to_thread(lambda: list(use.rglob("x.txt"))))

@@ -64,7 +64,7 @@ async def test_two_container_pipeline_passes_data_through_workflow_refs(
     runtime = DockerRuntime(url=dockerd.url)
     async with memory_stack(hub, tmp_path, runtimes=[runtime]) as (coordinator, agents):
         assert "docker" in agents[0].capabilities.runtimes
-        run = await coordinator.submit(wf)
+        run = await coordinator.submit(wf, keep_scratch=True)
         result = await coordinator.wait(run)
     assert result.state is RunState.SUCCEEDED, result
     produce, consume = result["produce"], result["consume"]
@@ -87,7 +87,7 @@ async def test_failing_container_reports_its_exit_code(
     wf.container("bad", image=BUSYBOX_IMAGE, command="echo broken >&2; exit 7")
     wf.container("after", image=BUSYBOX_IMAGE, command="true", after=["bad"])
     async with memory_stack(hub, tmp_path, runtimes=[DockerRuntime(url=dockerd.url)]) as (coordinator, _):
-        run = await coordinator.submit(wf)
+        run = await coordinator.submit(wf, keep_scratch=True)
         result = await coordinator.wait(run)
     assert result.state is RunState.FAILED
     bad = result["bad"]
@@ -124,7 +124,7 @@ async def test_cpu_and_memory_limits_are_visible_inside(dockerd: Dockerd, hub: M
     wf = dagon.Workflow("limits")
     wf.container("small", image=BUSYBOX_IMAGE, command=CGROUP_LIMITS, cpus=0.5, memory=64 * 2**20)
     async with memory_stack(hub, tmp_path, runtimes=[DockerRuntime(url=dockerd.url)]) as (coordinator, _):
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     assert result.state is RunState.SUCCEEDED, result
     cpu, memory = (Path(result["small"].workdir) / "limits.txt").read_text().splitlines()
     quota, period = (int(x) for x in cpu.split())
@@ -194,7 +194,7 @@ async def test_reuse_runs_short_tasks_in_one_long_lived_container(
     wf.container("c", image=BUSYBOX_IMAGE, reuse=True, command="hostname > host.txt; cat workflow:///b/n.txt; exit 5")
     runtime = DockerRuntime(url=dockerd.url, scratch_root=tmp_path / "agent0" / "scratch")
     async with memory_stack(hub, tmp_path, runtimes=[runtime]) as (coordinator, _):
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
         pooled = await docker.containers.list(all=True, filters={"label": ["dagon.reuse=1"]})
         assert len(pooled) == 1
     hosts = {(Path(result[t].workdir) / "host.txt").read_text() for t in "abc"}
@@ -254,7 +254,7 @@ async def test_symlink_staged_inputs_resolve_inside_the_container(
     wf.container("use", image=BUSYBOX_IMAGE, stage_mode="symlink",
                  command="cat workflow:///make/d/x.txt > y.txt && ! touch workflow:///make/d/x.txt")  # fmt: skip
     async with memory_stack(hub, tmp_path, runtimes=[DockerRuntime(url=dockerd.url)]) as (coordinator, _):
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     assert result.state is RunState.SUCCEEDED, result["use"].stderr_tail
     use = Path(result["use"].workdir)
     assert any(p.is_symlink() for p in await asyncio.to_thread(lambda: list(use.rglob("x.txt"))))

@@ -82,7 +82,7 @@ async def test_pipeline_passes_a_file_between_pods(
     rt = runtime(tmp_path, kubeconfig)
     async with memory_stack(hub, tmp_path, runtimes=[rt]) as (coordinator, agents):
         assert "kubernetes" in agents[0].capabilities.runtimes
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
 
     assert result.state is RunState.FAILED
     make, use, bad = result["make"], result["use"], result["bad"]
@@ -135,7 +135,7 @@ async def test_timeout_deletes_the_pod(
     wf = dagon.Workflow("k8s-timeout")
     wf.add(k8s_task("slow", "echo started; sleep 60", timeout=1.5))
     async with memory_stack(hub, tmp_path, runtimes=[runtime(tmp_path, kubeconfig)]) as (coordinator, _):
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     slow = result["slow"]
     assert slow.state is TaskState.FAILED and "timed out" in slow.cause, slow
     (name,) = kubelet.pods

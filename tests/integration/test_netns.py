@@ -81,7 +81,8 @@ async def test_pipeline_across_three_namespaced_hosts(hosts: Hosts, broker: Mosq
             async with asyncio.timeout(30):
                 await coordinator.wait_for_agents(3)
             caps = {a: coordinator.engine.agents[a].capabilities for a in coordinator.engine.agents}  # type: ignore[index]
-            result = await coordinator.wait(await coordinator.submit(wf))
+            # keep_scratch: the test reads the intermediate A/a.bin afterwards
+            result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     finally:
         for proc in agents:
             stop_process(proc)

@@ -75,7 +75,7 @@ async def test_pipeline_passes_a_file_between_jobs(
     rt = runtime(nomad, tmp_path / "agent0" / "scratch")
     async with memory_stack(hub, tmp_path, runtimes=[rt]) as (coordinator, agents):
         assert "nomad" in agents[0].capabilities.runtimes
-        result = await coordinator.wait(await coordinator.submit(wf))
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
 
     assert result.state is RunState.FAILED
     make, use, bad = result["make"], result["use"], result["bad"]
@@ -286,7 +286,7 @@ async def test_dagon_agent_process_configured_by_a_nomad_table(mosquitto: Any, t
                 wf = dagon.Workflow("nomad-cli")
                 wf.add(nomad_task("make", "echo from-nomad > data.txt"))
                 wf.add(nomad_task("use", "cat workflow:///make/data.txt > copy.txt"))
-                result = await (await client.submit(wf)).wait()
+                result = await (await client.submit(wf, keep_scratch=True)).wait()
         finally:
             stop_process(agent)
     assert result.ok, result.cause

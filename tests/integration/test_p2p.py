@@ -48,7 +48,7 @@ async def test_data_crosses_three_agents_over_http(
         assert client.coordinator is not None
         async with asyncio.timeout(20):
             await client.coordinator.wait_for_agents(3)
-        handle = await client.submit(pipeline())
+        handle = await client.submit(pipeline(), keep_scratch=True)  # A is fetched after the run
         result = await handle.wait()
         fetched = await handle.fetch("C", "c.txt", tmp_path / "results")  # from agent2's data server
         fetched_dir = await handle.fetch("A", "out/*.txt", tmp_path / "results-a")

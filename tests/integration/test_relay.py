@@ -36,7 +36,7 @@ async def test_outputs_of_an_unreachable_agent_travel_through_the_relay(tmp_path
         edge = await stack.enter_async_context(agent(hub, tmp_path, "edge", host_id="behind-nat", reachable=False))
         await stack.enter_async_context(agent(hub, tmp_path, "cloud", host_id="datacentre"))
         await coordinator.wait_for_agents(2)
-        run = await coordinator.submit(wf)
+        run = await coordinator.submit(wf, keep_scratch=True)  # the producer's scratch is read afterwards
         result = await coordinator.wait(run)
         # a client fetching the unreachable agent's output gets it through the relay too
         source = coordinator.output_source(run, "sense", 1, "edge", "out")

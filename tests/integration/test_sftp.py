@@ -100,7 +100,8 @@ async def run_two_hosts(tmp: Path, ssh: Sshd, known_hosts: Path) -> dagon.RunRes
         )
         await stack.enter_async_context(laptop)
         await coordinator.wait_for_agents(2)
-        return await coordinator.wait(await coordinator.submit(wf))
+        # keep_scratch: the producer's scratch is read afterwards
+        return await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
 
 
 async def test_inputs_from_an_ssh_only_host_arrive_over_sftp(tmp_path: Path, sshd: Sshd) -> None:
