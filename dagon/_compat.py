@@ -73,7 +73,7 @@ class DagonStarAPI(CoreWorkflow):
             task.set_data_mover(self._data_mover)
         if task.task_type is TaskType.SLURM and "partition" not in task.options and self.ini.slurm_partition:
             task.options["partition"] = self.ini.slurm_partition
-            task.spec.runtime_options = task.runtime_options
+            task.spec.runtime_options = task._native()[0]
         self.add(task.spec)
         self._dagon_tasks[task.name] = task
         task.workflow = self  # type: ignore[assignment]

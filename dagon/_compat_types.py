@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
-from typing import Final
+import logging
+from typing import Any, Final
+
+log = logging.getLogger("dagon.task")
 
 __all__ = ["RUNTIME_OF", "TYPE_OPTIONS", "DataMover", "StagerMover", "Status", "TaskType"]
 
@@ -83,3 +86,68 @@ TYPE_OPTIONS: Final[dict[TaskType, tuple[str, ...]]] = {
 
 #: Options selecting the remote (SSH) variant of a task type.
 SSH_OPTIONS: Final = ("ip", "ssh_username", "keypath", "ssh_port")
+
+
+def _listed(value: Any) -> list[str] | None:
+    """A list of strings from DAGonStar's string-or-list options (None: not that shape)."""
+    if isinstance(value, str):
+        return [part for part in value.replace(",", " ").split() if part]
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def native_options(task_type: TaskType, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """DAGonStar's options of a container task type → (dagon ``runtime_options``, ``Task`` fields).
+
+    Values of an unexpected shape are passed on unchanged under their own name, so the
+    agent's runtime refuses them with a message naming the option. What dagon does
+    differently is dropped with a warning: containers are always removed, the scratch
+    directory is always mounted, the Nomad address and region are the agent's settings.
+    """
+    opts = dict(options)
+    fields: dict[str, Any] = {}
+
+    def rename(old: str, new: str, convert: Any) -> None:
+        if old in opts:
+            value = convert(opts[old])
+            if value is not None:
+                del opts[old]
+                opts[new] = value
+
+    def dropped(*keys: str, why: str) -> None:
+        for key in keys:
+            if key in opts:
+                opts.pop(key)
+                log.warning("TaskType.%s option %r is not used: %s", task_type.name, key, why)
+
+    def pull(value: Any) -> str | None:
+        if value in ("never", "if-missing", "always"):
+            return str(value)
+        return ("always" if value else "if-missing") if isinstance(value, bool) else None
+
+    def whole(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    if task_type is TaskType.DOCKER:
+        rename("volume", "volumes", _listed)
+        rename("devices", "devices", _listed)
+        rename("pull", "pull", pull)
+        dropped("remove", why="dagon always removes a task's container")
+        dropped("container_id", why="dagon runs each task in its own container (or with reuse=True)")
+    elif task_type is TaskType.APPTAINER:
+        rename("bind_paths", "binds", _listed)
+        if opts.get("overlay_size"):
+            opts.pop("overlay_size")
+            opts["writable_tmpfs"] = True
+        dropped("tmp_dir", why="set APPTAINER_TMPDIR on the agent")
+    elif task_type is TaskType.KUBERNETES:
+        rename("devices", "devices", _listed)
+        dropped("volumes", why="the scratch directory is mounted for every pod")
+    elif task_type is TaskType.NOMAD:
+        rename("cpu", "cpu_mhz", whole)
+        rename("datacenter", "datacenters", _listed)
+        if whole(opts.get("memory")) is not None:
+            fields["memory"] = opts.pop("memory") * 2**20  # DAGonStar gives MB
+        dropped("nomad_address", "region", why="the agent's [nomad] settings say where and which region")
+    return opts, fields

@@ -14,7 +14,16 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dagon._compat_types import RUNTIME_OF, SSH_OPTIONS, TYPE_OPTIONS, DataMover, StagerMover, Status, TaskType
+from dagon._compat_types import (
+    RUNTIME_OF,
+    SSH_OPTIONS,
+    TYPE_OPTIONS,
+    DataMover,
+    StagerMover,
+    Status,
+    TaskType,
+    native_options,
+)
 from dagon.core import Task, ValidationError, find_references
 from dagon.protocol import check_plain
 
@@ -74,12 +83,14 @@ class DagonTask:
         self.prevs: list[DagonTask] = []
         self.data_mover: DataMover | None = None
         self.stager_mover: StagerMover | None = None
+        runtime_options, fields = self._native()
         self.spec = Task(
             name=name,
             command=command,
             runtime=self.runtime,
-            runtime_options=self.runtime_options,
+            runtime_options=runtime_options,
             checkpoint=task_type is TaskType.CHECKPOINT,  # never garbage-collected
+            **fields,
         )
 
     # -- what it maps to --------------------------------------------------------
@@ -92,8 +103,15 @@ class DagonTask:
     def runtime(self) -> str:
         return "ssh" if self.remote else RUNTIME_OF[self.task_type]
 
+    def _native(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The dagon runtime's options (and Task fields) for this task's DAGonStar options."""
+        if self.remote:
+            return self.runtime_options, {}
+        return native_options(self.task_type, {k: v for k, v in self.options.items() if k not in SSH_OPTIONS})
+
     @property
     def runtime_options(self) -> dict[str, Any]:
+        """The options as DAGonStar took them (JSON export keeps these); the runtime gets ``_native()``'s."""
         opts = {k: v for k, v in self.options.items() if k not in SSH_OPTIONS}
         if not self.remote:
             return opts
@@ -196,7 +214,7 @@ class DagonTask:
         if extra:
             rebuilt = Task.from_dict(
                 {**extra, "name": task.name, "command": task.command, "runtime": task.runtime,
-                 "runtime_options": task.runtime_options}
+                 "runtime_options": dict(task.spec.runtime_options)}
             )  # fmt: skip
             task.spec = rebuilt
         if doc.get("mode") == "parallel":

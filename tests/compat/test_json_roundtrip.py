@@ -89,8 +89,14 @@ def test_type_mapping_and_bad_options() -> None:
 
     from dagon import ValidationError
 
-    docker = DagonTask(TaskType.DOCKER, "d", "true", image="busybox", remove=True)
-    assert (docker.spec.runtime, dict(docker.spec.runtime_options)) == ("docker", {"image": "busybox", "remove": True})
+    docker = DagonTask(TaskType.DOCKER, "d", "true", image="busybox", remove=True, volume="/data:/data", pull=True)
+    # DAGonStar's options become the docker runtime's (containers are always removed)
+    assert (docker.spec.runtime, dict(docker.spec.runtime_options)) == (
+        "docker", {"image": "busybox", "volumes": ["/data:/data"], "pull": "always"},
+    )  # fmt: skip
+    nomad = DagonTask(TaskType.NOMAD, "n", "true", image="busybox", cpu=500, memory=256, datacenter="edge")
+    assert dict(nomad.spec.runtime_options) == {"image": "busybox", "cpu_mhz": 500, "datacenters": ["edge"]}
+    assert nomad.spec.memory == 256 * 2**20
     assert DagonTask(TaskType.SINGULARITY, "s", "true").spec.runtime == "apptainer"
     assert DagonTask(TaskType.BATCH, "b", "true").spec.runtime == "process"
     remote = DagonTask(TaskType.SLURM, "r", "true", partition="debug", ip="192.0.2.1", ssh_username="u")

@@ -260,3 +260,26 @@ async def test_symlink_staged_inputs_resolve_inside_the_container(
     assert any(p.is_symlink() for p in await asyncio.to_thread(lambda: list(use.rglob("x.txt"))))
     # the producer's directory is visible read-only: the consumer cannot change its input
     assert (use / "y.txt").read_text() == "linked\n"
+
+
+async def test_a_dagonstar_docker_script_runs_in_real_containers(
+    dockerd: Dockerd, hub: MemoryHub, tmp_path: Path
+) -> None:
+    """DAGonStar's TaskType.DOCKER with its original options (image, volume, remove, pull)."""
+    from dagon.task import DagonTask, TaskType
+
+    wf = dagon.Workflow("DataFlow-Docker", config={})
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "seed.txt").write_text("seed\n")
+    a = DagonTask(
+        TaskType.DOCKER, "A", "cat /shared/seed.txt > a.txt; echo from-A >> a.txt", image=BUSYBOX_IMAGE,
+        volume=f"{tmp_path / 'shared'}:/shared:ro", remove=True, pull=False,
+    )  # fmt: skip
+    b = DagonTask(TaskType.DOCKER, "B", "cat workflow:///A/a.txt > b.txt", image=BUSYBOX_IMAGE, remove=True)
+    wf.add_task(a)
+    wf.add_task(b)
+    wf.make_dependencies()
+    async with memory_stack(hub, tmp_path, runtimes=[DockerRuntime(url=dockerd.url)]) as (coordinator, _):
+        result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
+    assert result.state is RunState.SUCCEEDED, result.cause
+    assert (Path(result["B"].workdir) / "b.txt").read_text() == "seed\nfrom-A\n"
