@@ -21,6 +21,7 @@ from dagon.agent._config import AgentConfig
 from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
+from dagon.agent._telemetry import TelemetryService, telemetry_service
 from dagon.agent.runtimes import PythonRuntime, Runtime
 from dagon.protocol import (
     Ack,
@@ -105,6 +106,7 @@ class Agent:
         self._down = False
         self.stopped = asyncio.Event()
         self.completed = 0
+        self.telemetry: TelemetryService | None = telemetry_service(config, self.id, lambda: self._active)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -113,6 +115,8 @@ class Agent:
         await self._transport.__aenter__()
         try:
             await self._transport.subscribe(topics.agent_tasks(self.id), topics.agent_control(self.id))
+            if self.telemetry is not None and self.telemetry.meter_topic:
+                await self._transport.subscribe(self.telemetry.meter_topic)
             await self._announce()
             self._tg = asyncio.TaskGroup()
             await self._tg.__aenter__()
@@ -127,6 +131,8 @@ class Agent:
             self._tg.create_task(self._outbox.run(), name=f"{name}-outbox"),
             self._tg.create_task(self._reannounce_loop(), name=f"{name}-reannounce"),
         ]
+        if self.telemetry is not None:
+            self._loops.append(self._tg.create_task(self.telemetry.run(self._transport), name=f"{name}-telemetry"))
         log.info("agent %s online: %d slots, runtimes %s", self.id, self.config.slots, self.capabilities.runtimes)
         return self
 
@@ -237,6 +243,8 @@ class Agent:
         if msg.retain:
             # A retained assignment or shutdown would act again on every restart.
             raise ProtocolError("retained messages are not accepted by agents", reason="retained")
+        if self.telemetry is not None and self.telemetry.feed(msg.topic, msg.payload):
+            return  # an external power meter's reading
         message = self.codec.decode(msg.payload).message
         if msg.topic == topics.agent_tasks(self.id):
             if isinstance(message, AssignTasks):
@@ -309,6 +317,8 @@ class Agent:
     def _finish(self, reply_to: str, result: TaskResult) -> None:
         self._tasks.pop(TaskRef(result.run, result.task, result.attempt), None)
         self.completed += 1
+        if self.telemetry is not None:
+            result = self.telemetry.annotate(result)
         self._outbox.finished(reply_to, result)
 
     def _cancel(self, ref: TaskRef, reason: str) -> None:

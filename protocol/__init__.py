@@ -42,6 +42,7 @@ from dagon.protocol._public import (
     SCHEMA_EVENTS,
     SCHEMA_RUN_STATUS,
     SCHEMA_TASK_RESULT,
+    SCHEMA_TELEMETRY,
     decode_public,
     encode_public,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "SCHEMA_EVENTS",
     "SCHEMA_RUN_STATUS",
     "SCHEMA_TASK_RESULT",
+    "SCHEMA_TELEMETRY",
     "Ack",
     "AgentId",
     "Announce",

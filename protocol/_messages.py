@@ -175,6 +175,10 @@ class TaskResult:
     workdir: str = ""
     outputs: tuple[OutputFile, ...] = ()
     value: Any = None
+    energy_joules: float = 0.0  # attributed to this attempt (see dagon.agent.power); 0 when unknown
+    power_watts: float = 0.0  # average over the attempt
+    energy_measured: bool = False  # False: modelled (or unknown)
+    energy_source: str = ""  # power source(s) the figure came from; "" when unknown
 
     @property
     def duration(self) -> float:
