@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from dagon.agent._config import AgentConfig
 from dagon.agent._host import capabilities
@@ -107,6 +107,8 @@ class Agent:
         self.stopped = asyncio.Event()
         self.completed = 0
         self.telemetry: TelemetryService | None = telemetry_service(config, self.id, lambda: self._active)
+        self.metrics: Any = None  # an AgentMetrics (dagon.agent._metrics) when an exporter runs
+        self._runtime_of: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -276,6 +278,8 @@ class Agent:
                 rejected.append(Rejection(task=ref, reason=reason))
                 continue
             accepted += 1
+            if self.metrics is not None:
+                self._runtime_of[assignment.task] = assignment.runtime
             self._queued[ref] = message.reply_to
             self._tasks[ref] = self._tg.create_task(
                 self._execute(assignment, message.reply_to), name=f"task-{assignment.run}-{assignment.task}"
@@ -319,6 +323,8 @@ class Agent:
         self.completed += 1
         if self.telemetry is not None:
             result = self.telemetry.annotate(result)
+        if self.metrics is not None:
+            self.metrics.task_finished(result, self._runtime_of.pop(result.task, "?"))
         self._outbox.finished(reply_to, result)
 
     def _cancel(self, ref: TaskRef, reason: str) -> None:

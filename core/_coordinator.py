@@ -139,6 +139,7 @@ class Coordinator:
         self._seen_ids: dict[str, None] = {}
         self._rejections = Rejections(log)
         self.rejections = self._rejections.counts
+        self.metrics: Any = None  # a CoordinatorMetrics (dagon.core._metrics) once bound
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -431,6 +432,8 @@ class Coordinator:
                 self._output.event(event)
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
+            if self.metrics is not None:
+                self.metrics.task_ended(view)
             if self._writer is None and not self.publish_results:
                 return
             payload = encode_public(task_result_doc(view))  # encoded once: stored and published
@@ -455,6 +458,10 @@ class Coordinator:
         fut = self._waiters.pop(t.run, None)
         if fut is not None and not fut.done():
             fut.set_result(RunResult.from_view(view))
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting in the internal queues (for metrics)."""
+        return {"public_output": self._output._queue.qsize(), "engine_commands": len(self._pending)}
 
     async def _reannounce_loop(self) -> None:
         while True:

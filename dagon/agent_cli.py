@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dagon.agent import Agent, AgentConfig, load_agent_config
@@ -27,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="placement labels, e.g. site=lab,gpu=no (default: $DAGON_LABELS)")
     p.add_argument("--slots", type=int, help="tasks run at once (default: $DAGON_SLOTS or the CPU count)")
     p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--metrics-host", help="address of the metrics server (default: 127.0.0.1)")
     p.add_argument(
         "--log-level",
         type=str.upper,
@@ -46,7 +50,7 @@ async def _serve(config: AgentConfig) -> None:
             config.broker, client_id=f"dagon-agent-{config.agent_id}", will=will, protocol=config.mqtt_protocol
         )
 
-    async with Agent(config=config, connect=connect) as agent:
+    async with Agent(config=config, connect=connect) as agent, _metrics(agent, config):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Only wakes serve_forever: leaving the block does the graceful shutdown.
@@ -60,6 +64,18 @@ async def _serve(config: AgentConfig) -> None:
                 loop.remove_signal_handler(sig)
 
 
+@contextlib.asynccontextmanager
+async def _metrics(agent: Agent, config: AgentConfig) -> AsyncIterator[None]:
+    if not config.metrics_port:
+        yield
+        return
+    from dagon._metrics_http import serve_metrics
+    from dagon.agent._metrics import AgentMetrics
+
+    with serve_metrics(AgentMetrics(agent).registry, port=config.metrics_port, host=config.metrics_host):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``dagon-agent`` until SIGINT/SIGTERM or a ``shutdown`` control message.
 
@@ -68,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     flags = {"broker": args.broker, "id": args.id, "scratch": args.scratch, "labels": args.labels, "slots": args.slots}
+    flags.update(metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     try:
         config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)
         if not config.broker:

@@ -16,7 +16,7 @@ import runpy
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     broker_arg(coord)
     coord.add_argument("--id", default="main", help="coordinator id (default: main)")
     coord.add_argument("--heartbeat-ttl", type=float, default=15.0, help="seconds before a silent agent is lost")
+    coord.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
+    coord.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
 
     status = sub.add_parser("status", help="show a run")
     status.add_argument("run")
@@ -232,7 +234,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                 store=store,
                 heartbeat_ttl=args.heartbeat_ttl,
             )
-            async with coordinator:
+            async with coordinator, _coordinator_metrics(coordinator, args):
                 log.warning("coordinator %r serving on %s (store %s)", args.id, redact_url(broker), store.path)
                 await stop.wait()
         finally:
@@ -240,6 +242,20 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
     asyncio.run(_serve(start))
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _coordinator_metrics(coordinator: Any, args: argparse.Namespace) -> AsyncIterator[None]:
+    if not args.metrics_port:
+        yield
+        return
+    from dagon._metrics_http import serve_metrics
+    from dagon.core._metrics import CoordinatorMetrics
+
+    metrics = CoordinatorMetrics()
+    metrics.bind(coordinator)
+    with serve_metrics(metrics.registry, port=args.metrics_port, host=args.metrics_host):
+        yield
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
