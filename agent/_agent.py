@@ -108,7 +108,7 @@ class Agent:
         self.completed = 0
         self.telemetry: TelemetryService | None = telemetry_service(config, self.id, lambda: self._active)
         self.metrics: Any = None  # an AgentMetrics (dagon.agent._metrics) when an exporter runs
-        self._runtime_of: dict[str, str] = {}
+        self._runtime_of: dict[TaskRef, str] = {}  # for metrics: runtime of each accepted attempt
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -279,7 +279,7 @@ class Agent:
                 continue
             accepted += 1
             if self.metrics is not None:
-                self._runtime_of[assignment.task] = assignment.runtime
+                self._runtime_of[ref] = assignment.runtime
             self._queued[ref] = message.reply_to
             self._tasks[ref] = self._tg.create_task(
                 self._execute(assignment, message.reply_to), name=f"task-{assignment.run}-{assignment.task}"
@@ -324,7 +324,9 @@ class Agent:
         if self.telemetry is not None:
             result = self.telemetry.annotate(result)
         if self.metrics is not None:
-            self.metrics.task_finished(result, self._runtime_of.pop(result.task, "?"))
+            self.metrics.task_finished(
+                result, self._runtime_of.pop(TaskRef(result.run, result.task, result.attempt), "?")
+            )
         self._outbox.finished(reply_to, result)
 
     def _cancel(self, ref: TaskRef, reason: str) -> None:

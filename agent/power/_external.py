@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -65,9 +66,7 @@ class MqttMeterSource(PowerSource):
         self._last = (watts, now)
         return True
 
-    async def run(self, transport: Transport, clock: Any = None) -> None:
-        import time
-
+    async def run(self, transport: Transport) -> None:
         await transport.subscribe(self.topic)
         async for msg in transport.messages():
             if msg.topic == self.topic and not self.feed(msg.payload, time.time()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -59,3 +60,19 @@ async def test_agent_without_telemetry(hub: MemoryHub, tmp_path: Path) -> None:
         await coord.assign(assign("t", "true"))
         result = (await coord.results(1))["t"]
         assert result.energy_joules == 0.0 and result.energy_source == ""
+
+
+async def test_agent_takes_power_from_an_mqtt_smart_plug(hub: MemoryHub, tmp_path: Path) -> None:
+    flags = {"telemetry_interval": 0.05, "power_source": "mqtt", "power_mqtt_topic": "tele/plug-pi/SENSOR"}
+    tasmota = (Path(__file__).parent / "fixtures" / "tasmota_sensor.json").read_bytes()
+    async with running_agent(hub, tmp_path, **flags) as (agent, _), hub.transport() as observer:
+        await observer.subscribe(topics.agent_telemetry_json(AGENT))
+        await observer.publish("tele/plug-pi/SENSOR", tasmota)
+        messages = observer.messages()
+        async with asyncio.timeout(10):
+            while True:  # samples taken before the plug's message have no power
+                doc = decode_public((await anext(messages)).payload, schema=SCHEMA_TELEMETRY)
+                if doc["power"] is not None:
+                    break
+        assert doc["power"]["source"] == "mqtt" and doc["power"]["watts"] == 23.0 and doc["power"]["measured"]
+        assert not agent.rejections  # the plug's topic is not an agent protocol error
