@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from dagon.agent._config import AgentConfig, check_scratch_reachable, data_server_tls
 from dagon.agent._host import capabilities
@@ -25,6 +25,7 @@ from dagon.agent._runner import TaskRunner
 from dagon.agent._scratch_gc import delete_runs, delete_tasks
 from dagon.agent._secrets import environ_secrets
 from dagon.agent._staging import mark_scratch_root, task_dir_name
+from dagon.agent._telemetry import TelemetryService, telemetry_service
 from dagon.agent.runtimes import PythonRuntime, Runtime
 from dagon.protocol import (
     Ack,
@@ -150,6 +151,9 @@ class Agent:
         self._down = False
         self.stopped = asyncio.Event()
         self.completed = 0
+        self.telemetry: TelemetryService | None = telemetry_service(config, self.id, lambda: self._active)
+        self.metrics: Any = None  # an AgentMetrics (dagon.agent._metrics) when an exporter runs
+        self._runtime_of: dict[TaskRef, str] = {}  # for metrics: runtime of each accepted attempt
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -172,6 +176,8 @@ class Agent:
             raise
         try:
             await self._transport.subscribe(topics.agent_tasks(self.id), topics.agent_control(self.id))
+            if self.telemetry is not None and self.telemetry.meter_topic:
+                await self._transport.subscribe(self.telemetry.meter_topic)
             await self._announce()
             self._tg = asyncio.TaskGroup()
             await self._tg.__aenter__()
@@ -187,6 +193,8 @@ class Agent:
             self._tg.create_task(self._outbox.run(), name=f"{name}-outbox"),
             self._tg.create_task(self._reannounce_loop(), name=f"{name}-reannounce"),
         ]
+        if self.telemetry is not None:
+            self._loops.append(self._tg.create_task(self.telemetry.run(self._transport), name=f"{name}-telemetry"))
         log.info("agent %s online: %d slots, runtimes %s", self.id, self.config.slots, self.capabilities.runtimes)
         return self
 
@@ -300,6 +308,8 @@ class Agent:
         if msg.retain:
             # A retained assignment or shutdown would act again on every restart.
             raise ProtocolError("retained messages are not accepted by agents", reason="retained")
+        if self.telemetry is not None and self.telemetry.feed(msg.topic, msg.payload):
+            return  # an external power meter's reading
         message = self.codec.decode(msg.payload).message
         if msg.topic == topics.agent_tasks(self.id):
             if isinstance(message, AssignTasks):
@@ -371,6 +381,8 @@ class Agent:
                 rejected.append(Rejection(task=ref, reason=reason))
                 continue
             accepted += 1
+            if self.metrics is not None:
+                self._runtime_of[ref] = assignment.runtime
             self._queued[ref] = message.reply_to
             self._tasks[ref] = self._tg.create_task(
                 self._execute(assignment, message.reply_to), name=f"task-{assignment.run}-{assignment.task}"
@@ -417,6 +429,12 @@ class Agent:
     def _finish(self, reply_to: str, result: TaskResult) -> None:
         self._tasks.pop(TaskRef(result.run, result.task, result.attempt), None)
         self.completed += 1
+        if self.telemetry is not None:
+            result = self.telemetry.annotate(result)
+        if self.metrics is not None:
+            self.metrics.task_finished(
+                result, self._runtime_of.pop(TaskRef(result.run, result.task, result.attempt), "?")
+            )
         self._outbox.finished(reply_to, result)
 
     def _cancel(self, ref: TaskRef, reason: str) -> None:

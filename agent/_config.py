@@ -35,6 +35,14 @@ slot never idles waiting for the coordinator; default: as many as slots),
 file systems), ``heartbeat_interval`` (seconds), ``python_pool`` (thread,
 process), ``python_workers`` (default: as many as slots), ``max_message_size``
 (bytes).
+
+Telemetry keys (TOML; some also as environment variables): ``telemetry_interval``
+(``DAGON_TELEMETRY_INTERVAL``, seconds, 0 = off, default 5), ``power_source``
+(``DAGON_POWER_SOURCE``: auto, rapl, hwmon, pmic, mqtt, prometheus, model, off),
+``power_idle_watts`` / ``power_max_watts`` (CPU model), ``power_mqtt_topic``,
+``power_prometheus_url`` / ``power_prometheus_query``, ``metrics_port``
+(``DAGON_METRICS_PORT``, ``--metrics-port``) and ``metrics_host``
+(``DAGON_METRICS_HOST``, ``--metrics-host``, default 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -151,8 +159,18 @@ class AgentConfig:
     data_tls_key: Path | None = None
     data_tls_ca: Path | None = None
     runtimes: tuple[str, ...] | None = None
+    telemetry_interval: float = 5.0  # seconds between telemetry samples; 0 turns telemetry off
+    power_source: str = "auto"  # see dagon.agent.power.POWER_SOURCES
+    power_idle_watts: float = 5.0  # CPU model: power when idle
+    power_max_watts: float = 15.0  # CPU model: power with every core busy
+    power_mqtt_topic: str = ""  # external meter (Tasmota/Shelly JSON) on the agent's broker
+    power_prometheus_url: str = ""
+    power_prometheus_query: str = ""
+    metrics_port: int = 0  # Prometheus exporter port; 0 = no exporter
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
+        _check_telemetry(self)
         if not _ID_RE.fullmatch(self.agent_id):
             raise ConfigError(
                 f"agent id {self.agent_id!r} is not valid: use letters, digits, '.', '_' or '-' (max 100),"
@@ -199,6 +217,17 @@ class AgentConfig:
     def workers(self) -> int:
         """Size of the python runtime's worker pool."""
         return self.python_workers or self.slots
+
+
+def _check_telemetry(c: AgentConfig) -> None:
+    if not c.telemetry_interval >= 0:
+        raise ConfigError(f"telemetry_interval must be 0 (off) or a number of seconds, got {c.telemetry_interval}")
+    if not 0 <= c.power_idle_watts <= c.power_max_watts:
+        raise ConfigError(
+            f"need 0 <= power_idle_watts <= power_max_watts, got {c.power_idle_watts} and {c.power_max_watts}"
+        )
+    if not 0 <= c.metrics_port <= 65535:
+        raise ConfigError(f"metrics_port must be 0 (off) or a TCP port, got {c.metrics_port}")
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -447,6 +476,7 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
             kwargs[key] = _str(value, key)
     if (value := pick("runtimes", "DAGON_RUNTIMES")) is not None:
         kwargs["runtimes"] = _runtimes(value)
+    _load_telemetry(kwargs, pick)
     return AgentConfig(**kwargs)
 
 
@@ -465,3 +495,17 @@ def _runtimes(value: Any) -> tuple[str, ...] | None:
     if "auto" in items or "none" in items:
         raise ConfigError("runtimes: 'auto' and 'none' cannot be combined with runtime names")
     return tuple(items)
+
+
+def _load_telemetry(kwargs: dict[str, Any], pick: Any) -> None:
+    for key, env_name in (("telemetry_interval", "DAGON_TELEMETRY_INTERVAL"), ("power_idle_watts", None),
+                          ("power_max_watts", None)):  # fmt: skip
+        if (value := pick(key, env_name)) is not None:
+            kwargs[key] = _float(value, key)
+    if (value := pick("metrics_port", "DAGON_METRICS_PORT")) is not None:
+        kwargs["metrics_port"] = _int(value, "metrics_port")
+    for key, env_name in (("power_source", "DAGON_POWER_SOURCE"), ("power_mqtt_topic", None),
+                          ("power_prometheus_url", None), ("power_prometheus_query", None),
+                          ("metrics_host", "DAGON_METRICS_HOST")):  # fmt: skip
+        if (value := pick(key, env_name)) is not None:
+            kwargs[key] = _str(value, key)

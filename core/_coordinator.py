@@ -213,6 +213,7 @@ class Coordinator:
         self._seen_ids: dict[str, None] = {}
         self._rejections = Rejections(log)
         self.rejections = self._rejections.counts
+        self.metrics: Any = None  # a CoordinatorMetrics (dagon.core._metrics) once bound
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -626,6 +627,8 @@ class Coordinator:
                 self._output.event(event)
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
+            if self.metrics is not None:
+                self.metrics.task_ended(view)
             if self._writer is None and not self.publish_results:
                 return
             payload = encode_public(task_result_doc(view))  # encoded once: stored and published
@@ -709,6 +712,10 @@ class Coordinator:
         self._uploads_asked = {key for key in self._uploads_asked if key[0] not in expired}
         paths = [self._relay_dir / _safe(run) for run in expired]
         self._tg.create_task(asyncio.to_thread(_remove_all, paths), name="coordinator-relay-expiry")
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting in the internal queues (for metrics)."""
+        return {"public_output": self._output._queue.qsize(), "engine_commands": len(self._pending)}
 
     async def _reannounce_loop(self) -> None:
         while True:

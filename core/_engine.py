@@ -590,6 +590,7 @@ def _keep(result: TaskResult) -> bool:
         and not result.error
         and result.value is None
         and not result.cpu_time
+        and not result.energy_joules
         and not result.max_rss
     )
 

@@ -238,4 +238,13 @@ def task_result_doc(view: TaskView) -> dict[str, Any]:
         "error": out.error,
         "cause": out.cause,
         "value": out.value,
+        "energy": _energy_doc(view),
     }
+
+
+def _energy_doc(view: TaskView) -> dict[str, Any] | None:
+    """Energy of the task's last attempt (``None`` when the agent measured or modelled none)."""
+    r = view.result
+    if r is None or not r.energy_joules:
+        return None
+    return {"joules": r.energy_joules, "watts": r.power_watts, "measured": r.energy_measured, "source": r.energy_source}

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dagon._keys import agent_keys, agent_signer, enroll, read_public_key, warn_insecure
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         help="container runtimes to offer: docker,charliecloud,apptainer, 'auto' (detect) or 'none'"
         " (default: $DAGON_RUNTIMES or auto)",
     )
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--metrics-host", help="address of the metrics server (default: 127.0.0.1)")
     p.add_argument(
         "--log-level",
         type=str.upper,
@@ -95,7 +99,7 @@ async def _serve(config: AgentConfig, *, insecure: bool, orchestrators: list[Run
         )
 
     agent = Agent(config=config, connect=connect, runtimes=runtimes, signer=signer, trust=trust, insecure=insecure)
-    async with agent:
+    async with agent, _metrics(agent, config):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Only wakes serve_forever: leaving the block does the graceful shutdown.
@@ -107,6 +111,18 @@ async def _serve(config: AgentConfig, *, insecure: bool, orchestrators: list[Run
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def _metrics(agent: Agent, config: AgentConfig) -> AsyncIterator[None]:
+    if not config.metrics_port:
+        yield
+        return
+    from dagon._metrics_http import serve_metrics
+    from dagon.agent._metrics import AgentMetrics
+
+    with serve_metrics(AgentMetrics(agent).registry, port=config.metrics_port, host=config.metrics_host):
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     names = ("broker", "id", "scratch", "labels", "slots", "run_as", "data_host", "data_port", "data_url")
     flags = {name: getattr(args, name) for name in (*names, "reachable", "runtimes")}
+    flags.update(metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     try:
         config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)
         if not config.broker:

@@ -16,7 +16,7 @@ import runpy
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list the runs recorded in $DAGON_HOME's run store")
     runs.add_argument("--limit", type=int, default=20, help="most recent N runs (default: 20)")
     runs.add_argument("--json", action="store_true")
+    coord.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
+    coord.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
 
     status = sub.add_parser("status", help="show a run")
     status.add_argument("run")
@@ -355,7 +357,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                 relay_port=args.relay_port,
                 relay_url=args.relay_url,
             )
-            async with coordinator:
+            async with coordinator, _coordinator_metrics(coordinator, args):
                 log.warning("coordinator %r serving on %s (store %s)", args.id, redact_url(broker), store.path)
                 await stop.wait()
         finally:
@@ -431,6 +433,20 @@ def _cmd_broker_config(args: argparse.Namespace) -> int:
         out.write(f"  {identity}: DAGON_MQTT_CA={bundle.ca} DAGON_MQTT_CERT={cert} DAGON_MQTT_KEY={key}\n")
     out.write(f"  broker URL: mqtts://HOST:{bundle.port} (HOST must be one of the server names)\n")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _coordinator_metrics(coordinator: Any, args: argparse.Namespace) -> AsyncIterator[None]:
+    if not args.metrics_port:
+        yield
+        return
+    from dagon._metrics_http import serve_metrics
+    from dagon.core._metrics import CoordinatorMetrics
+
+    metrics = CoordinatorMetrics()
+    metrics.bind(coordinator)
+    with serve_metrics(metrics.registry, port=args.metrics_port, host=args.metrics_host):
+        yield
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ from dagon.protocol._public import (
     SCHEMA_EVENTS,
     SCHEMA_RUN_STATUS,
     SCHEMA_TASK_RESULT,
+    SCHEMA_TELEMETRY,
     decode_public,
     encode_public,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "SCHEMA_EVENTS",
     "SCHEMA_RUN_STATUS",
     "SCHEMA_TASK_RESULT",
+    "SCHEMA_TELEMETRY",
     "Ack",
     "AgentId",
     "Announce",

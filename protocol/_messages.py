@@ -192,6 +192,10 @@ class TaskResult:
     outputs: tuple[OutputFile, ...] = ()
     value: Any = None
     staging: str = ""  # how inputs were staged, e.g. "pulled 2 file(s), 1.0 GiB in 1.2 s (870 MB/s) over http"
+    energy_joules: float = 0.0  # attributed to this attempt (see dagon.agent.power); 0 when unknown
+    power_watts: float = 0.0  # average over the attempt
+    energy_measured: bool = False  # False: modelled (or unknown)
+    energy_source: str = ""  # power source(s) the figure came from; "" when unknown
 
     @property
     def duration(self) -> float:

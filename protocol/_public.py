@@ -21,6 +21,7 @@ __all__ = [
     "SCHEMA_EVENTS",
     "SCHEMA_RUN_STATUS",
     "SCHEMA_TASK_RESULT",
+    "SCHEMA_TELEMETRY",
     "decode_public",
     "encode_public",
 ]
@@ -30,6 +31,7 @@ SCHEMA_RUN_STATUS: Final = "dagon.run-status/1"
 SCHEMA_TASK_RESULT: Final = "dagon.task-result/1"
 SCHEMA_EVENTS: Final = "dagon.events/1"
 SCHEMA_COORDINATOR: Final = "dagon.coordinator/1"
+SCHEMA_TELEMETRY: Final = "dagon.telemetry/1"
 
 
 def _finite(value: Any) -> Any:

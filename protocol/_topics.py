@@ -6,6 +6,7 @@ Tree (``{run}`` is the run id, ``{task}`` the task name as written, escaped)::
     dagon/v1/agents/{agent}/tasks         AssignTasks / CancelTasks (to the agent)
     dagon/v1/agents/{agent}/control       Control (to the agent)
     dagon/v1/agents/{agent}/telemetry     Heartbeat and telemetry (from the agent)
+    dagon/v1/agents/{agent}/telemetry/json  public JSON telemetry (dagon.telemetry/1)
     dagon/v1/coordinator/{id}/inbox       TasksStarted / TasksFinished / Ack / SubmitRun / CancelRun
     dagon/v1/coordinator/{id}/status      retained JSON: coordinator online/offline
     dagon/v1/runs/{run}/status            retained JSON run status
@@ -23,6 +24,8 @@ __all__ = [
     "agent_status",
     "agent_tasks",
     "agent_telemetry",
+    "agent_telemetry_json",
+    "all_agent_telemetry_json",
     "all_agent_status",
     "all_agent_telemetry",
     "all_coordinator_status",
@@ -125,3 +128,12 @@ def run_task_result(run: str, task: str) -> str:
 def run_task_results(run: str) -> str:
     """Filter matching every task result of a run."""
     return f"{PREFIX}/runs/{escape_level(run)}/tasks/+/result"
+
+
+def agent_telemetry_json(agent: str) -> str:
+    """Public JSON telemetry of an agent (schema ``dagon.telemetry/1``)."""
+    return f"{PREFIX}/agents/{escape_level(agent)}/telemetry/json"
+
+
+def all_agent_telemetry_json() -> str:
+    return f"{PREFIX}/agents/+/telemetry/json"
