@@ -9,22 +9,66 @@
 
 __version__ = "0.1.0"
 
-from dagon._client import Client, RunHandle, connect
-from dagon._compat_types import DataMover, StagerMover, Status
-from dagon._meta import MetaWorkflow
-from dagon._workflow import Workflow
-from dagon.core import (
-    Retry,
-    RunEvent,
-    RunResult,
-    RunState,
-    Task,
-    TaskFailed,
-    TaskOutcome,
-    TaskState,
-    ValidationError,
-)
-from dagon.protocol import ConfigError, DagonError, ProtocolError, TransportError
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use: ``dagon-agent`` imports ``dagon.*`` modules too, and must not pay for the
+# coordinator, the client and the DAGonStar layer it never uses (an idle agent's memory is a target).
+_EXPORTS = {
+    "Client": "dagon._client",
+    "RunHandle": "dagon._client",
+    "connect": "dagon._client",
+    "DataMover": "dagon._compat_types",
+    "StagerMover": "dagon._compat_types",
+    "Status": "dagon._compat_types",
+    "MetaWorkflow": "dagon._meta",
+    "Workflow": "dagon._workflow",
+    "Retry": "dagon.core",
+    "RunEvent": "dagon.core",
+    "RunResult": "dagon.core",
+    "RunState": "dagon.core",
+    "Task": "dagon.core",
+    "TaskFailed": "dagon.core",
+    "TaskOutcome": "dagon.core",
+    "TaskState": "dagon.core",
+    "ValidationError": "dagon.core",
+    "ConfigError": "dagon.protocol",
+    "DagonError": "dagon.protocol",
+    "ProtocolError": "dagon.protocol",
+    "TransportError": "dagon.protocol",
+}
+
+if TYPE_CHECKING:
+    from dagon._client import Client, RunHandle, connect
+    from dagon._compat_types import DataMover, StagerMover, Status
+    from dagon._meta import MetaWorkflow
+    from dagon._workflow import Workflow
+    from dagon.core import (
+        Retry,
+        RunEvent,
+        RunResult,
+        RunState,
+        Task,
+        TaskFailed,
+        TaskOutcome,
+        TaskState,
+        ValidationError,
+    )
+    from dagon.protocol import ConfigError, DagonError, ProtocolError, TransportError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dagon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Client",

@@ -21,10 +21,10 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from dagon.core import CoordinatorTrust
 from dagon.protocol import (
     ConfigError,
     KeyRing,
@@ -50,6 +50,9 @@ __all__ = [
     "read_public_key",
     "warn_insecure",
 ]
+
+if TYPE_CHECKING:
+    from dagon.core import CoordinatorTrust
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,8 @@ def _read_pins(path: Path) -> dict[str, bytes]:
 
 def coordinator_trust(home: Path, *, accept_new_agents: bool = True) -> CoordinatorTrust:
     """Client keys (own + ``keys/clients``) and pinned agent keys (``keys/known_agents``)."""
+    from dagon.core import CoordinatorTrust  # here: agents import this module and need no coordinator
+
     directory = keys_dir(home)
     clients = _public_keys(directory / "clients")
     clients.append(coordinator_signer(home).public_key)
