@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -55,6 +56,16 @@ OnFinish = Callable[[TaskResult], None]
 OnProgress = Callable[[str], Awaitable[None]]
 PROGRESS_EVERY = 2.0  # seconds between progress reports of a long staging step
 RELAY_WAIT = 300.0  # seconds a consumer waits for an unreachable producer's upload to the relay
+
+
+def _loopback_hint(item: StageInput) -> str:
+    """Agents on other hosts cannot reach a data server bound to loopback: say what to change."""
+    host = urllib.parse.urlsplit(item.url).hostname or ""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        where = "the coordinator's relay" if item.relay else f"agent {item.source_agent!r}'s data server"
+        flag = "--relay-host/--relay-url" if item.relay else "--data-host/--data-url"
+        return f" — {where} listens on loopback only; give it an address other hosts reach ({flag})"
+    return ""
 
 
 def _manifest(workdir: Path, patterns: tuple[str, ...]) -> tuple[OutputFile, ...]:
@@ -260,7 +271,7 @@ class TaskRunner:
                         )  # fmt: skip
                     except TransportError as exc:
                         via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""
-                        raise StagingError(f"input {item.ref}{via}: {exc}") from None
+                        raise StagingError(f"input {item.ref}{via}: {exc}{_loopback_hint(item)}") from None
                     ways.add("via the coordinator's relay" if item.relay else "over http")
             sources.add(item.source_agent)
             staged[item.ref] = str(dest / item.path)

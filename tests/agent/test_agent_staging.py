@@ -126,3 +126,16 @@ async def test_input_from_another_host_is_pulled_with_a_grant(hub: MemoryHub, tm
     pulled = Path(c.workdir) / ".dagon" / "inputs" / "wf" / "A" / "out" / "big.bin"
     assert pulled.read_bytes() == (Path(a.workdir) / "out" / "big.bin").read_bytes() and not pulled.is_symlink()
     assert d.status is ResultStatus.ERROR and "403" in d.error and "unknown key" in d.error
+
+
+async def test_an_unreachable_loopback_data_server_is_explained(hub: MemoryHub, tmp_path: Path) -> None:
+    async with running_agent(hub, tmp_path) as (agent, coord):
+        a = await produce(coord, "echo x > out.txt")
+        grant = Grant("r1", "A", 1, "out.txt", AGENT, "read", time.time() + 60)
+        remote = dataclasses.replace(
+            ref(agent, a, "out.txt", host="elsewhere"), url="http://127.0.0.1:1", token=mint_grant(COORDINATOR, grant)
+        )
+        await coord.assign(assign("B", "cat workflow:///A/out.txt", inputs=(remote,)))
+        b = (await coord.results(1))["B"]
+    assert b.status is ResultStatus.ERROR
+    assert "listens on loopback only" in b.error and "--data-host" in b.error
