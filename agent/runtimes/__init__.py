@@ -1,6 +1,6 @@
 """Agent runtimes: how a task's command actually runs.
 
-``KubernetesRuntime`` (extra ``k8s``) and ``NomadRuntime`` (extra ``http``) are
+``KubernetesRuntime`` (extra ``k8s``) and ``NomadRuntime`` are
 imported on first use, so the base install does not need their client libraries.
 """
 
