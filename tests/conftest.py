@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from _broker import IN_CI, MOSQUITTO_MISSING, Mosquitto, mosquitto_binary
+from _broker import MOSQUITTO_MISSING, Mosquitto, missing, mosquitto_binary
 
 from dagon._embedded import EmbeddedBroker
 from dagon.protocol.transport import MemoryHub
@@ -35,9 +35,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """
     binary = mosquitto_binary()
     if binary is None:
-        if IN_CI:
-            pytest.fail(MOSQUITTO_MISSING)
-        pytest.skip(MOSQUITTO_MISSING)
+        missing(MOSQUITTO_MISSING)
     broker = Mosquitto(binary=binary, workdir=tmp_path / "mosquitto")
     try:
         broker.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _broker import IN_CI, stop_process
+from _broker import missing, stop_process
 
 from ._scripts import DATAFLOW, ini, run_cli, run_script, start_agent, write
 
@@ -58,9 +58,7 @@ def test_set_dry_on_the_embedded_default_touches_nothing(tmp_path: Path) -> None
 def test_dry_runs_publish_nothing_that_makes_an_agent_act(mosquitto: Any, tmp_path: Path) -> None:
     sub_bin = shutil.which("mosquitto_sub")
     if sub_bin is None:
-        if IN_CI:
-            pytest.fail("mosquitto_sub not installed; run .ci/setup")
-        pytest.skip("mosquitto_sub not installed")
+        missing("mosquitto_sub not installed; run .ci/setup")
     agent = start_agent(mosquitto.url, tmp_path / "agent", "dry-agent", coordinator_home=tmp_path / "operator")
     topics_file = tmp_path / "topics.txt"
     sub = None

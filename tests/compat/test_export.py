@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _broker import IN_CI
+from _broker import missing
 
 import dagon
 from dagon._export import to_cwl, to_dot, to_mermaid
@@ -23,9 +23,7 @@ MAP_GATHER = ROOT / "examples" / "dataflow" / "map-gather.py"
 
 def need_cwltool() -> list[str]:
     if importlib.util.find_spec("cwltool") is None:
-        if IN_CI:
-            pytest.fail("cwltool is not installed; it is in the [test] extra (.ci/setup installs it)")
-        pytest.skip("cwltool is not installed")
+        missing("cwltool is not installed; it is in the [test] extra (.ci/setup installs it)")
     return [sys.executable, "-m", "cwltool"]
 
 
@@ -65,9 +63,7 @@ def test_cwl_export_validates_with_cwltool(tmp_path: Path) -> None:
 def test_dagon_graph_cwl_of_a_dynamic_map_validates_and_runs_in_cwltool(tmp_path: Path) -> None:
     cwltool = need_cwltool()
     if shutil.which("node") is None and shutil.which("nodejs") is None:
-        if IN_CI:
-            pytest.fail("node.js is not installed (cwltool evaluates CWL expressions with it); run .ci/setup")
-        pytest.skip("node.js is not installed")
+        missing("node.js is not installed (cwltool evaluates CWL expressions with it); run .ci/setup")
     script = write(
         tmp_path / "mapsum.py",
         "import dagon\n"

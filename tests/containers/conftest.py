@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _broker import IN_CI
+from _broker import missing
 from _containers import (
     CHARLIECLOUD_MISSING,
     DOCKER_MISSING,
@@ -20,19 +20,12 @@ from _containers import (
 )
 
 
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
     """A real dockerd on a private socket with a ``dagon-test/busybox`` image imported."""
     binary = dockerd_binary()
     if binary is None:
-        _missing(DOCKER_MISSING)
-        raise AssertionError  # unreachable: _missing raised
+        missing(DOCKER_MISSING)
     engine = Dockerd(binary=binary, workdir=tmp_path_factory.mktemp("dockerd"))
     try:
         engine.start()
@@ -46,5 +39,5 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
 def busybox_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox image directory for Charliecloud (``ch-run`` needs nothing else)."""
     if charliecloud_binary() is None:
-        _missing(CHARLIECLOUD_MISSING)
+        missing(CHARLIECLOUD_MISSING)
     return busybox_rootfs(tmp_path_factory.mktemp("chimage") / "busybox")

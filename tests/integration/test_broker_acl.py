@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _broker import IN_CI, MOSQUITTO_MISSING, Mosquitto, free_port, mosquitto_binary
+from _broker import MOSQUITTO_MISSING, Mosquitto, free_port, missing, mosquitto_binary
 from _keys import coordinator_security
 
 from dagon._brokerconfig import BrokerBundle, generate_broker_config
@@ -25,9 +25,7 @@ pytestmark = pytest.mark.mosquitto
 def secured(tmp_path: Path) -> Iterator[tuple[Mosquitto, BrokerBundle]]:
     binary = mosquitto_binary()
     if binary is None:
-        if IN_CI:
-            pytest.fail(MOSQUITTO_MISSING)
-        pytest.skip(MOSQUITTO_MISSING)
+        missing(MOSQUITTO_MISSING)
     port = free_port()
     bundle = generate_broker_config(tmp_path / "broker", agents=["edge1", "edge2"], clients=["alice"], port=port)
     config = bundle.config.read_text()

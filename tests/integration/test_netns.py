@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _broker import IN_CI, MOSQUITTO_MISSING, Mosquitto, free_port, mosquitto_binary, stop_process
+from _broker import MOSQUITTO_MISSING, Mosquitto, free_port, missing, mosquitto_binary, stop_process
 
 import dagon
 from dagon._keys import coordinator_signer, coordinator_trust
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.mosquitto
 def hosts() -> Iterator[Hosts]:
     why = available()
     if why is not None:
-        if IN_CI:
-            pytest.fail(why)
-        pytest.skip(why)
+        missing(why)
     made = Hosts(3).open()
     try:
         yield made
@@ -41,9 +39,7 @@ def hosts() -> Iterator[Hosts]:
 def broker(hosts: Hosts, tmp_path: Path) -> Iterator[Mosquitto]:
     binary = mosquitto_binary()
     if binary is None:
-        if IN_CI:
-            pytest.fail(MOSQUITTO_MISSING)
-        pytest.skip(MOSQUITTO_MISSING)
+        missing(MOSQUITTO_MISSING)
     # On the bridge's own address: reachable from the namespaces, not from outside the machine.
     server = Mosquitto(binary=binary, workdir=tmp_path / "mosquitto", host=hosts.gateway, port=free_port())
     try:

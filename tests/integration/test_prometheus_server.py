@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import socket
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _broker import missing
 
 from dagon._metrics_http import serve_metrics
 from dagon.agent._metrics import AgentMetrics
@@ -53,10 +53,7 @@ async def _poll(url: str, ok: Any, *, within: float = 45.0) -> Any:
 async def test_prometheus_scrapes_agent_and_coordinator(hub: MemoryHub, tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
     if binary is None:
-        message = "prometheus is not installed (run .ci/setup: apt-get install prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("prometheus is not installed (run .ci/setup: apt-get install prometheus)")
     async with memory_stack(hub, tmp_path) as (coordinator, agents):
         cmetrics = CoordinatorMetrics()
         cmetrics.bind(coordinator)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _broker import IN_CI
+from _broker import missing
 from _keys import agent_security, coordinator_security
 
 from dagon.agent import Agent, load_agent_config
@@ -25,9 +25,7 @@ from ._stack import taskflow
 def open_scratch() -> Iterator[Path]:
     """A scratch root other users can traverse (pytest's own tmp dirs are private to root)."""
     if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("CI runs the suite as root; run_as needs it")
-        pytest.skip("run_as needs the agent to run as root")
+        missing("CI runs the suite as root; run_as needs it")
     path = Path(tempfile.mkdtemp(prefix="dagon-run-as-", dir="/var/tmp"))
     path.chmod(0o755)
     try:

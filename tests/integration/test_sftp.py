@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from _broker import IN_CI, free_port, stop_process
+from _broker import free_port, missing, stop_process
 from _keys import coordinator_security
 
 import dagon
@@ -43,9 +43,7 @@ def sshd_binary() -> str | None:
 def sshd(tmp_path: Path) -> Iterator[Sshd]:
     binary = sshd_binary()
     if binary is None:
-        if IN_CI:
-            pytest.fail(SSHD_MISSING)
-        pytest.skip(SSHD_MISSING)
+        missing(SSHD_MISSING)
     work = tmp_path / "sshd"
     work.mkdir()
     host = asyncssh.generate_private_key("ssh-ed25519")
