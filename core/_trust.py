@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -37,6 +38,16 @@ log = logging.getLogger(__name__)
 OnPin = Callable[[AgentId, bytes], None]
 
 
+class _Pin(NamedTuple):
+    raw: bytes
+    kid: str
+    key: Ed25519PublicKey
+
+    @classmethod
+    def of(cls, raw: bytes) -> _Pin:
+        return cls(raw, key_id(raw), parse_public_key(raw))
+
+
 class CoordinatorTrust:
     """The coordinator's :class:`~dagon.protocol.Trust` policy.
 
@@ -58,8 +69,8 @@ class CoordinatorTrust:
         pins_file: str = "the coordinator's known_agents file",
     ) -> None:
         self._clients = KeyRing(clients, what="client")
-        self._pinned: dict[str, bytes] = dict(pinned or {})
-        self._pinned_ids = {agent: key_id(raw) for agent, raw in self._pinned.items()}
+        # Parsed once: every report from an agent is verified against its pin.
+        self._pins = {agent: _Pin.of(raw) for agent, raw in (pinned or {}).items()}
         self._accept_new = accept_new_agents
         self._on_pin = on_pin
         self._pins_file = pins_file
@@ -75,15 +86,15 @@ class CoordinatorTrust:
             raise ProtocolError(
                 f"{msg.OP} claims to be from agent {agent!r} but was sent by {envelope.src!r}", reason="untrusted"
             )
-        pinned = self._pinned.get(agent)
-        if pinned is not None:
-            if self._pinned_ids[agent] != kid:
+        pin = self._pins.get(agent)
+        if pin is not None:
+            if pin.kid != kid:
                 raise ProtocolError(
-                    f"agent {agent!r} signed {msg.OP} with key {kid}, not with its pinned key {fingerprint(pinned)};"
+                    f"agent {agent!r} signed {msg.OP} with key {kid}, not with its pinned key {fingerprint(pin.raw)};"
                     f" if the agent was reinstalled on purpose, remove its line from {self._pins_file}",
                     reason="untrusted",
                 )
-            return parse_public_key(pinned)
+            return pin.key
         if isinstance(msg, Announce) and msg.key and self._accept_new:
             if key_id(msg.key) != kid:
                 raise ProtocolError(f"agent {agent!r} announced one key and signed with another", reason="untrusted")
@@ -101,13 +112,13 @@ class CoordinatorTrust:
 
     def pin(self, agent: AgentId, raw: bytes) -> None:
         """Remember ``agent``'s key after its announce verified (no-op when already pinned)."""
-        if agent in self._pinned or not raw:
+        if agent in self._pins or not raw:
             return
-        self._pinned[agent] = raw
-        self._pinned_ids[agent] = key_id(raw)
+        self._pins[agent] = _Pin.of(raw)
         log.info("pinned the key of new agent %s: %s", agent, fingerprint(raw))
         if self._on_pin is not None:
             self._on_pin(agent, raw)
 
     def pinned(self, agent: str) -> bytes | None:
-        return self._pinned.get(agent)
+        pin = self._pins.get(agent)
+        return pin.raw if pin is not None else None
