@@ -17,7 +17,6 @@ enrolled on the coordinator (``dagon keys trust-client``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -187,9 +186,15 @@ def coordinator_trust(home: Path, *, accept_new_agents: bool = True) -> Coordina
     pins_file = directory / "known_agents"
 
     def remember(agent: str, raw: bytes) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(OSError), pins_file.open("a") as out:
-            out.write(f"{agent} {public_key_line(parse_public_key(raw))}")
+        # One short line per new agent: cheap enough for the event loop, and it must not be lost silently.
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with pins_file.open("a") as out:
+                out.write(f"{agent} {public_key_line(parse_public_key(raw))}")
+        except OSError as exc:
+            log.warning(
+                "could not record agent %s's key in %s (%s): it is pinned until restart only", agent, pins_file, exc
+            )
 
     return CoordinatorTrust(
         clients=clients,
