@@ -194,7 +194,9 @@ class Agent:
             self._tg.create_task(self._reannounce_loop(), name=f"{name}-reannounce"),
         ]
         if self.telemetry is not None:
-            self._loops.append(self._tg.create_task(self.telemetry.run(self._transport), name=f"{name}-telemetry"))
+            self._loops.append(
+                self._tg.create_task(self.telemetry.run(self._transport, self.codec), name=f"{name}-telemetry")
+            )
         log.info("agent %s online: %d slots, runtimes %s", self.id, self.config.slots, self.capabilities.runtimes)
         return self
 

@@ -22,10 +22,10 @@ import psutil
 
 from dagon.agent._config import AgentConfig
 from dagon.agent.power import EnergyLedger, MqttMeterSource, PowerReading, PowerSource, detect_power_source
-from dagon.protocol import SCHEMA_TELEMETRY, AgentId, TaskResult, encode_public, topics
+from dagon.protocol import SCHEMA_TELEMETRY, AgentId, Codec, TaskResult, Telemetry, encode_public, topics
 from dagon.protocol.transport import Transport
 
-__all__ = ["TelemetrySampler", "TelemetryService", "telemetry_service"]
+__all__ = ["TelemetrySampler", "TelemetryService", "telemetry_message", "telemetry_service"]
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +173,53 @@ class TelemetryService:
             energy_source=energy.source,
         )
 
-    async def run(self, transport: Transport) -> None:
-        """Sample and publish forever (until cancelled)."""
+    async def run(self, transport: Transport, codec: Codec | None = None) -> None:
+        """Sample and publish forever (until cancelled).
+
+        With ``codec``, each sample also goes to the coordinators as a signed msgpack
+        :class:`~dagon.protocol.Telemetry` on the agent's internal telemetry topic.
+        """
         topic = topics.agent_telemetry_json(self.agent)
+        internal = topics.agent_telemetry(self.agent)
         while True:
             doc = await self.sample_once()
             doc["schema"] = SCHEMA_TELEMETRY
             try:
                 await transport.publish(topic, encode_public(doc), qos=0)
+                if codec is not None:
+                    message = telemetry_message(doc, running=self._running())
+                    await transport.publish(internal, codec.encode(message), qos=0)
             except Exception as exc:
                 log.warning("agent %s: telemetry not published: %s", self.agent, exc)
             await asyncio.sleep(self.interval)
+
+
+def telemetry_message(doc: dict[str, Any], *, running: int = 0) -> Telemetry:
+    """The wire message for one sample of :meth:`TelemetryService.sample_once`.
+
+    Rates are clamped at 0: a counter that went backwards (a device removed, a wrap) would
+    otherwise make the coordinator refuse the whole sample as impossible.
+    """
+    power = doc.get("power") or {}
+    return Telemetry(
+        agent=AgentId(doc["agent"]),
+        sampled_at=float(doc["ts"]),
+        cpu_percent=float(doc["cpu_percent"]),
+        memory_used=int(doc["memory_used"]),
+        memory_total=int(doc["memory_total"]),
+        running=running,
+        per_core_percent=tuple(float(x) for x in doc.get("per_core_percent", ())),
+        load_avg=tuple(float(x) for x in doc.get("load_avg", ())),
+        disk_read_bps=max(0.0, float(doc.get("disk_read_bps", 0.0))),
+        disk_write_bps=max(0.0, float(doc.get("disk_write_bps", 0.0))),
+        net_recv_bps=max(0.0, float(doc.get("net_recv_bps", 0.0))),
+        net_sent_bps=max(0.0, float(doc.get("net_sent_bps", 0.0))),
+        temperatures={str(k): float(v) for k, v in doc.get("temperatures", {}).items()},
+        power_watts=float(power["watts"]) if power else None,
+        power_source=str(power.get("source", "")),
+        power_measured=bool(power.get("measured", False)),
+        energy_joules_total=float(power.get("energy_joules_total", 0.0)),
+    )
 
 
 def telemetry_service(config: AgentConfig, agent: AgentId, running: Callable[[], int]) -> TelemetryService | None:

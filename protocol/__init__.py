@@ -52,6 +52,7 @@ from dagon.protocol._messages import (
     TaskResult,
     TasksFinished,
     TasksStarted,
+    Telemetry,
     ToAgent,
     ToCoordinator,
     UploadOutputs,
@@ -140,4 +141,5 @@ __all__ = [
     "encode_public",
     "new_message_id",
     "topics",
+    "Telemetry",
 ]

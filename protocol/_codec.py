@@ -64,6 +64,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.TaskProgress,
         m.SubmitRun,
         m.CancelRun,
+        m.Telemetry,
     )
 }
 

@@ -43,6 +43,7 @@ __all__ = [
     "TaskResult",
     "TasksFinished",
     "TasksStarted",
+    "Telemetry",
     "ToAgent",
     "ToCoordinator",
     "UploadOutputs",
@@ -354,6 +355,35 @@ class CancelRun(Message):
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Telemetry(Message):
+    """One telemetry sample of an agent's node (on ``…/agents/{agent}/telemetry``, next to heartbeats).
+
+    Rates are per second over the time since the agent's previous sample. ``power_watts`` is
+    ``None`` when the agent has no power source; ``power_measured`` says whether the figure
+    came from a sensor (``True``) or a CPU-utilisation model (``False``).
+    """
+
+    OP: ClassVar[str] = "telemetry"
+    agent: AgentId
+    sampled_at: float  # when the sample was taken (the envelope's own ``ts`` is when it was sent)
+    cpu_percent: float
+    memory_used: int
+    memory_total: int
+    running: int = 0
+    per_core_percent: tuple[float, ...] = ()
+    load_avg: tuple[float, ...] = ()
+    disk_read_bps: float = 0.0
+    disk_write_bps: float = 0.0
+    net_recv_bps: float = 0.0
+    net_sent_bps: float = 0.0
+    temperatures: dict[str, float] = field(default_factory=dict)
+    power_watts: float | None = None
+    power_source: str = ""
+    power_measured: bool = False
+    energy_joules_total: float = 0.0  # the agent's node energy since it started
+
+
 ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData
-FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress
+FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress | Telemetry
 ToCoordinator = SubmitRun | CancelRun
