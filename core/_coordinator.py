@@ -50,12 +50,14 @@ from dagon.core._events import (
     Tick,
 )
 from dagon.core._fit import check_placeable
+from dagon.core._listeners import CoordinatorListener, notify
 from dagon.core._model import Workflow
 from dagon.core._output import PublicOutput
 from dagon.core._placement import AgentView
 from dagon.core._results import RunEvent, RunResult, task_result_doc
 from dagon.core._states import TERMINAL, RunState, TaskState
 from dagon.core._store import RunStore
+from dagon.core._telemetry import AgentTelemetry
 from dagon.core._trust import CoordinatorTrust
 from dagon.core._writer import StoreWriter
 from dagon.protocol import (
@@ -86,6 +88,7 @@ from dagon.protocol import (
     TaskRef,
     TasksFinished,
     TasksStarted,
+    Telemetry,
     UploadOutputs,
     encode_public,
     mint_grant,
@@ -214,6 +217,12 @@ class Coordinator:
         self._rejections = Rejections(log)
         self.rejections = self._rejections.counts
         self.metrics: Any = None  # a CoordinatorMetrics (dagon.core._metrics) once bound
+        self.listeners: list[CoordinatorListener] = []  # observers (e.g. dagon.core.MongoSink)
+        self.telemetry = AgentTelemetry()  # the latest telemetry sample of each agent
+
+    def add_listener(self, listener: CoordinatorListener) -> None:
+        """Tell ``listener`` of every run and task change and telemetry sample from now on."""
+        self.listeners.append(listener)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -401,6 +410,9 @@ class Coordinator:
             elif parts[4] == "telemetry" and isinstance(msg, Heartbeat) and msg.agent == agent:
                 self._pending.extend(self.engine.handle(AgentSeen(agent, held=msg.running), time.time()))
                 self._wake.set()
+            elif parts[4] == "telemetry" and isinstance(msg, Telemetry) and msg.agent == agent:
+                if self.telemetry.take(msg):  # raises ProtocolError on impossible figures
+                    notify(self.listeners, "agent_telemetry", msg)
             else:
                 raise ProtocolError(f"{msg.OP} is not accepted on {topic}", reason="unexpected")
             return
@@ -625,6 +637,8 @@ class Coordinator:
                     queue.put_nowait(event)
             if not derived:
                 self._output.event(event)
+        if self.listeners and not derived:
+            notify(self.listeners, "task_changed", t, self.engine.runs[run].tasks[t.task])
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
             if self.metrics is not None:
@@ -685,6 +699,8 @@ class Coordinator:
         self._output.touch(t.run)
         event = RunEvent(t.run, None, t.new.value, None, 0, None, t.cause, t.at)
         self._output.event(event)
+        if self.listeners:
+            notify(self.listeners, "run_changed", t, view)
         if t.new is RunState.RUNNING:
             log.info("run %s started (%d tasks)", t.run, len(view.tasks))
             return
