@@ -24,12 +24,15 @@ from dagon.core._events import (
     Tick,
 )
 from dagon.core._fit import Scored, check_placeable
+from dagon.core._listeners import CoordinatorListener
 from dagon.core._model import Graph, Retry, Task, Workflow
+from dagon.core._mongo import MongoSink, MongoSinkStats
 from dagon.core._placement import AgentView, LeastLoaded, Locality, Placement, unmet_constraint
 from dagon.core._refs import Reference, find_references
 from dagon.core._results import RunEvent, RunResult, TaskOutcome
 from dagon.core._states import LEGAL, RUN_TERMINAL, TERMINAL, RunState, TaskState
 from dagon.core._store import RunStore
+from dagon.core._telemetry import AgentTelemetry
 from dagon.core._trust import CoordinatorTrust
 
 __all__ = [
@@ -83,4 +86,8 @@ __all__ = [
     "Scored",
     "Locality",
     "check_placeable",
+    "AgentTelemetry",
+    "CoordinatorListener",
+    "MongoSink",
+    "MongoSinkStats",
 ]

@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dagon.core._engine import TaskView
 
 if TYPE_CHECKING:
     from dagon.core._coordinator import Coordinator
+    from dagon.core._mongo import MongoSink
 
 __all__ = ["CoordinatorMetrics"]
 
@@ -34,6 +35,11 @@ class CoordinatorMetrics(Collector):
             "dagon_task_energy_joules", "Energy attributed to tasks", ("runtime", "measured"), registry=self.registry
         )
         self.registry.register(self)
+        self._sink: MongoSink | None = None
+
+    def watch_sink(self, sink: MongoSink) -> None:
+        """Also export the MongoDB sink's buffer and write counts."""
+        self._sink = sink
 
     def bind(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
@@ -76,3 +82,47 @@ class CoordinatorMetrics(Collector):
         for state, n in counts.items():
             runs.add_metric([state], n)
         yield runs
+        yield from _agent_gauges(c)
+        if self._sink is not None:
+            yield from _sink_metrics(self._sink)
+
+
+def _agent_gauges(c: Coordinator) -> Iterator[Metric]:
+    """The latest telemetry sample of every online agent."""
+    cpu = GaugeMetricFamily("dagon_agent_cpu_percent", "Node CPU utilisation of each agent", labels=["agent"])
+    mem = GaugeMetricFamily("dagon_agent_memory_used_bytes", "Node memory in use of each agent", labels=["agent"])
+    power = GaugeMetricFamily(
+        "dagon_agent_power_watts", "Node power draw of each agent", labels=["agent", "source", "measured"]
+    )
+    agents = c.engine.agents
+    for agent, sample in list(c.telemetry.latest.items()):
+        view = agents.get(agent)
+        if view is None or not view.online:
+            continue
+        cpu.add_metric([agent], sample.cpu_percent)
+        mem.add_metric([agent], sample.memory_used)
+        if sample.power_watts is not None:
+            measured = "true" if sample.power_measured else "false"
+            power.add_metric([agent, sample.power_source, measured], sample.power_watts)
+    yield cpu
+    yield mem
+    yield power
+
+
+def _sink_metrics(sink: MongoSink) -> Iterator[Metric]:
+    stats = sink.stats()
+    buffered = GaugeMetricFamily("dagon_mongo_buffered_documents", "Documents waiting to be written to MongoDB")
+    buffered.add_metric([], stats.buffered)
+    yield buffered
+    up = GaugeMetricFamily("dagon_mongo_up", "1 when the last attempt to write to MongoDB succeeded")
+    up.add_metric([], 1 if stats.up else 0)
+    yield up
+    written = CounterMetricFamily("dagon_mongo_written_documents", "Documents written to MongoDB")
+    written.add_metric([], stats.written)
+    yield written
+    dropped = CounterMetricFamily("dagon_mongo_dropped_documents", "Documents lost (buffer full or refused)")
+    dropped.add_metric([], stats.dropped)
+    yield dropped
+    failures = CounterMetricFamily("dagon_mongo_failures", "Failed attempts to write to MongoDB (each retried)")
+    failures.add_metric([], stats.failures)
+    yield failures

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import dagon
@@ -115,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true")
     coord.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
     coord.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    coord.add_argument(
+        "--mongo-url",
+        help="also write runs, tasks and telemetry to this MongoDB (env DAGON_MONGO_URL; needs dagon[mongo])",
+    )
+    coord.add_argument("--mongo-db", help="MongoDB database for --mongo-url (env DAGON_MONGO_DB; default: dagon)")
 
     status = sub.add_parser("status", help="show a run")
     status.add_argument("run")
@@ -183,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except DagonError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        # escaped: "pip install 'dagon[mongo]'" must not be read as rich markup
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted:[/] running tasks were stopped", highlight=False)
@@ -338,6 +345,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         signer = coordinator_signer(home)
         trust = coordinator_trust(home, accept_new_agents=not args.enrolled_agents_only)
         log.warning("coordinator key %s", fingerprint(signer.public_key))
+    sink = _mongo_sink(args)  # a missing pymongo or a bad URL fails here, before anything starts
 
     async def start(stop: asyncio.Event) -> None:
         store = RunStore(home / "runs.sqlite")
@@ -357,7 +365,9 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                 relay_port=args.relay_port,
                 relay_url=args.relay_url,
             )
-            async with coordinator, _coordinator_metrics(coordinator, args):
+            if sink is not None:
+                coordinator.add_listener(sink)
+            async with _maybe(sink), coordinator, _coordinator_metrics(coordinator, args, sink):
                 log.warning("coordinator %r serving on %s (store %s)", args.id, redact_url(broker), store.path)
                 await stop.wait()
         finally:
@@ -436,7 +446,7 @@ def _cmd_broker_config(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _coordinator_metrics(coordinator: Any, args: argparse.Namespace) -> AsyncIterator[None]:
+async def _coordinator_metrics(coordinator: Any, args: argparse.Namespace, sink: Any = None) -> AsyncIterator[None]:
     if not args.metrics_port:
         yield
         return
@@ -445,8 +455,26 @@ async def _coordinator_metrics(coordinator: Any, args: argparse.Namespace) -> As
 
     metrics = CoordinatorMetrics()
     metrics.bind(coordinator)
+    if sink is not None:
+        metrics.watch_sink(sink)
     with serve_metrics(metrics.registry, port=args.metrics_port, host=args.metrics_host):
         yield
+
+
+def _mongo_sink(args: argparse.Namespace) -> Any:
+    """The MongoDB sink ``--mongo-url``/``DAGON_MONGO_URL`` asks for (``None``: no sink)."""
+    url = args.mongo_url or os.environ.get("DAGON_MONGO_URL", "")
+    if not url:
+        if args.mongo_db:
+            raise DagonError("--mongo-db needs --mongo-url (or DAGON_MONGO_URL)")
+        return None
+    from dagon.core._mongo import MongoSink
+
+    return MongoSink(url, database=args.mongo_db or os.environ.get("DAGON_MONGO_DB") or "dagon")
+
+
+def _maybe(manager: Any) -> Any:
+    return manager if manager is not None else contextlib.nullcontext()
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
