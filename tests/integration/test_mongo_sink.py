@@ -229,3 +229,27 @@ async def test_start_while_down_and_full_buffer_drops_oldest_telemetry_first(
         docs = await client["dagon_test"].telemetry.find().sort("ts", 1).to_list()
     assert [d["ts"] for d in docs] == [1000.0 + i for i in range(15, 25)]
     assert [d["cpu_percent"] for d in docs] == [10.0 + i for i in range(15, 25)]
+
+
+async def test_a_refused_document_is_dropped_and_the_rest_of_its_batch_still_arrives(
+    tmp_path: Path, nx: NxMongo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A document the server refuses (here: it breaks the unique index on runs.run_id that another
+    writer's document already holds) must not block the documents queued behind it forever."""
+    nx.start()
+    async with reader(nx.url) as client:
+        runs = client["dagon_test"].runs
+        await runs.create_index("run_id", unique=True, name="run_id")
+        await runs.insert_one({"_id": "someone-else", "run_id": "r2"})
+    sink = MongoSink(nx.url, database="dagon_test", flush_interval=0.05)
+    async with sink:
+        for i in range(1, 5):
+            sink._put("runs", f"r{i}", {"run_id": f"r{i}", "state": "succeeded"})
+        async with asyncio.timeout(20):
+            await sink.flushed()
+        stats = sink.stats()
+    assert stats.dropped == 1 and stats.written == 3 and stats.buffered == 0
+    assert any("refused runs document 'r2'" in r.getMessage() for r in caplog.records)
+    async with reader(nx.url) as client:
+        ids = sorted([d["_id"] async for d in client["dagon_test"].runs.find()])
+    assert ids == ["r1", "r3", "r4", "someone-else"]
