@@ -182,7 +182,7 @@ class MongoSink(CoordinatorListener):
                 connectTimeoutMS=int(self.server_timeout * 1000),
                 appname="dagon-coordinator",
             )
-        except self._pymongo.errors.PyMongoError as exc:  # bad URI or options; nothing was sent yet
+        except (self._pymongo.errors.PyMongoError, ValueError, TypeError) as exc:  # bad URI or options; nothing sent
             raise ConfigError(f"--mongo-url {self.where}: {self._describe(exc)}") from None
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="mongo-sink")
         log.info("MongoDB sink writing to %s, database %s", self.where, self.database)

@@ -121,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also write runs, tasks and telemetry to this MongoDB (env DAGON_MONGO_URL; needs dagon[mongo])",
     )
     coord.add_argument("--mongo-db", help="MongoDB database for --mongo-url (env DAGON_MONGO_DB; default: dagon)")
+    coord.add_argument(
+        "--mongo-buffer",
+        type=int,
+        help="documents kept while MongoDB is unreachable (env DAGON_MONGO_BUFFER; default 100000, ~1.3 KB each)",
+    )
 
     status = sub.add_parser("status", help="show a run")
     status.add_argument("run")
@@ -465,12 +470,26 @@ def _mongo_sink(args: argparse.Namespace) -> Any:
     """The MongoDB sink ``--mongo-url``/``DAGON_MONGO_URL`` asks for (``None``: no sink)."""
     url = args.mongo_url or os.environ.get("DAGON_MONGO_URL", "")
     if not url:
-        if args.mongo_db:
-            raise DagonError("--mongo-db needs --mongo-url (or DAGON_MONGO_URL)")
+        if args.mongo_db or args.mongo_buffer is not None:
+            raise DagonError("--mongo-db and --mongo-buffer need --mongo-url (or DAGON_MONGO_URL)")
         return None
     from dagon.core._mongo import MongoSink
 
-    return MongoSink(url, database=args.mongo_db or os.environ.get("DAGON_MONGO_DB") or "dagon")
+    buffer = args.mongo_buffer
+    if buffer is None:
+        text = os.environ.get("DAGON_MONGO_BUFFER", "100000")
+        try:
+            buffer = int(text)
+        except ValueError:
+            raise DagonError(f"DAGON_MONGO_BUFFER={text!r}: expected a number of documents") from None
+    if buffer < 1:
+        raise DagonError(f"--mongo-buffer {buffer}: must be at least 1 (documents kept during an outage)")
+    return MongoSink(
+        url,
+        database=args.mongo_db or os.environ.get("DAGON_MONGO_DB") or "dagon",
+        max_buffer=buffer,
+        batch_size=min(500, buffer),
+    )
 
 
 def _maybe(manager: Any) -> Any:

@@ -42,7 +42,12 @@ def test_a_bad_mongo_url_is_refused_without_showing_its_password(tmp_path: Path)
 
 def test_mongo_db_without_url_is_an_error(tmp_path: Path) -> None:
     out = _coordinator("--mongo-db", "metrics", home=tmp_path)
-    assert out.returncode != 0 and "--mongo-db needs --mongo-url" in out.stderr
+    assert out.returncode != 0 and "need --mongo-url" in out.stderr
+
+
+def test_mongo_buffer_must_be_positive(tmp_path: Path) -> None:
+    out = _coordinator("--mongo-url", "mongodb://127.0.0.1:1/", "--mongo-buffer", "0", home=tmp_path)
+    assert out.returncode != 0 and "--mongo-buffer 0: must be at least 1" in out.stderr
 
 
 def test_without_pymongo_the_error_says_what_to_install(tmp_path: Path) -> None:

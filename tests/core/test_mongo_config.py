@@ -58,3 +58,11 @@ async def test_an_unreachable_server_is_reported_without_the_password(caplog: py
     assert "hunter2-secret" not in text
     assert "dagon:***@127.0.0.1" in caplog.text
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1  # once, not per retry
+
+
+@pytest.mark.parametrize("url", ["mongodb://dagon:hunter2-secret@", "mongodb://dagon:hunter2-secret@h:99999/"])
+async def test_a_malformed_url_is_a_config_error_at_start(url: str) -> None:
+    with pytest.raises(ConfigError, match="--mongo-url") as info:
+        async with MongoSink(url):
+            pass
+    assert "hunter2-secret" not in str(info.value) and "dagon:***@" in str(info.value)

@@ -12,10 +12,12 @@ import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from _keys import AGENT, coordinator_security
 
+import dagon
 from dagon.agent import Agent
-from dagon.core import Coordinator, CoordinatorListener
+from dagon.core import Coordinator, CoordinatorListener, RunState
 from dagon.protocol import AgentId, Codec, Signer, Telemetry, topics
 from dagon.protocol.transport import MemoryHub
 
@@ -89,3 +91,34 @@ async def test_forged_impossible_and_stale_samples_are_refused(hub: MemoryHub, t
         kept = coordinator.telemetry.latest[AgentId("agent0")]
         assert kept.sampled_at < future and kept.cpu_percent <= 100
         assert all(s.sampled_at != 1.0 and s.cpu_percent <= 100 for s in recorder.samples)  # stale one ignored
+
+
+class Broken(CoordinatorListener):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _fail(self, *args: object) -> None:
+        self.calls += 1
+        raise RuntimeError("listener bug")
+
+    run_changed = task_changed = agent_telemetry = _fail
+
+
+async def test_a_failing_listener_never_stops_the_coordinator(
+    hub: MemoryHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken, recorder = Broken(), Recorder()
+    async with running(hub, tmp_path, recorder) as (coordinator, _agent):
+        coordinator.listeners.insert(0, broken)  # called before the recorder
+        wf = dagon.Workflow("despite")
+        wf.shell("a", "true")
+        wf.shell("b", "true", after=["a"])
+        run = await coordinator.submit(wf)
+        result = await coordinator.wait(run)
+        samples = len(recorder.samples)
+        async with asyncio.timeout(10):
+            while len(recorder.samples) == samples:  # listeners after the broken one are still called
+                await asyncio.sleep(0.02)
+    assert result.state is RunState.SUCCEEDED
+    assert broken.calls >= 2 + 4  # run started and ended, two tasks through dispatched/running/succeeded
+    assert "listener bug" in caplog.text
