@@ -55,6 +55,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.Control,
         m.UploadOutputs,
         m.DeleteData,
+        m.ResultsStored,
         m.Announce,
         m.Offline,
         m.Heartbeat,

@@ -32,6 +32,7 @@ __all__ = [
     "OutputFile",
     "Rejection",
     "ResultStatus",
+    "ResultsStored",
     "RunId",
     "StageInput",
     "StartedTask",
@@ -276,6 +277,18 @@ class DeleteData(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ResultsStored(Message):
+    """The coordinator has persisted these attempts' results: the agent may drop them from its spool.
+
+    Sent for every result received, current or stale, once it is in the run store (or
+    judged stale), so an agent never holds a result forever.
+    """
+
+    OP: ClassVar[str] = "stored"
+    tasks: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Announce(Message):
     OP: ClassVar[str] = "announce"
     agent: AgentId
@@ -299,6 +312,10 @@ class Heartbeat(Message):
     seq: int
     running: int
     free_slots: int
+    # Attempts the agent holds: queued, running, or finished with a result the coordinator
+    # has not acknowledged yet (see ResultsStored). A coordinator that restarted re-attaches
+    # to these; an active attempt missing here (past a grace period) was lost and is requeued.
+    held: tuple[TaskRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +371,6 @@ class CancelRun(Message):
     reason: str = ""
 
 
-ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData
+ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData | ResultsStored
 FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress
 ToCoordinator = SubmitRun | CancelRun
