@@ -138,6 +138,7 @@ class TaskRunner:
         outcome = Outcome(ResultStatus.ERROR, None, error="the agent stopped before the task ended")
         outputs: tuple[OutputFile, ...] = ()
         staging: list[str] = []
+        lost: tuple[str, ...] = ()
         try:
             path = self.workdir(a)
             workdir = str(path) if path is not None else ""
@@ -148,6 +149,9 @@ class TaskRunner:
             raise
         except (StagingError, SecretError) as exc:
             outcome = Outcome(ResultStatus.ERROR, None, error=str(exc))
+            if isinstance(exc, StagingError) and exc.lost:
+                own = any(i.task == exc.lost and i.source_run in ("", a.run) for i in a.inputs)
+                lost = (exc.lost,) if own else ()
         except Exception as exc:
             log.exception("task %s/%s attempt %d failed inside the agent", a.run, a.task, a.attempt)
             outcome = Outcome(ResultStatus.ERROR, None, error=f"agent error: {type(exc).__name__}: {exc}")
@@ -169,6 +173,7 @@ class TaskRunner:
                     outputs=outputs,
                     value=outcome.value,
                     staging="; ".join(staging),
+                    lost_inputs=lost,
                 )
             )
 
@@ -271,7 +276,9 @@ class TaskRunner:
                         )  # fmt: skip
                     except TransportError as exc:
                         via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""
-                        raise StagingError(f"input {item.ref}{via}: {exc}{_loopback_hint(item)}") from None
+                        raise StagingError(
+                            f"input {item.ref}{via}: {exc}{_loopback_hint(item)}", lost=item.task
+                        ) from None
                     ways.add("via the coordinator's relay" if item.relay else "over http")
             sources.add(item.source_agent)
             staged[item.ref] = str(dest / item.path)

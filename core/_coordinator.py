@@ -28,7 +28,7 @@ from typing import Any, Final, Self
 
 from dagon.core._checks import check_runtimes
 from dagon.core._engine import Engine
-from dagon.core._errors import ValidationError
+from dagon.core._errors import RunNotFound, ValidationError
 from dagon.core._events import (
     AgentAnnounced,
     AgentChanged,
@@ -76,6 +76,7 @@ from dagon.protocol import (
     ProtocolError,
     Rejection,
     Rejections,
+    ResultsStored,
     RunId,
     Signer,
     StageInput,
@@ -211,6 +212,8 @@ class Coordinator:
         )
         self._agents_changed = asyncio.Event()
         self._seen_ids: dict[str, None] = {}
+        # agent -> results received whose acknowledgement (ResultsStored) goes out once they are persisted
+        self._stored: defaultdict[AgentId, list[TaskRef]] = defaultdict(list)
         self._rejections = Rejections(log)
         self.rejections = self._rejections.counts
         self.metrics: Any = None  # a CoordinatorMetrics (dagon.core._metrics) once bound
@@ -225,6 +228,8 @@ class Coordinator:
         return self._relay_url or self._relay.url
 
     async def __aenter__(self) -> Self:
+        if self.store is not None:
+            await self._restore_unfinished()
         if self._relay is not None:
             await self._relay.__aenter__()
         try:
@@ -249,11 +254,6 @@ class Coordinator:
                 self._tg.create_task(self._receive_loop(), name="coordinator-receive"),
                 self._tg.create_task(self._drive_loop(), name="coordinator-drive"),
                 self._tg.create_task(self._output.run(), name="coordinator-public"),
-                *(
-                    [self._tg.create_task(self._writer.run(), name="coordinator-store-writer")]
-                    if self._writer is not None
-                    else []
-                ),
                 self._tg.create_task(self._reannounce_loop(), name="coordinator-reannounce"),
             ]
         except BaseException:
@@ -318,8 +318,67 @@ class Coordinator:
         self.engine.check_references(workflow, graph)
         run = run_id or new_run_id(workflow.name)
         if self.store is not None:
-            await asyncio.to_thread(self.store.create_run, run, workflow.name, workflow.to_dict(), time.time())
+            options = {"keep_scratch": keep_scratch}
+            await asyncio.to_thread(self.store.create_run, run, workflow.name, workflow.to_dict(), time.time(), options)
         self._feed(RunSubmitted(run, workflow, graph, keep_scratch=keep_scratch))
+        return run
+
+    async def _restore_unfinished(self) -> None:
+        """Resume every run the store records as running (a restarted coordinator; see dagon.core._recovery).
+
+        Runs are restored before the broker connection opens, so the first reports
+        and announcements already find them.
+        """
+        assert self.store is not None
+        ids = await asyncio.to_thread(self.store.unfinished_runs)
+        for run in ids:
+            await self._restore(RunId(run), reopen=False)
+
+    async def _restore(self, run: RunId, *, reopen: bool) -> bool:
+        assert self.store is not None
+        stored = await asyncio.to_thread(self.store.load, run)
+        if stored is None:
+            raise RunNotFound(run)
+        try:
+            workflow = Workflow.from_dict(stored.spec)
+            graph = workflow.graph(external=True)
+            commands, summary = self.engine.restore(
+                run, workflow, graph, stored.tasks, now=time.time(),
+                keep_scratch=bool(stored.options.get("keep_scratch")), reopen=reopen,
+            )  # fmt: skip
+        except ValidationError as exc:
+            log.error("run %s cannot be resumed: %s", run, exc)
+            if self._writer is not None:
+                self._writer.run_state(run, RunState.FAILED.value, f"cannot be resumed: {exc}", time.time())
+                await self._writer.commit()
+            return False
+        log.warning("%s run %s of workflow %s: %s", "reopened" if reopen else "resumed", run, workflow.name, summary)
+        self._pending.extend(commands)
+        self._wake.set()
+        return True
+
+    async def resume(self, run: RunId) -> RunId:
+        """Run again what did not succeed in a run of the store (``dagon resume``).
+
+        A run still in progress here is left alone; a run that ended has its failed,
+        cancelled and never-run tasks run again (new attempts), while its succeeded
+        tasks are kept as they are. Raises RunNotFound if the store has no such run.
+        """
+        view = self.engine.runs.get(run)
+        if view is not None and view.state is RunState.RUNNING:
+            return run
+        if self.store is None:
+            raise ValidationError("resuming needs a run store (this coordinator keeps none)")
+        record = await asyncio.to_thread(self.store.get_run, run)
+        if record is None:
+            raise RunNotFound(run)
+        self.engine.forget(run)
+        if record.state != RunState.RUNNING.value:
+            await asyncio.to_thread(self.store.reopen, run)
+        if not await self._restore(run, reopen=True):
+            raise ValidationError(f"run {run} cannot be resumed (see the coordinator's log)")
+        self._output.touch(run)
+        self._output.event(RunEvent(run, None, RunState.RUNNING.value, None, 0, None, "resumed", time.time()))
         return run
 
     async def cancel(self, run: RunId, reason: str = "cancelled by user") -> None:
@@ -399,7 +458,8 @@ class Coordinator:
             elif parts[4] == "status" and isinstance(msg, Offline) and msg.agent == agent:
                 self._feed(AgentOffline(agent, msg.reason or "offline"))
             elif parts[4] == "telemetry" and isinstance(msg, Heartbeat) and msg.agent == agent:
-                self._pending.extend(self.engine.handle(AgentSeen(agent, held=msg.running), time.time()))
+                refs = frozenset(msg.held) if msg.complete else None
+                self._pending.extend(self.engine.handle(AgentSeen(agent, held=msg.running, refs=refs), time.time()))
                 self._wake.set()
             else:
                 raise ProtocolError(f"{msg.OP} is not accepted on {topic}", reason="unexpected")
@@ -413,8 +473,10 @@ class Coordinator:
         engine = self.engine
         pending = self._pending
         if isinstance(msg, TasksFinished):
+            stored = self._stored[msg.agent]
             for result in msg.results:
                 pending.extend(engine.handle(TaskFinished(msg.agent, result), now))
+                stored.append(TaskRef(result.run, result.task, result.attempt))
         elif isinstance(msg, TasksStarted):
             for started in msg.tasks:
                 ref = TaskRef(started.run, started.task, started.attempt)
@@ -456,7 +518,8 @@ class Coordinator:
             log.warning("rejected run %s: %s", msg.run, exc)
             return
         if self._writer is not None:
-            self._writer.create_run(msg.run, workflow.name, workflow.to_dict(), time.time())
+            options = {"keep_scratch": msg.keep_scratch}
+            self._writer.create_run(msg.run, workflow.name, workflow.to_dict(), time.time(), options)
         self._pending.extend(self.engine.handle(RunSubmitted(msg.run, workflow, graph, msg.keep_scratch), time.time()))
         log.info("accepted run %s of workflow %s (%d tasks)", msg.run, workflow.name, len(workflow))
 
@@ -550,7 +613,7 @@ class Coordinator:
             if deadline is not None and deadline <= now:
                 commands.extend(engine.handle(Tick(), now))
             commands.extend(engine.schedule(now))
-            if commands or self._uploads:
+            if commands or self._uploads or self._stored:
                 await self._execute(commands, now)
 
     async def _execute(self, commands: list[Command], now: float) -> None:
@@ -573,6 +636,10 @@ class Coordinator:
                 delete[cmd.agent].append(cmd.ref)
             elif isinstance(cmd, TaskWaiting):
                 self._on_waiting(cmd)
+        stored, self._stored = self._stored, defaultdict(list)
+        if self._writer is not None:
+            # Write-ahead: nothing below leaves before the decisions behind it are in the store.
+            await self._writer.commit()
         self._output.flush(self.engine.runs, now)
         for agent, batch in assign.items():
             for i in range(0, len(batch), _MAX_BATCH):
@@ -588,8 +655,10 @@ class Coordinator:
         uploads, self._uploads = self._uploads, []
         for agent, upload in uploads:
             await self._publisher.send(topics.agent_tasks(agent), self.codec.encode(upload))
-        if self._writer is not None:
-            self._writer.flush_soon()
+        for agent, refs in stored.items():
+            for i in range(0, len(refs), _MAX_BATCH):
+                payload = self.codec.encode(ResultsStored(tasks=tuple(refs[i : i + _MAX_BATCH])))
+                await self._publisher.send(topics.agent_tasks(agent), payload)
 
     def _encode_assignments(self, agent: AgentId, batch: list[TaskAssignment]) -> list[bytes]:
         """Encoded assignment messages; a task that cannot be encoded (e.g. over the

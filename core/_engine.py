@@ -45,6 +45,7 @@ from dagon.core._gc import ScratchGC
 from dagon.core._linking import Linking, producer_of
 from dagon.core._model import Graph, Task, Workflow
 from dagon.core._placement import AgentView, Locality, Placement
+from dagon.core._recovery import Recovery
 from dagon.core._states import LEGAL, TERMINAL, RunState, TaskState
 from dagon.protocol import (
     AgentId,
@@ -76,6 +77,7 @@ class TaskView:
         "finished_at",
         "host",
         "lost",
+        "restored",
         "result",
         "run",
         "spec",
@@ -102,6 +104,7 @@ class TaskView:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.lost = 0
+        self.restored = False  # its success was read from the run store, not seen by this engine
 
     @property
     def name(self) -> str:
@@ -127,7 +130,7 @@ class RunView:
     scratch_peak: dict[str, int] = field(default_factory=dict)
 
 
-class Engine(Linking):
+class Engine(Linking, Recovery):
     """Holds every active run and decides what happens next.
 
     Args:
@@ -165,6 +168,7 @@ class Engine(Linking):
         self.ignored_reports = 0
         self._named: dict[str, RunId] = {}  # workflow name -> its latest run (meta-workflow references)
         self.gc = ScratchGC()  # reference counts of workflow:// consumers, scratch footprints
+        self._init_recovery()
 
     # -- queries -------------------------------------------------------------
 
@@ -181,6 +185,9 @@ class Engine(Linking):
     def next_deadline(self) -> float | None:
         """When :class:`Tick` next has something to do (None: nothing pending)."""
         deadline = self._timers[0][0] if self._timers else None
+        due = self.orphans_due
+        if due is not None:
+            deadline = due if deadline is None else min(deadline, due)
         for agent in self.agents.values():
             if agent.online:
                 due = agent.last_seen + self.heartbeat_ttl
@@ -207,7 +214,10 @@ class Engine(Linking):
                 agent = self.agents.get(event.agent)
                 if agent is not None:
                     agent.last_seen = now
-                    if event.held == 0 and agent.inflight:
+                    if event.refs is not None:
+                        if agent.inflight:
+                            self._reconcile(agent, event.refs)
+                    elif event.held == 0 and agent.inflight:
                         self._reclaim_lost_assignments(agent)
             case RunSubmitted():
                 self._on_submit(event)
@@ -273,6 +283,7 @@ class Engine(Linking):
         if not agent.online:
             agent.online = True
             self._out.append(AgentChanged(event.agent, True, "announced"))
+        self._adopt(agent)
 
     def _on_started(self, event: TaskStarted) -> None:
         view = self._current(event.ref, event.agent)
@@ -303,11 +314,10 @@ class Engine(Linking):
         if status is ResultStatus.SUCCEEDED:
             staging = f"; {result.staging}" if result.staging else ""
             self._move(view, _S.SUCCEEDED, f"exit code {result.exit_code} on {event.agent}{staging}")
-            for child in view.dependents:
-                child.waiting -= 1
-                if child.waiting == 0 and child.state is _S.PENDING:
-                    self._make_ready(child, "dependencies succeeded")
+            self._release(view)
             self._out.extend(self.gc.succeeded(view, sum(f.size for f in result.outputs), self._linked))
+            return
+        if result.lost_inputs and self._inputs_lost(view, result.lost_inputs, event.agent):
             return
         if status is ResultStatus.CANCELLED:
             # We did not ask for it (run cancellation moves tasks first), so the
@@ -324,6 +334,13 @@ class Engine(Linking):
             heapq.heappush(self._timers, (self._now + delay, self._seq, view, view.attempt))
             return
         self._fail(view, why)
+
+    def _release(self, view: TaskView) -> None:
+        """``view`` succeeded: a dependent whose last dependency it was becomes ready."""
+        for child in view.dependents:
+            child.waiting -= 1
+            if child.waiting == 0 and child.state is _S.PENDING:
+                self._make_ready(child, "dependencies succeeded")
 
     def _on_rejected(self, event: TaskRejected) -> None:
         rejection = event.rejection
@@ -347,6 +364,7 @@ class Engine(Linking):
             _, _, view, attempt = heapq.heappop(self._timers)
             if view.state is _S.RETRY_WAIT and view.attempt == attempt:
                 self._make_ready(view, f"retrying (attempt {attempt + 1})")
+        self._orphans_tick()
         for agent in list(self.agents.values()):
             if agent.online and now - agent.last_seen > self.heartbeat_ttl:
                 self._agent_lost(agent.id, f"no heartbeat for {now - agent.last_seen:.0f} s")
@@ -462,6 +480,7 @@ class Engine(Linking):
                     source_dir=producer.workdir,
                     source_run=producer.run.id,
                     source_attempt=producer.attempt,
+                    verify=producer.restored,
                 )
             )
         assignment = TaskAssignment(
@@ -544,6 +563,7 @@ class Engine(Linking):
         for ref, view in inflight.items():
             if view.attempt == ref.attempt and view.agent == agent_id and view.state in _ACTIVE:
                 self._requeue(view, f"agent {agent_id} lost ({reason})")
+        self._regenerate_lost_with(agent_id, reason)
 
     def _move(self, view: TaskView, new: TaskState, cause: str) -> None:
         old = view.state

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunRecord", "RunStore", "TaskRecord"]
+__all__ = ["RunRecord", "RunStore", "StoredRun", "TaskRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS runs (
     state TEXT NOT NULL,
     cause TEXT NOT NULL DEFAULT '',
     submitted_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    options TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS tasks (
     run TEXT NOT NULL,
@@ -72,6 +73,17 @@ class TaskRecord:
     result: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """What a coordinator needs to resume a run: its spec, options and every task's last state."""
+
+    record: RunRecord
+    spec: dict[str, Any]
+    options: dict[str, Any]
+    # task -> (state, attempt, agent, cause, result document or None)
+    tasks: dict[str, tuple[str, int, str | None, str, dict[str, Any] | None]]
+
+
 def _columns(n: int) -> str:
     return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(n))
 
@@ -101,17 +113,68 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older dagon up to this schema (columns are only added)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "options" not in columns:
+            self._db.execute("ALTER TABLE runs ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def create_run(self, run: str, workflow: str, spec: dict[str, Any], submitted_at: float) -> None:
+    def create_run(
+        self,
+        run: str,
+        workflow: str,
+        spec: dict[str, Any],
+        submitted_at: float,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (id, workflow, spec, state, submitted_at) VALUES (?, ?, ?, 'running', ?)",
-                (run, workflow, json.dumps(spec), submitted_at),
+                "INSERT INTO runs (id, workflow, spec, state, submitted_at, options) VALUES (?, ?, ?, 'running', ?, ?)",
+                (run, workflow, json.dumps(spec), submitted_at, json.dumps(options or {})),
             )
+
+    def unfinished_runs(self) -> list[str]:
+        """Ids of the runs still recorded as running (oldest first): what a restarted coordinator resumes."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM runs WHERE state='running' ORDER BY submitted_at").fetchall()
+        return [row[0] for row in rows]
+
+    def load(self, run: str) -> StoredRun | None:
+        """A run's spec and each task's latest state (from its last transition and stored result)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, workflow, state, cause, submitted_at, finished_at, spec, options FROM runs WHERE id=?",
+                (run,),
+            ).fetchone()
+            if row is None:
+                return None
+            last = self._db.execute(
+                "SELECT task, new, attempt, agent, cause FROM transitions WHERE rowid IN"
+                " (SELECT max(rowid) FROM transitions WHERE run=? GROUP BY task)",
+                (run,),
+            ).fetchall()
+            results = self._db.execute("SELECT name, state, attempt, result FROM tasks WHERE run=?", (run,)).fetchall()
+        tasks: dict[str, tuple[str, int, str | None, str, dict[str, Any] | None]] = {
+            task: (state, attempt, agent, cause, None) for task, state, attempt, agent, cause in last
+        }
+        for name, state, attempt, result in results:
+            old = tasks.get(name)
+            if old is None or (old[0], old[1]) == (state, attempt):
+                doc = json.loads(result) if result else None
+                tasks[name] = (state, attempt, old[2] if old else None, old[3] if old else "", doc)
+        record = RunRecord(*row[:6])
+        return StoredRun(record, json.loads(row[6]), json.loads(row[7] or "{}"), tasks)
+
+    def reopen(self, run: str) -> None:
+        """Mark a finished run as running again (``dagon resume``)."""
+        with self._lock:
+            self._db.execute("UPDATE runs SET state='running', cause='resumed', finished_at=NULL WHERE id=?", (run,))
 
     def write(
         self,

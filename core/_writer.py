@@ -1,9 +1,16 @@
-"""Write-behind persistence of a coordinator's transitions to the run store.
+"""Write-ahead persistence of a coordinator's decisions to the run store.
 
 The coordinator records what happened (``transition``, ``task_row``,
-``run_state``, ``create_run``); the writer batches it and hands each batch to
-the store in a worker thread, so the event loop never waits on the disk. A
-short coalescing delay turns bursts into one transaction.
+``run_state``, ``create_run``) and then awaits :meth:`StoreWriter.commit`
+before it acts on it: no assignment, acknowledgement or public message leaves
+before the transitions behind it are in the store. A restarted coordinator
+therefore never finds an attempt in the world that its store does not know.
+
+Commits are grouped: the batch is written in a worker thread (the event loop
+never waits on the disk), and everything recorded while a write is under way
+goes into the next one, so batches grow with load and an idle coordinator
+writes each decision at once. A failed write keeps its records and is retried
+with a capped backoff; until it succeeds the coordinator does not act.
 """
 
 from __future__ import annotations
@@ -19,17 +26,16 @@ __all__ = ["StoreWriter"]
 
 log = logging.getLogger(__name__)
 
-COALESCE: Final = 0.05  # seconds a batch may wait to grow
+MAX_BACKOFF: Final = 5.0  # seconds between retries of a failing store
 
 
 class StoreWriter:
     def __init__(self, store: RunStore) -> None:
         self.store = store
         self._batch: list[tuple[str, Any]] = []
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._writing: asyncio.Future[None] | None = None
         self.failed_batches = 0
+        self.commits = 0
 
     def transition(self, row: Transition) -> None:
         self._batch.append(("t", row))
@@ -40,38 +46,48 @@ class StoreWriter:
     def run_state(self, run: str, state: str, cause: str, at: float | None) -> None:
         self._batch.append(("run", (run, state, cause, at)))
 
-    def create_run(self, run: str, workflow: str, spec: dict[str, Any], at: float) -> None:
-        self._batch.append(("create", (run, workflow, spec, at)))
+    def create_run(self, run: str, workflow: str, spec: dict[str, Any], at: float, options: dict[str, Any]) -> None:
+        self._batch.append(("create", (run, workflow, spec, at, options)))
 
-    def flush_soon(self) -> None:
-        if self._batch:
-            self._idle.clear()
-            self._wake.set()
+    @property
+    def pending(self) -> int:
+        """Records not yet known to be on disk."""
+        return len(self._batch)
+
+    async def commit(self) -> None:
+        """Return once everything recorded so far is in the store (group commit)."""
+        while True:
+            if self._writing is not None:
+                await asyncio.shield(self._writing)  # ours may be in it, or go into the next one
+                continue
+            if not self._batch:
+                return
+            batch, self._batch = self._batch, []
+            self._writing = asyncio.ensure_future(self._write(batch))
+            try:
+                await asyncio.shield(self._writing)
+            finally:
+                self._writing = None
 
     async def drain(self) -> None:
-        """Wait until everything recorded so far is written (or failed)."""
-        self.flush_soon()
-        while self._batch or not self._idle.is_set():
-            await self._idle.wait()
-            if self._batch:
-                self.flush_soon()
+        await self.commit()
 
-    async def run(self) -> None:
-        """The writer loop (a named task in the coordinator's group)."""
+    async def _write(self, batch: list[tuple[str, Any]]) -> None:
+        delay = 0.1
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(COALESCE)
-            batch, self._batch = self._batch, []
             try:
-                if batch:
-                    await asyncio.to_thread(_write, self.store, batch)
-            except Exception:
+                await asyncio.to_thread(_write, self.store, batch)
+                self.commits += 1
+                return
+            except Exception as exc:
                 self.failed_batches += 1
-                log.exception("run store write failed; %d records not persisted", len(batch))
-            finally:
-                if not self._batch:
-                    self._idle.set()
+                log.error(
+                    "run store %s: write of %d record(s) failed (%s); nothing is acted on until it succeeds,"
+                    " retrying in %.1f s",
+                    self.store.path, len(batch), exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
 
 
 def _write(store: RunStore, batch: list[tuple[str, Any]]) -> None:
@@ -86,6 +102,6 @@ def _write(store: RunStore, batch: list[tuple[str, Any]]) -> None:
         elif kind == "run":
             runs.append(item)
         else:
-            with contextlib.suppress(Exception):  # a duplicate submission must not lose the batch
+            with contextlib.suppress(Exception):  # a run created twice (a resent submission) keeps the first
                 store.create_run(*item)
     store.write(transitions=transitions, tasks=tasks, runs=runs)

@@ -94,6 +94,8 @@ class StageInput:
         token: the grant for that pull (see :mod:`dagon.protocol._grants`).
         relay: ``url`` is the coordinator's relay, where the producer uploads on request
             (the consumer waits for the upload to complete).
+        verify: the coordinator did not see the producer succeed in its lifetime (a
+            resumed run): check local files against the producer's sha256 manifest.
     """
 
     ref: str
@@ -108,6 +110,7 @@ class StageInput:
     url: str = ""
     token: str = ""
     relay: bool = False
+    verify: bool = False  # check local files against the producer's sha256 manifest (a resumed run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +200,9 @@ class TaskResult:
     power_watts: float = 0.0  # average over the attempt
     energy_measured: bool = False  # False: modelled (or unknown)
     energy_source: str = ""  # power source(s) the figure came from; "" when unknown
+    # Producer tasks (of the same run) whose outputs this attempt could not stage because they
+    # were missing or failed their sha256 check: the coordinator regenerates them.
+    lost_inputs: tuple[str, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -316,6 +322,7 @@ class Heartbeat(Message):
     # has not acknowledged yet (see ResultsStored). A coordinator that restarted re-attaches
     # to these; an active attempt missing here (past a grace period) was lost and is requeued.
     held: tuple[TaskRef, ...] = ()
+    complete: bool = False  # True: ``held`` lists every attempt held (the agent spools its results)
 
 
 @dataclass(frozen=True, slots=True)
