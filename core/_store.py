@@ -112,6 +112,12 @@ class RunStore:
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The coordinator commits small batches from its event loop (tens of microseconds); the
+        # occasional WAL checkpoint, which copies pages and syncs, runs in a worker thread on a
+        # second connection instead (see checkpoint()).
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._ckpt: sqlite3.Connection | None = None
+        self._ckpt_lock = threading.Lock()
         self._db.executescript(_SCHEMA)
         self._migrate()
 
@@ -122,8 +128,20 @@ class RunStore:
             self._db.execute("ALTER TABLE runs ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._ckpt_lock, self._lock:
+            if self._ckpt is not None:
+                self._ckpt.close()
+                self._ckpt = None
+            self._db.close()  # the last connection to close checkpoints what is left
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database (call from a worker thread)."""
+        if self.path == ":memory:":
+            return
+        with self._ckpt_lock:
+            if self._ckpt is None:
+                self._ckpt = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def create_run(
         self,
