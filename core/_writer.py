@@ -72,8 +72,8 @@ class StoreWriter:
             if len(batch) <= INLINE_MAX:
                 try:
                     _write(self.store, batch)
-                except Exception:  # noqa: S110 - retried (and logged) below, off the loop
-                    pass
+                except Exception:
+                    pass  # retried, and logged, below (off the loop)
                 else:
                     self._committed()
                     return
