@@ -77,6 +77,7 @@ from dagon.protocol import (
     Rejection,
     Rejections,
     ResultsStored,
+    ResumeRun,
     RunId,
     Signer,
     StageInput,
@@ -319,18 +320,24 @@ class Coordinator:
         run = run_id or new_run_id(workflow.name)
         if self.store is not None:
             options = {"keep_scratch": keep_scratch}
-            await asyncio.to_thread(self.store.create_run, run, workflow.name, workflow.to_dict(), time.time(), options)
+            await asyncio.to_thread(
+                self.store.create_run, run, workflow.name, workflow.to_dict(), time.time(), options, self.id
+            )
         self._feed(RunSubmitted(run, workflow, graph, keep_scratch=keep_scratch))
         return run
 
     async def _restore_unfinished(self) -> None:
-        """Resume every run the store records as running (a restarted coordinator; see dagon.core._recovery).
+        """Resume this coordinator's runs the store records as running (it restarted; see dagon.core._recovery).
+
+        Only runs created by a coordinator of the same id: in-process coordinators of
+        clients (``dagon run``) have ids of their own and share a home's store without
+        taking over each other's runs; ``dagon resume RUN`` takes one over explicitly.
 
         Runs are restored before the broker connection opens, so the first reports
         and announcements already find them.
         """
         assert self.store is not None
-        ids = await asyncio.to_thread(self.store.unfinished_runs)
+        ids = await asyncio.to_thread(self.store.unfinished_runs, self.id)
         for run in ids:
             await self._restore(RunId(run), reopen=False)
 
@@ -373,13 +380,20 @@ class Coordinator:
         if record is None:
             raise RunNotFound(run)
         self.engine.forget(run)
-        if record.state != RunState.RUNNING.value:
-            await asyncio.to_thread(self.store.reopen, run)
+        await asyncio.to_thread(self.store.reopen, run, self.id)
         if not await self._restore(run, reopen=True):
             raise ValidationError(f"run {run} cannot be resumed (see the coordinator's log)")
         self._output.touch(run)
         self._output.event(RunEvent(run, None, RunState.RUNNING.value, None, 0, None, "resumed", time.time()))
         return run
+
+    async def _remote_resume(self, run: RunId) -> None:
+        try:
+            await self.resume(run)
+        except (RunNotFound, ValidationError) as exc:
+            self._output.rejected(run, f"cannot resume: {exc}")
+            self._wake.set()
+            log.warning("refused to resume run %s: %s", run, exc)
 
     async def cancel(self, run: RunId, reason: str = "cancelled by user") -> None:
         self.engine.run(run)  # raises RunNotFound
@@ -489,6 +503,9 @@ class Coordinator:
             return
         elif isinstance(msg, SubmitRun):
             self._remote_submit(msg)
+        elif isinstance(msg, ResumeRun):
+            if self._tg is not None:
+                self._tg.create_task(self._remote_resume(msg.run), name=f"coordinator-resume-{msg.run}")
         elif isinstance(msg, CancelRun):
             if msg.run in engine.runs:
                 pending.extend(engine.handle(RunCancelRequested(msg.run, msg.reason or "cancelled by client"), now))
@@ -519,7 +536,7 @@ class Coordinator:
             return
         if self._writer is not None:
             options = {"keep_scratch": msg.keep_scratch}
-            self._writer.create_run(msg.run, workflow.name, workflow.to_dict(), time.time(), options)
+            self._writer.create_run(msg.run, workflow.name, workflow.to_dict(), time.time(), options, self.id)
         self._pending.extend(self.engine.handle(RunSubmitted(msg.run, workflow, graph, msg.keep_scratch), time.time()))
         log.info("accepted run %s of workflow %s (%d tasks)", msg.run, workflow.name, len(workflow))
 

@@ -109,8 +109,8 @@ class Recovery:
     ) -> tuple[list[Command], RestoreSummary]:
         """Rebuild a run from its stored task states (see the module docstring).
 
-        ``reopen``: the run had ended (``dagon resume``): tasks that failed or were
-        cancelled run again, with attempt numbers continuing from the stored ones.
+        ``reopen``: ``dagon resume``: tasks that failed or were cancelled run again, with
+        attempt numbers continuing from the stored ones.
 
         Returns the commands to execute (the run's end, if every task had in fact
         ended) and a summary. Raises ValidationError if the spec no longer resolves.
@@ -153,7 +153,7 @@ class Recovery:
             self._restore_success(view, AgentId(agent), doc or {})
             summary.succeeded += 1
             return True
-        if state in _ACTIVE and agent and not reopen:
+        if state in _ACTIVE and agent:
             view.agent = AgentId(agent)
             view.dispatched_at = 0.0  # long ago: if the agent does not hold it, it is lost at once
             self._move(view, _S.DISPATCHED, cause)

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS runs (
     cause TEXT NOT NULL DEFAULT '',
     submitted_at REAL NOT NULL,
     finished_at REAL,
-    options TEXT NOT NULL DEFAULT '{}'
+    options TEXT NOT NULL DEFAULT '{}',
+    coordinator TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS tasks (
     run TEXT NOT NULL,
@@ -126,6 +127,8 @@ class RunStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         if "options" not in columns:
             self._db.execute("ALTER TABLE runs ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
+        if "coordinator" not in columns:
+            self._db.execute("ALTER TABLE runs ADD COLUMN coordinator TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._ckpt_lock, self._lock:
@@ -150,17 +153,21 @@ class RunStore:
         spec: dict[str, Any],
         submitted_at: float,
         options: dict[str, Any] | None = None,
+        coordinator: str = "",
     ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (id, workflow, spec, state, submitted_at, options) VALUES (?, ?, ?, 'running', ?, ?)",
-                (run, workflow, json.dumps(spec), submitted_at, json.dumps(options or {})),
+                "INSERT INTO runs (id, workflow, spec, state, submitted_at, options, coordinator)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                (run, workflow, json.dumps(spec), submitted_at, json.dumps(options or {}), coordinator),
             )
 
-    def unfinished_runs(self) -> list[str]:
-        """Ids of the runs still recorded as running (oldest first): what a restarted coordinator resumes."""
+    def unfinished_runs(self, coordinator: str) -> list[str]:
+        """Ids of ``coordinator``'s runs still recorded as running (oldest first): what it resumes on restart."""
         with self._lock:
-            rows = self._db.execute("SELECT id FROM runs WHERE state='running' ORDER BY submitted_at").fetchall()
+            rows = self._db.execute(
+                "SELECT id FROM runs WHERE state='running' AND coordinator=? ORDER BY submitted_at", (coordinator,)
+            ).fetchall()
         return [row[0] for row in rows]
 
     def load(self, run: str) -> StoredRun | None:
@@ -189,10 +196,13 @@ class RunStore:
         record = RunRecord(*row[:6])
         return StoredRun(record, json.loads(row[6]), json.loads(row[7] or "{}"), tasks)
 
-    def reopen(self, run: str) -> None:
-        """Mark a finished run as running again (``dagon resume``)."""
+    def reopen(self, run: str, coordinator: str) -> None:
+        """Mark a run as running again under ``coordinator`` (``dagon resume``)."""
         with self._lock:
-            self._db.execute("UPDATE runs SET state='running', cause='resumed', finished_at=NULL WHERE id=?", (run,))
+            self._db.execute(
+                "UPDATE runs SET state='running', cause='resumed', finished_at=NULL, coordinator=? WHERE id=?",
+                (coordinator, run),
+            )
 
     def write(
         self,

@@ -52,8 +52,10 @@ class StoreWriter:
     def run_state(self, run: str, state: str, cause: str, at: float | None) -> None:
         self._batch.append(("run", (run, state, cause, at)))
 
-    def create_run(self, run: str, workflow: str, spec: dict[str, Any], at: float, options: dict[str, Any]) -> None:
-        self._batch.append(("create", (run, workflow, spec, at, options)))
+    def create_run(
+        self, run: str, workflow: str, spec: dict[str, Any], at: float, options: dict[str, Any], coordinator: str
+    ) -> None:
+        self._batch.append(("create", (run, workflow, spec, at, options, coordinator)))
 
     @property
     def pending(self) -> int:

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -32,7 +33,17 @@ from dagon.agent import host_id
 from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workflow
 from dagon.core._coordinator import new_run_id
 from dagon.core._store import RunStore
-from dagon.protocol import CancelRun, Codec, DagonError, RunId, Signer, SubmitRun, TransportError, topics
+from dagon.protocol import (
+    CancelRun,
+    Codec,
+    DagonError,
+    ResumeRun,
+    RunId,
+    Signer,
+    SubmitRun,
+    TransportError,
+    topics,
+)
 from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, covered_files, pull
 
 __all__ = ["Client", "RunHandle", "connect"]
@@ -273,6 +284,23 @@ class Client:
         payload = self._codec.encode(SubmitRun(run=run, workflow=workflow.to_dict(), keep_scratch=keep))
         await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
         return RunHandle(self, run, workflow.name)
+
+    async def resume(self, run: str) -> RunHandle:
+        """Run again what did not succeed in ``run`` (from the run store), keeping what succeeded.
+
+        In-process, the run is taken from this home's store (a run of an interrupted
+        ``dagon run``, or one that failed); with ``coordinator=``, the standalone
+        coordinator resumes a run of its own store.
+        """
+        if self.coordinator is not None:
+            resumed = await self.coordinator.resume(RunId(run))
+            return RunHandle(self, resumed, self.coordinator.engine.run(resumed).workflow.name)
+        assert self._transport is not None and self._remote is not None and self._codec is not None
+        assert self.coordinator_id is not None
+        await self._remote.track(RunId(run), since=time.time())
+        payload = self._codec.encode(ResumeRun(run=RunId(run)))
+        await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
+        return RunHandle(self, RunId(run), "")
 
     async def attach(self, run: str) -> RunHandle:
         """A handle on an existing run (remote mode: followed on its public topics)."""

@@ -121,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
     broker_arg(status)
     status.add_argument("--json", action="store_true")
 
+    resume = sub.add_parser(
+        "resume", help="run again what did not succeed in a run (interrupted, failed or cancelled), keeping the rest"
+    )
+    resume.add_argument("run")
+    broker_arg(resume)
+    resume.add_argument(
+        "--coordinator", help="have this standalone coordinator resume a run of its store (default: this process)"
+    )
+    insecure_arg(resume)
+
     gc = sub.add_parser("gc", help="remove leftovers of finished runs from the agents' scratch roots")
     broker_arg(gc)
     insecure_arg(gc)
@@ -170,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _cmd_submit,
         "coordinator": _cmd_coordinator,
         "status": _cmd_status,
+        "resume": _cmd_resume,
         "runs": _cmd_runs,
         "agents": _cmd_agents,
         "broker": _cmd_broker,
@@ -486,6 +497,25 @@ async def _retained(broker: str, filter_: str, *, quiet: float = 0.5, limit: flo
             if msg.payload:
                 found.append((msg.topic, msg.payload))
     return found
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from dagon._progress import follow, summary_table
+
+    broker = broker_from_env(args.broker)
+    if args.coordinator and broker is None:
+        raise DagonError("resuming on a standalone coordinator needs its broker: pass --broker URL or set DAGON_BROKER")
+
+    async def resume() -> int:
+        async with dagon.connect(broker, coordinator=args.coordinator, insecure=args.insecure) as client:
+            handle = await client.resume(args.run)
+            sys.stderr.write(f"resuming run {handle.id}\n")
+            total = len(client.coordinator.engine.run(handle.id).tasks) if client.coordinator is not None else 0
+            result = await follow(handle, total=total, console=Console(stderr=True))
+            Console().print(summary_table(result))
+            return 0 if result.ok else 1
+
+    return asyncio.run(resume())
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -65,6 +65,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.TaskProgress,
         m.SubmitRun,
         m.CancelRun,
+        m.ResumeRun,
     )
 }
 

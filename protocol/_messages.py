@@ -33,6 +33,7 @@ __all__ = [
     "Rejection",
     "ResultStatus",
     "ResultsStored",
+    "ResumeRun",
     "RunId",
     "StageInput",
     "StartedTask",
@@ -380,4 +381,14 @@ class CancelRun(Message):
 
 ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData | ResultsStored
 FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress
-ToCoordinator = SubmitRun | CancelRun
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRun(Message):
+    """Run again what did not succeed in a run of the coordinator's store (``dagon resume``)."""
+
+    OP: ClassVar[str] = "resume"
+    run: RunId
+
+
+ToCoordinator = SubmitRun | CancelRun | ResumeRun
