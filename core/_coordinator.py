@@ -142,6 +142,11 @@ class Coordinator:
             relay; inputs from agents announced as unreachable then cannot be staged).
         relay_host, relay_port: where the relay listens (loopback by default).
         relay_url: the URL agents use for it (default ``http://relay_host:port``).
+        checkpoint_dir: durable storage for the outputs of tasks marked ``checkpoint``
+            (default: ``checkpoints`` next to ``relay_dir``). When such a task succeeds its
+            agent uploads its outputs there (through the relay's server); consumers read them
+            from there once that agent is gone, so they are never regenerated. Never expired:
+            remove a finished run's directory when it is no longer needed.
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class Coordinator:
         relay_host: str = "127.0.0.1",
         relay_port: int = 0,
         relay_url: str | None = None,
+        checkpoint_dir: Path | None = None,
     ) -> None:
         if (signer is None or trust is None) and not insecure:
             raise ValueError(
@@ -182,11 +188,15 @@ class Coordinator:
         self.grant_ttl = DEFAULT_GRANT_TTL
         self._relay: DataServer | None = None
         self._relay_url = relay_url
+        if checkpoint_dir is None and relay_dir is not None:
+            checkpoint_dir = relay_dir.parent / "checkpoints"
+        self._checkpoint_dir = checkpoint_dir
+        self.engine.durable_checkpoints = relay_dir is not None
         if relay_dir is not None:
             own = {self._grant_signer.key_id: self._grant_signer.public_key}
             self._relay = DataServer(
                 authorize=lambda token: read_grant(token, own),
-                locate=lambda g: relay_dir / _safe(g.run) / f"{_safe(g.task)}-{g.attempt}",
+                locate=self._locate,
                 host=relay_host,
                 port=relay_port,
                 uploads=True,
@@ -220,6 +230,22 @@ class Coordinator:
         self.metrics: Any = None  # a CoordinatorMetrics (dagon.core._metrics) once bound
 
     # -- lifecycle -----------------------------------------------------------
+
+    def _locate(self, grant: Grant) -> Path:
+        """Where the relay's server keeps an attempt's files: checkpoint storage or the relay."""
+        leaf = Path(_safe(grant.run)) / f"{_safe(grant.task)}-{grant.attempt}"
+        assert self._relay_dir is not None
+        if self._checkpoint_dir is not None and self._is_checkpoint(grant.run, grant.task, leaf):
+            return self._checkpoint_dir / leaf
+        return self._relay_dir / leaf
+
+    def _is_checkpoint(self, run: str, task: str, leaf: Path) -> bool:
+        view = self.engine.runs.get(RunId(run))
+        task_view = view.tasks.get(task) if view is not None else None
+        if task_view is not None:
+            return task_view.spec.checkpoint
+        assert self._checkpoint_dir is not None
+        return (self._checkpoint_dir / leaf).is_dir()  # a run no longer in memory
 
     @property
     def relay_url(self) -> str:
@@ -566,6 +592,8 @@ class Coordinator:
 
     def _source(self, item: StageInput, producer: AgentView | None, run: RunId, token: str) -> StageInput:
         """The cheapest way to another host's output: its data server, else SFTP, else the relay."""
+        if (producer is None or not producer.online) and self._checkpointed(run, item.task):
+            return dataclasses.replace(item, url=self.relay_url, token=token, relay=True)
         if producer is None:
             return item
         caps = producer.capabilities
@@ -594,6 +622,28 @@ class Coordinator:
         if item.relay:
             self._wake.set()  # the upload request goes out with the next drive pass
         return item
+
+    def _checkpointed(self, run: RunId, task: str) -> bool:
+        """Whether ``task``'s outputs go to checkpoint storage (which then serves them)."""
+        if self._relay is None or self._checkpoint_dir is None:
+            return False
+        view = self.engine.runs.get(run)
+        task_view = view.tasks.get(task) if view is not None else None
+        return task_view is not None and task_view.spec.checkpoint
+
+    def _save_checkpoint(self, run: RunId, task: str) -> None:
+        """A checkpoint task succeeded: have its agent upload every output to checkpoint storage."""
+        view = self.engine.runs[run].tasks[task]
+        agent = view.agent
+        key = (run, task, view.attempt, "*")
+        if agent is None or key in self._uploads_asked:
+            return
+        self._uploads_asked.add(key)
+        write = self.grant(run=run, task=task, attempt=view.attempt, path="*", audience=agent, op="write")
+        upload = UploadOutputs(
+            run=run, task=TaskName(task), attempt=view.attempt, path="*", url=self.relay_url, token=write
+        )
+        self._uploads.append((agent, upload))
 
     def _through_relay(self, item: StageInput, run: RunId, token: str) -> StageInput:
         """The producer cannot be reached: ask it (once) to upload to the relay; the consumer pulls there."""
@@ -713,6 +763,8 @@ class Coordinator:
                 self._output.event(event)
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
+            if t.new is TaskState.SUCCEEDED and view.spec.checkpoint and self._checkpointed(run, t.task):
+                self._save_checkpoint(run, t.task)
             if self.metrics is not None:
                 self.metrics.task_ended(view)
             if self._writer is None and not self.publish_results:

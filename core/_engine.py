@@ -169,6 +169,9 @@ class Engine(Linking, Recovery):
         self._named: dict[str, RunId] = {}  # workflow name -> its latest run (meta-workflow references)
         self.gc = ScratchGC()  # reference counts of workflow:// consumers, scratch footprints
         self._init_recovery()
+        # Outputs of ``checkpoint`` tasks are copied to durable storage (the coordinator sets
+        # this when it has some): they are not regenerated when their agent is lost.
+        self.durable_checkpoints = False
 
     # -- queries -------------------------------------------------------------
 

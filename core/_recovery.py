@@ -75,6 +75,7 @@ class Recovery:
     heartbeat_ttl: float
     lost_assignment_grace: float
     max_lost: int
+    durable_checkpoints: bool
     gc: ScratchGC
     _out: list[Command]
     _now: float
@@ -259,7 +260,7 @@ class Recovery:
                 if (
                     view.state is _S.SUCCEEDED
                     and view.agent == agent
-                    and not view.spec.checkpoint
+                    and not (view.spec.checkpoint and self.durable_checkpoints)
                     and any(c.state in (_S.PENDING, _S.READY) and c.run is run for c in view.dependents)
                 ):
                     self._regenerate(view, f"its outputs were lost with agent {agent} ({reason})")
