@@ -95,3 +95,52 @@ async def test_killed_coordinator_resumes_the_run_and_reruns_nothing_that_succee
     finally:
         store.close()
     assert {n: (t.state, t.attempt) for n, t in tasks.items()} == dict.fromkeys(wf.tasks, ("succeeded", 1))
+
+
+async def test_outputs_lost_with_a_killed_agent_are_regenerated_for_their_consumer(
+    mosquitto: Any, tmp_path: Path
+) -> None:
+    """SIGKILL the agent holding a finished task's only copy while its consumer still waits:
+    the producer runs again elsewhere and the consumer reads the new copy."""
+    mark, gate = tmp_path / "markers", tmp_path / "gate"
+    wf = dagon.Workflow("regenerate")
+    wf.shell("wait", f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    wf.shell("a", f"echo a >> {mark}; echo attempt $DAGON_ATTEMPT > who.txt")
+    wf.shell("b", f"cat workflow:///a/who.txt > got.txt; echo b >> {mark}", after=["wait"])
+    no_queue = tmp_path / "no-queue.toml"
+    no_queue.write_text("prefetch = 0\n")  # one slot each and nothing queued: `a` and `wait` run apart
+    agents = {
+        name: start_agent(
+            mosquitto.url,
+            tmp_path,
+            name,
+            slots=1,
+            env={"DAGON_HOST_ID": f"host-{name}"},
+            args=["--config", str(no_queue)],
+        )
+        for name in ("one", "two")
+    }
+    try:
+        async with dagon.connect(mosquitto.url, home=tmp_path / "client", heartbeat_ttl=5) as client:
+            assert client.coordinator is not None
+            engine = client.coordinator.engine
+            async with asyncio.timeout(20):
+                await client.coordinator.wait_for_agents(2)
+            run = await client.submit(wf)
+            view = engine.run(run.id).tasks["a"]
+            await wait_for(lambda: view.state.value == "succeeded", 30, "a to succeed")
+            victim = str(view.agent)
+            survivor = next(name for name in agents if name != victim)
+            agents[victim].send_signal(signal.SIGKILL)  # its Last Will tells; a's output dies with it
+            agents[victim].wait()
+            await wait_for(lambda: engine.regenerated == 1, 30, "a to be regenerated")
+            gate.touch()
+            async with asyncio.timeout(60):
+                result = await run.wait()
+    finally:
+        for proc in agents.values():
+            stop_process(proc)
+    assert result.ok, result.cause
+    assert (result["a"].agent, result["a"].attempt) == (survivor, 2)
+    assert (Path(result["b"].workdir) / "got.txt").read_text() == "attempt 2\n"
+    assert markers(mark) == ["a", "a", "b"]  # a ran again (its only copy died); b once
