@@ -132,6 +132,8 @@ class Coordinator:
         coordinator_id: names the inbox topic agents and clients write to.
         store: run store (None: keep nothing on disk).
         heartbeat_ttl: seconds of silence after which an agent counts as lost.
+        requeue_grace: seconds a lost agent's attempts wait for it to come back before they
+            run elsewhere (0: at once; see ``Engine``).
         publish_results: publish retained per-task JSON results and events.
         max_message_size: limit for decoded messages.
         signer: signs every message to agents (assignments, cancellations, control).
@@ -156,6 +158,7 @@ class Coordinator:
         coordinator_id: str = "main",
         store: RunStore | None = None,
         heartbeat_ttl: float = 15.0,
+        requeue_grace: float = 0.0,
         publish_results: bool = True,
         max_message_size: int | None = None,
         engine: Engine | None = None,
@@ -174,7 +177,7 @@ class Coordinator:
                 " (see dagon._keys), or insecure=True for development"
             )
         self.id = coordinator_id
-        self.engine = engine or Engine(heartbeat_ttl=heartbeat_ttl)
+        self.engine = engine or Engine(heartbeat_ttl=heartbeat_ttl, requeue_grace=requeue_grace)
         self.store = store
         self.publish_results = publish_results
         codec_args: dict[str, Any] = {"sender": f"coordinator/{coordinator_id}", "signer": signer, "trust": trust}

@@ -140,6 +140,10 @@ class Engine(Linking, Recovery):
         lost_assignment_grace: seconds after which a dispatched attempt that an
             idle agent (heartbeat: holds nothing) never started is sent again.
         rng: randomness for retry jitter (seed it in tests).
+        requeue_grace: seconds the attempts of a lost agent wait for it to come back before
+            they run elsewhere (0: at once). An agent cut off the broker keeps running its
+            tasks and delivers their results when it reconnects; within the grace period they
+            are used, and nothing runs twice.
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class Engine(Linking, Recovery):
         max_lost: int = 3,
         lost_assignment_grace: float = 30.0,
         rng: random.Random | None = None,
+        requeue_grace: float = 0.0,
     ) -> None:
         if heartbeat_ttl <= 0:
             raise ValueError("heartbeat_ttl must be positive")
@@ -157,6 +162,9 @@ class Engine(Linking, Recovery):
         self.heartbeat_ttl = heartbeat_ttl
         self.max_lost = max_lost
         self.lost_assignment_grace = lost_assignment_grace
+        if requeue_grace < 0:
+            raise ValueError("requeue_grace must be >= 0")
+        self.requeue_grace = requeue_grace
         self._rng = rng or random.Random()
         self.runs: dict[RunId, RunView] = {}
         self.agents: dict[AgentId, AgentView] = {}
@@ -562,6 +570,9 @@ class Engine(Linking, Recovery):
             return
         agent.online = False
         self._out.append(AgentChanged(agent_id, False, reason))
+        if self.requeue_grace > 0:
+            self._wait_for_return(agent, reason)
+            return
         inflight, agent.inflight = agent.inflight, {}
         for ref, view in inflight.items():
             if view.attempt == ref.attempt and view.agent == agent_id and view.state in _ACTIVE:

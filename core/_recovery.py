@@ -75,6 +75,7 @@ class Recovery:
     heartbeat_ttl: float
     lost_assignment_grace: float
     max_lost: int
+    requeue_grace: float
     durable_checkpoints: bool
     gc: ScratchGC
     _out: list[Command]
@@ -91,9 +92,11 @@ class Recovery:
         def _linked(self, producer: TaskView) -> bool: ...
 
     def _init_recovery(self) -> None:
+        # attempts waiting for their agent to come back, and until when they wait
         self._orphans: dict[AgentId, dict[TaskRef, TaskView]] = {}
-        self._orphans_due: float | None = None
+        self._orphans_due: dict[AgentId, float] = {}
         self.regenerated = 0
+        self._lost_reason: dict[AgentId, str] = {}
 
     # -- restore ---------------------------------------------------------------
 
@@ -141,8 +144,8 @@ class Recovery:
         # Task transitions replayed here are already in the store; only the run's end (if all
         # tasks had ended before the restart) is new.
         out: list[Command] = [c for c in restored if isinstance(c, RunTransition) and c.new is not RunState.RUNNING]
-        if self._orphans and self._orphans_due is None:
-            self._orphans_due = now + self.heartbeat_ttl
+        for agent in self._orphans:
+            self._orphans_due.setdefault(agent, now + self.heartbeat_ttl)
         return out, summary
 
     def _apply(self, view: TaskView, stored: StoredTask, reopen: bool, summary: RestoreSummary) -> bool:
@@ -209,13 +212,12 @@ class Recovery:
     def _adopt(self, agent: AgentView) -> None:
         """The agent is back: its restored attempts are in flight on it again."""
         orphans = self._orphans.pop(agent.id, None)
+        self._orphans_due.pop(agent.id, None)
         if not orphans:
             return
         for ref, view in orphans.items():
             if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent.id:
                 agent.inflight[ref] = view
-        if not self._orphans:
-            self._orphans_due = None
 
     def _reconcile(self, agent: AgentView, held: frozenset[TaskRef]) -> None:
         """Requeue in-flight attempts the agent says it does not hold (past the assignment grace)."""
@@ -227,19 +229,34 @@ class Recovery:
             if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent.id:
                 self._requeue(view, f"agent {agent.id} does not hold attempt {ref.attempt} (lost)")
 
+    def _wait_for_return(self, agent: AgentView, reason: str) -> None:
+        """The agent is lost; its attempts wait ``requeue_grace`` seconds for it to come back
+        (a Wi-Fi drop) before they run elsewhere — its results meanwhile are accepted."""
+        inflight, agent.inflight = agent.inflight, {}
+        self._orphans.setdefault(agent.id, {}).update(inflight)
+        self._orphans_due[agent.id] = self._now + self.requeue_grace
+        self._lost_reason[agent.id] = reason
+
     def _orphans_tick(self) -> None:
-        due = self._orphans_due
-        if due is None or self._now < due:
-            return
-        orphans, self._orphans, self._orphans_due = self._orphans, {}, None
-        for agent, refs in orphans.items():
+        now = self._now
+        expired = [agent for agent, due in self._orphans_due.items() if due <= now]
+        for agent in expired:
+            del self._orphans_due[agent]
+            refs = self._orphans.pop(agent, {})
+            reason = self._lost_reason.pop(agent, "")
+            if reason:
+                why = f"agent {agent} lost ({reason}) and not back within {self.requeue_grace:.0f} s"
+            else:  # restored after a coordinator restart
+                why = f"agent {agent} did not come back within {self.heartbeat_ttl:.0f} s"
             for ref, view in refs.items():
                 if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent:
-                    self._requeue(view, f"agent {agent} did not come back within {self.heartbeat_ttl:.0f} s")
+                    self._requeue(view, why)
+            if reason:
+                self._regenerate_lost_with(agent, reason)
 
     @property
     def orphans_due(self) -> float | None:
-        return self._orphans_due
+        return min(self._orphans_due.values(), default=None)
 
     # -- regenerate ----------------------------------------------------------------
 

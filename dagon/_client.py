@@ -113,6 +113,7 @@ class Client:
         mqtt_protocol: str | None = None,
         agent_slots: int | None = None,
         heartbeat_ttl: float = 15.0,
+        requeue_grace: float = 0.0,
         publish_results: bool = True,
         insecure: bool | None = None,
         mqtt_auth: MqttAuth | None = None,
@@ -132,6 +133,7 @@ class Client:
         self._protocol = mqtt_protocol or ("3.1.1" if self.embedded else os.environ.get("DAGON_MQTT_PROTOCOL", "5"))
         self._agent_slots = agent_slots
         self._heartbeat_ttl = heartbeat_ttl
+        self._requeue_grace = requeue_grace
         self._publish_results = publish_results
         self._stack = AsyncExitStack()
         self.coordinator: Coordinator | None = None
@@ -181,6 +183,7 @@ class Client:
                     coordinator_id=coordinator_id,
                     store=store,
                     heartbeat_ttl=self._heartbeat_ttl,
+                    requeue_grace=self._requeue_grace,
                     publish_results=self._publish_results,
                     signer=signer,
                     trust=trust,
@@ -340,6 +343,7 @@ def connect(
     mqtt_protocol: str | None = None,
     agent_slots: int | None = None,
     heartbeat_ttl: float = 15.0,
+    requeue_grace: float = 0.0,
     publish_results: bool = True,
     insecure: bool | None = None,
     mqtt_auth: MqttAuth | None = None,
@@ -356,7 +360,9 @@ def connect(
         home: where local state lives (default ``$DAGON_HOME``).
         mqtt_protocol: ``"5"`` or ``"3.1.1"`` (default 5; 3.1.1 for the embedded broker).
         agent_slots: slots of the embedded agent (default: CPU count).
-        heartbeat_ttl: seconds of agent silence before its tasks are requeued.
+        heartbeat_ttl: seconds of agent silence before it counts as lost.
+        requeue_grace: seconds a lost agent's tasks wait for it to reconnect before they are
+            requeued (default 0: at once).
         publish_results: publish public JSON task results and events (in-process
             coordinator only; run status is always published).
         insecure: neither sign nor verify messages (development only; default
@@ -375,6 +381,7 @@ def connect(
         mqtt_protocol=mqtt_protocol,
         agent_slots=agent_slots,
         heartbeat_ttl=heartbeat_ttl,
+        requeue_grace=requeue_grace,
         publish_results=publish_results,
         insecure=insecure,
         mqtt_auth=mqtt_auth,

@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     broker_arg(coord)
     coord.add_argument("--id", default="main", help="coordinator id (default: main)")
     coord.add_argument("--heartbeat-ttl", type=float, default=15.0, help="seconds before a silent agent is lost")
+    coord.add_argument(
+        "--requeue-grace", type=float, default=0.0,
+        help="seconds a lost agent's tasks wait for it to reconnect before running elsewhere (default: 0)",
+    )  # fmt: skip
     coord.add_argument("--relay-host", default="127.0.0.1", help="address the data relay binds (default: loopback)")
     coord.add_argument("--relay-port", type=int, default=0, help="data relay port (default: any free one)")
     coord.add_argument("--relay-url", help="URL agents use for the relay (default: http://RELAY_HOST:PORT)")
@@ -360,6 +364,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                 coordinator_id=args.id,
                 store=store,
                 heartbeat_ttl=args.heartbeat_ttl,
+                requeue_grace=args.requeue_grace,
                 signer=signer,
                 trust=trust,
                 insecure=insecure,

@@ -194,3 +194,45 @@ def test_outputs_lost_with_their_agent_are_regenerated_for_pending_consumers() -
     # The consumer now waits for both the new attempt of a and slow.
     assert run.tasks["b"].state is TaskState.PENDING
     assert run.tasks["b"].waiting == 2
+
+
+def test_a_lost_agent_gets_a_grace_period_before_its_attempts_run_elsewhere() -> None:
+    engine = Engine(rng=random.Random(1), heartbeat_ttl=10.0, requeue_grace=30.0)
+    announce(engine, A1, 0)
+    announce(engine, A2, 0)
+    wf = Workflow("g")
+    wf.shell("t", "sleep 60")
+    engine.handle(RunSubmitted(R, wf, wf.graph()), 0)
+    (d,) = dispatches(engine.schedule(0))
+    start(engine, d, 1)
+    engine.handle(AgentOffline(d.agent, "connection lost"), 2)
+    view = engine.run(R).tasks["t"]
+    assert view.state is TaskState.RUNNING  # still its attempt: the agent may only be cut off
+    assert not dispatches(engine.schedule(3))
+    assert engine.orphans_due == 32.0
+    # It comes back and delivers the result: used once, nothing ran twice.
+    announce(engine, d.agent, 20)
+    finish(engine, d, 21)
+    assert view.state is TaskState.SUCCEEDED and view.attempt == 1
+    engine.handle(Tick(), 40)
+    assert view.state is TaskState.SUCCEEDED
+
+
+def test_after_the_grace_period_the_attempt_runs_elsewhere() -> None:
+    engine = Engine(rng=random.Random(1), heartbeat_ttl=10.0, requeue_grace=30.0)
+    announce(engine, A1, 0)
+    announce(engine, A2, 0)
+    wf = Workflow("g")
+    wf.shell("t", "sleep 60")
+    engine.handle(RunSubmitted(R, wf, wf.graph()), 0)
+    (d,) = dispatches(engine.schedule(0))
+    engine.handle(AgentOffline(d.agent, "connection lost"), 2)
+    engine.handle(AgentSeen(A2 if d.agent == A1 else A1), 32)  # the other one is alive
+    engine.handle(Tick(), 32.5)
+    view = engine.run(R).tasks["t"]
+    assert view.state is TaskState.READY
+    assert "not back within 30 s" in view.cause
+    (again,) = dispatches(engine.schedule(33))
+    assert again.agent != d.agent and again.assignment.attempt == 2
+    finish(engine, d, 34)  # the late result of the first attempt is fenced
+    assert view.state is TaskState.DISPATCHED
