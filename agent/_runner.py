@@ -258,7 +258,8 @@ class TaskRunner:
             if not item.url or not (item.token or item.url.startswith("ssh://")):
                 raise StagingError(
                     f"input {item.ref}: produced on another host by agent {item.source_agent!r}, which serves"
-                    " no data (no data server URL known) — configure its data_host/data_url, or relay it"
+                    " no data (no data server URL known) — configure its data_host/data_url, or relay it",
+                    lost=item.task,  # e.g. its agent is gone: the coordinator runs the producer again
                 )
             dest = input_root(workdir, item)
             wait = RELAY_WAIT if item.relay else 0.0

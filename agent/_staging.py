@@ -20,6 +20,7 @@ from dagon.protocol import REFERENCE_RE, DagonError, OutputFile, StageInput
 from dagon.protocol.transport import MANIFEST_FILE
 
 __all__ = [
+    "CHECKPOINTS",
     "SCRATCH_MARKER",
     "StagingError",
     "check_input_path",
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST_FILES: Final = 10_000
 SCRATCH_MARKER: Final = ".dagon-scratch"
+CHECKPOINTS: Final = ".dagon-checkpoints"  # under the scratch root of a checkpoint store: others' checkpoints
 _GLOB_CHARS: Final = frozenset("*?[")
 
 

@@ -205,6 +205,8 @@ class Coordinator:
                 uploads=True,
             )
         self._uploads_asked: set[tuple[str, str, int, str]] = set()
+        # (run, task, attempt) of a checkpoint -> the agent storing its copy ("" = checkpoint_dir)
+        self._checkpoint_at: dict[tuple[str, str, int], str] = {}
         self._relay_dir = relay_dir
         self._relay_finished: dict[RunId, float] = {}
         self._uploads: list[tuple[AgentId, UploadOutputs]] = []
@@ -596,7 +598,9 @@ class Coordinator:
     def _source(self, item: StageInput, producer: AgentView | None, run: RunId, token: str) -> StageInput:
         """The cheapest way to another host's output: its data server, else SFTP, else the relay."""
         if (producer is None or not producer.online) and self._checkpointed(run, item.task):
-            return dataclasses.replace(item, url=self.relay_url, token=token, relay=True)
+            stored = self._checkpoint_source(run, item.task, item.source_attempt)
+            if stored:
+                return dataclasses.replace(item, url=stored, token=token, relay=True)
         if producer is None:
             return item
         caps = producer.capabilities
@@ -628,25 +632,52 @@ class Coordinator:
 
     def _checkpointed(self, run: RunId, task: str) -> bool:
         """Whether ``task``'s outputs go to checkpoint storage (which then serves them)."""
-        if self._relay is None or self._checkpoint_dir is None:
+        if not self._checkpoint_store_url() and (self._relay is None or self._checkpoint_dir is None):
             return False
         view = self.engine.runs.get(run)
         task_view = view.tasks.get(task) if view is not None else None
         return task_view is not None and task_view.spec.checkpoint
 
+    def _checkpoint_store_url(self, exclude: str = "") -> str:
+        """An online agent announcing itself as a checkpoint store (first by id), as ``id url``."""
+        for agent in sorted(self.engine.agents.values(), key=lambda a: a.id):
+            caps = agent.capabilities
+            if agent.online and caps.checkpoint_store and caps.reachable and caps.data_url and agent.id != exclude:
+                return f"{agent.id} {caps.data_url}"
+        return ""
+
+    def _checkpoint_source(self, run: RunId, task: str, attempt: int) -> str:
+        """The URL a checkpoint's copy is served at ("" if there is none)."""
+        holder = self._checkpoint_at.get((run, task, attempt))
+        if holder:  # an agent: only while it is online
+            agent = self.engine.agents.get(AgentId(holder))
+            return agent.capabilities.data_url if agent is not None and agent.online else ""
+        if holder == "" or (self._relay is not None and self._checkpoint_dir is not None):
+            return self.relay_url  # the coordinator's own checkpoint storage
+        return ""
+
     def _save_checkpoint(self, run: RunId, task: str) -> None:
-        """A checkpoint task succeeded: have its agent upload every output to checkpoint storage."""
+        """A checkpoint task succeeded: have its agent upload every output to checkpoint storage —
+        an agent announcing itself as a checkpoint store if one is online, else the coordinator's
+        checkpoint directory."""
         view = self.engine.runs[run].tasks[task]
         agent = view.agent
         key = (run, task, view.attempt, "*")
         if agent is None or key in self._uploads_asked:
             return
+        store = self._checkpoint_store_url(exclude=agent)
+        if store:
+            holder, url = store.split(" ", 1)
+        elif self._relay is not None and self._checkpoint_dir is not None:
+            holder, url = "", self.relay_url
+        else:
+            return
         self._uploads_asked.add(key)
+        self._checkpoint_at[(run, task, view.attempt)] = holder
         write = self.grant(run=run, task=task, attempt=view.attempt, path="*", audience=agent, op="write")
-        upload = UploadOutputs(
-            run=run, task=TaskName(task), attempt=view.attempt, path="*", url=self.relay_url, token=write
-        )
+        upload = UploadOutputs(run=run, task=TaskName(task), attempt=view.attempt, path="*", url=url, token=write)
         self._uploads.append((agent, upload))
+        log.info("checkpoint %s/%s attempt %d goes to %s", run, task, view.attempt, holder or "this coordinator")
 
     def _through_relay(self, item: StageInput, run: RunId, token: str) -> StageInput:
         """The producer cannot be reached: ask it (once) to upload to the relay; the consumer pulls there."""
@@ -701,6 +732,9 @@ class Coordinator:
                 self._on_run_transition(cmd)
             elif isinstance(cmd, AgentChanged):
                 log.info("agent %s %s (%s)", cmd.agent, "online" if cmd.online else "offline", cmd.reason)
+                self.engine.durable_checkpoints = bool(
+                    (self._relay is not None and self._checkpoint_dir is not None) or self._checkpoint_store_url()
+                )
                 self._agents_changed.set()
             elif isinstance(cmd, DeleteScratch):
                 delete[cmd.agent].append(cmd.ref)

@@ -167,6 +167,7 @@ class Capabilities:
     data_url: str = ""  # where its data server serves task outputs ("" = none)
     reachable: bool = True  # False: others cannot connect to it (NAT); its outputs go through the relay
     ssh_url: str = ""  # ssh://user@host:port where its scratch root can be read over SFTP ("" = no)
+    checkpoint_store: bool = False  # its data server keeps copies of checkpoint tasks' outputs
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,3 +56,39 @@ async def test_a_checkpoint_is_read_from_storage_after_its_agent_is_gone(tmp_pat
     original = (saved / "out" / "data.bin").read_bytes()
     assert (Path(result["b"].workdir) / "copy.bin").read_bytes() == original
     assert coordinator.engine.runs[run].tasks["a"].state is TaskState.SUCCEEDED
+
+
+async def test_a_checkpoint_store_agent_keeps_the_copy_when_the_coordinator_has_no_storage(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    flag = tmp_path / "go"
+    wf = dagon.Workflow("ckpt-agent")
+    wf.shell("a", "mkdir out && head -c 200000 /dev/urandom > out/data.bin", agent="edge", checkpoint=True)
+    wf.shell("gate", f"while [ ! -e {flag} ]; do sleep 0.05; done", agent="cloud")
+    wf.shell("b", "cp workflow:///a/out/data.bin copy.bin", agent="cloud", after=["gate"])
+    async with contextlib.AsyncExitStack() as stack:
+        coordinator = await stack.enter_async_context(
+            Coordinator(connect=lambda will: hub.transport(will=will), coordinator_id="c", **coordinator_security())
+        )  # no relay_dir: no storage of its own
+        vault = await stack.enter_async_context(
+            agent(hub, tmp_path, "vault", host_id="vault-host", checkpoint_store=True, labels="role=vault")
+        )
+        edge = agent(hub, tmp_path, "edge", host_id="edge-host")
+        await edge.__aenter__()
+        try:
+            await stack.enter_async_context(agent(hub, tmp_path, "cloud", host_id="cloud-host"))
+            await coordinator.wait_for_agents(3)
+            assert vault.capabilities.checkpoint_store
+            run = await coordinator.submit(wf)
+            saved = tmp_path / "vault" / "scratch" / ".dagon-checkpoints" / run / "a-1"
+            async with asyncio.timeout(30):
+                while not (saved / ".dagon" / "manifest.json").exists():
+                    await asyncio.sleep(0.05)
+        finally:
+            await edge.__aexit__(None, None, None)
+        flag.touch()
+        async with asyncio.timeout(30):
+            result = await coordinator.wait(run)
+    assert result.state is RunState.SUCCEEDED, result.cause
+    assert result["a"].attempt == 1 and coordinator.engine.regenerated == 0
+    assert (Path(result["b"].workdir) / "copy.bin").read_bytes() == (saved / "out" / "data.bin").read_bytes()
+    assert vault._data.stats.requests >= 1  # the consumer pulled from the vault
