@@ -9,6 +9,7 @@ from dagon.core import (
     AgentAnnounced,
     AgentOffline,
     AgentSeen,
+    Dispatch,
     Engine,
     RunState,
     RunSubmitted,
@@ -196,7 +197,8 @@ def test_outputs_lost_with_their_agent_are_regenerated_for_pending_consumers() -
     assert run.tasks["b"].waiting == 2
 
 
-def test_a_lost_agent_gets_a_grace_period_before_its_attempts_run_elsewhere() -> None:
+def one_long_task_with_grace() -> tuple[Engine, Dispatch]:
+    """Two agents, a 30 s requeue grace, and one long task dispatched at t=0."""
     engine = Engine(rng=random.Random(1), heartbeat_ttl=10.0, requeue_grace=30.0)
     announce(engine, A1, 0)
     announce(engine, A2, 0)
@@ -204,6 +206,11 @@ def test_a_lost_agent_gets_a_grace_period_before_its_attempts_run_elsewhere() ->
     wf.shell("t", "sleep 60")
     engine.handle(RunSubmitted(R, wf, wf.graph()), 0)
     (d,) = dispatches(engine.schedule(0))
+    return engine, d
+
+
+def test_a_lost_agent_gets_a_grace_period_before_its_attempts_run_elsewhere() -> None:
+    engine, d = one_long_task_with_grace()
     start(engine, d, 1)
     engine.handle(AgentOffline(d.agent, "connection lost"), 2)
     view = engine.run(R).tasks["t"]
@@ -219,13 +226,7 @@ def test_a_lost_agent_gets_a_grace_period_before_its_attempts_run_elsewhere() ->
 
 
 def test_after_the_grace_period_the_attempt_runs_elsewhere() -> None:
-    engine = Engine(rng=random.Random(1), heartbeat_ttl=10.0, requeue_grace=30.0)
-    announce(engine, A1, 0)
-    announce(engine, A2, 0)
-    wf = Workflow("g")
-    wf.shell("t", "sleep 60")
-    engine.handle(RunSubmitted(R, wf, wf.graph()), 0)
-    (d,) = dispatches(engine.schedule(0))
+    engine, d = one_long_task_with_grace()
     engine.handle(AgentOffline(d.agent, "connection lost"), 2)
     engine.handle(AgentSeen(A2 if d.agent == A1 else A1), 32)  # the other one is alive
     engine.handle(Tick(), 32.5)

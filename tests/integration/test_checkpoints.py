@@ -15,13 +15,19 @@ from dagon.protocol.transport import MemoryHub
 from ._stack import hub_agent as agent
 
 
-async def test_a_checkpoint_is_read_from_storage_after_its_agent_is_gone(tmp_path: Path) -> None:
-    hub = MemoryHub()
-    flag = tmp_path / "go"
-    wf = dagon.Workflow("ckpt")
+def checkpointed(name: str, flag: Path) -> dagon.Workflow:
+    """`a` (a checkpoint) on edge; `b` on cloud reads it once `flag` exists (edge is gone by then)."""
+    wf = dagon.Workflow(name)
     wf.shell("a", "mkdir out && head -c 300000 /dev/urandom > out/data.bin", agent="edge", checkpoint=True)
     wf.shell("gate", f"while [ ! -e {flag} ]; do sleep 0.05; done", agent="cloud")
     wf.shell("b", "cp workflow:///a/out/data.bin copy.bin", agent="cloud", after=["gate"])
+    return wf
+
+
+async def test_a_checkpoint_is_read_from_storage_after_its_agent_is_gone(tmp_path: Path) -> None:
+    hub = MemoryHub()
+    flag = tmp_path / "go"
+    wf = checkpointed("ckpt", flag)
     async with contextlib.AsyncExitStack() as stack:
         coordinator = await stack.enter_async_context(
             Coordinator(
@@ -61,10 +67,7 @@ async def test_a_checkpoint_is_read_from_storage_after_its_agent_is_gone(tmp_pat
 async def test_a_checkpoint_store_agent_keeps_the_copy_when_the_coordinator_has_no_storage(tmp_path: Path) -> None:
     hub = MemoryHub()
     flag = tmp_path / "go"
-    wf = dagon.Workflow("ckpt-agent")
-    wf.shell("a", "mkdir out && head -c 200000 /dev/urandom > out/data.bin", agent="edge", checkpoint=True)
-    wf.shell("gate", f"while [ ! -e {flag} ]; do sleep 0.05; done", agent="cloud")
-    wf.shell("b", "cp workflow:///a/out/data.bin copy.bin", agent="cloud", after=["gate"])
+    wf = checkpointed("ckpt-agent", flag)
     async with contextlib.AsyncExitStack() as stack:
         coordinator = await stack.enter_async_context(
             Coordinator(connect=lambda will: hub.transport(will=will), coordinator_id="c", **coordinator_security())
