@@ -55,7 +55,7 @@ from dagon.core._output import PublicOutput
 from dagon.core._placement import AgentView
 from dagon.core._results import RunEvent, RunResult, task_result_doc
 from dagon.core._states import TERMINAL, RunState, TaskState
-from dagon.core._store import RunStore
+from dagon.core._store import Store
 from dagon.core._trust import CoordinatorTrust
 from dagon.core._writer import StoreWriter
 from dagon.protocol import (
@@ -156,7 +156,7 @@ class Coordinator:
         *,
         connect: Callable[[Will], Transport],
         coordinator_id: str = "main",
-        store: RunStore | None = None,
+        store: Store | None = None,
         heartbeat_ttl: float = 15.0,
         requeue_grace: float = 0.0,
         publish_results: bool = True,

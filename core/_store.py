@@ -14,9 +14,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["RunRecord", "RunStore", "StoredRun", "TaskRecord"]
+__all__ = ["RunRecord", "RunStore", "Store", "StoredRun", "TaskRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -83,6 +83,37 @@ class StoredRun:
     options: dict[str, Any]
     # task -> (state, attempt, agent, cause, result document or None)
     tasks: dict[str, tuple[str, int, str | None, str, dict[str, Any] | None]]
+
+
+class Store(Protocol):
+    """What a coordinator needs of a run store (:class:`RunStore` is the SQLite one).
+
+    Another backend implements these methods with the same meaning. ``write`` must be
+    atomic (all of a batch or nothing) and durable once it returns: the coordinator acts
+    on a decision only after the batch recording it was written. Calls come from one
+    thread at a time, either the event loop (small batches) or a worker thread.
+    """
+
+    path: str
+
+    def create_run(
+        self, run: str, workflow: str, spec: dict[str, Any], submitted_at: float,
+        options: dict[str, Any] | None = None, coordinator: str = "",
+    ) -> None: ...  # fmt: skip
+    def write(
+        self,
+        *,
+        transitions: Sequence[Transition] = (),
+        tasks: Sequence[TaskRow] = (),
+        runs: Iterable[tuple[str, str, str, float | None]] = (),
+    ) -> None: ...
+    def unfinished_runs(self, coordinator: str) -> list[str]: ...
+    def load(self, run: str) -> StoredRun | None: ...
+    def reopen(self, run: str, coordinator: str) -> None: ...
+    def get_run(self, run: str) -> RunRecord | None: ...
+    def list_runs(self, limit: int = 50) -> list[RunRecord]: ...
+    def checkpoint(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def _columns(n: int) -> str:

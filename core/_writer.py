@@ -23,7 +23,7 @@ import contextlib
 import logging
 from typing import Any, Final
 
-from dagon.core._store import RunStore, TaskRow, Transition
+from dagon.core._store import Store, TaskRow, Transition
 
 __all__ = ["StoreWriter"]
 
@@ -35,7 +35,7 @@ CHECKPOINT_EVERY: Final = 500  # commits between WAL checkpoints
 
 
 class StoreWriter:
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._batch: list[tuple[str, Any]] = []
         self._writing: asyncio.Future[None] | None = None
@@ -119,7 +119,7 @@ class StoreWriter:
                 delay = min(delay * 2, MAX_BACKOFF)
 
 
-def _write(store: RunStore, batch: list[tuple[str, Any]]) -> None:
+def _write(store: Store, batch: list[tuple[str, Any]]) -> None:
     transitions: list[Transition] = []
     tasks: list[TaskRow] = []
     runs: list[tuple[str, str, str, float | None]] = []
