@@ -365,7 +365,7 @@ class Agent:
         try:
             root = self.config.scratch / task_dir_name(message.run, message.task, message.attempt)
             began = time.monotonic()
-            sent = await push(message.url, message.token, root, message.path)
+            sent = await push(message.url, message.token, root, message.path, tls=self._runner.tls)
             log.info(
                 "agent %s uploaded %s of %s/%s to the relay (%d bytes in %.2f s)",
                 self.id, message.path, message.run, message.task, sent, time.monotonic() - began,

@@ -112,6 +112,7 @@ class TaskRunner:
         self._run_as = RunAs.lookup(config.run_as) if config.run_as else None
         self._transfers = asyncio.Semaphore(config.max_transfers)
         self._tls = data_client_tls(config)
+        self.tls = self._tls  # how peers' (and the relay's) HTTPS certificates are verified
         self._ssh = (
             SshAccess(config.ssh_key, config.ssh_known_hosts or Path.home() / ".ssh" / "known_hosts")
             if config.ssh_key is not None

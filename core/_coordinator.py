@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -144,6 +145,8 @@ class Coordinator:
             relay; inputs from agents announced as unreachable then cannot be staged).
         relay_host, relay_port: where the relay listens (loopback by default).
         relay_url: the URL agents use for it (default ``http://relay_host:port``).
+        relay_tls: serve the relay (and checkpoint storage) over HTTPS with this server
+            context (agents verify it with their ``data_tls_ca``).
         checkpoint_dir: durable storage for the outputs of tasks marked ``checkpoint``
             (default: ``checkpoints`` next to ``relay_dir``). When such a task succeeds its
             agent uploads its outputs there (through the relay's server); consumers read them
@@ -170,6 +173,7 @@ class Coordinator:
         relay_port: int = 0,
         relay_url: str | None = None,
         checkpoint_dir: Path | None = None,
+        relay_tls: ssl.SSLContext | None = None,
     ) -> None:
         if (signer is None or trust is None) and not insecure:
             raise ValueError(
@@ -203,6 +207,7 @@ class Coordinator:
                 host=relay_host,
                 port=relay_port,
                 uploads=True,
+                tls=relay_tls,
             )
         self._uploads_asked: set[tuple[str, str, int, str]] = set()
         # (run, task, attempt) of a checkpoint -> the agent storing its copy ("" = checkpoint_dir)

@@ -14,6 +14,7 @@ import logging
 import os
 import runpy
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -95,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     coord.add_argument("--relay-host", default="127.0.0.1", help="address the data relay binds (default: loopback)")
     coord.add_argument("--relay-port", type=int, default=0, help="data relay port (default: any free one)")
     coord.add_argument("--relay-url", help="URL agents use for the relay (default: http://RELAY_HOST:PORT)")
+    coord.add_argument(
+        "--relay-tls-cert", type=Path,
+        help="serve the relay and checkpoint storage over HTTPS with this certificate (with --relay-tls-key;"
+        " agents verify it with their data_tls_ca)",
+    )  # fmt: skip
+    coord.add_argument("--relay-tls-key", type=Path, help="private key of --relay-tls-cert")
     coord.add_argument(
         "--enrolled-agents-only",
         action="store_true",
@@ -336,6 +343,19 @@ def _require_broker(args: argparse.Namespace, what: str) -> str:
     return broker
 
 
+def _relay_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise DagonError("--relay-tls-cert and --relay-tls-key go together: pass both, or neither for plain HTTP")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise DagonError(f"cannot load the relay certificate {cert} with key {key}: {exc}") from None
+    return context
+
+
 def _cmd_coordinator(args: argparse.Namespace) -> int:
     from dagon.core import Coordinator
     from dagon.core._store import RunStore
@@ -354,6 +374,8 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         trust = coordinator_trust(home, accept_new_agents=not args.enrolled_agents_only)
         log.warning("coordinator key %s", fingerprint(signer.public_key))
 
+    relay_tls = _relay_tls(args.relay_tls_cert, args.relay_tls_key)
+
     async def start(stop: asyncio.Event) -> None:
         store = RunStore(home / "runs.sqlite")
         try:
@@ -371,6 +393,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                 relay_dir=home / "relay",
                 relay_host=args.relay_host,
                 relay_port=args.relay_port,
+                relay_tls=relay_tls,
                 relay_url=args.relay_url,
             )
             async with coordinator, _coordinator_metrics(coordinator, args):
