@@ -105,6 +105,7 @@ _MAX_BATCH: Final = 2000  # assignments per message
 
 
 RELAY_KEEP: Final = 600.0  # seconds relayed outputs outlive their run
+INTERRUPTED: Final = "interrupted"  # stored state of a run whose in-process coordinator stopped
 
 
 def _remove_all(paths: list[Path]) -> None:
@@ -145,6 +146,9 @@ class Coordinator:
             relay; inputs from agents announced as unreachable then cannot be staged).
         relay_host, relay_port: where the relay listens (loopback by default).
         relay_url: the URL agents use for it (default ``http://relay_host:port``).
+        ephemeral: the coordinator lives inside a client process (``dagon run``): when it
+            stops, runs it leaves unfinished are recorded as ``interrupted`` (``dagon resume``
+            continues them) instead of ``running`` (which a restarted service resumes).
         relay_tls: serve the relay (and checkpoint storage) over HTTPS with this server
             context (agents verify it with their ``data_tls_ca``).
         checkpoint_dir: durable storage for the outputs of tasks marked ``checkpoint``
@@ -174,6 +178,7 @@ class Coordinator:
         relay_url: str | None = None,
         checkpoint_dir: Path | None = None,
         relay_tls: ssl.SSLContext | None = None,
+        ephemeral: bool = False,
     ) -> None:
         if (signer is None or trust is None) and not insecure:
             raise ValueError(
@@ -213,6 +218,8 @@ class Coordinator:
         # (run, task, attempt) of a checkpoint -> the agent storing its copy ("" = checkpoint_dir)
         self._checkpoint_at: dict[tuple[str, str, int], str] = {}
         self._relay_dir = relay_dir
+        self._ephemeral = ephemeral
+        self._detached = False
         self._relay_finished: dict[RunId, float] = {}
         self._uploads: list[tuple[AgentId, UploadOutputs]] = []
         will = Will(
@@ -329,8 +336,33 @@ class Coordinator:
                     q.put_nowait(None)
             await self._transport.__aexit__(et, e, tb)
 
+    async def detach(self) -> None:
+        """Stop acting on runs before the process it lives in shuts its agents down (``ephemeral``).
+
+        Runs still going are recorded as interrupted, and reports that arrive from now on
+        are ignored: agents stopping with the process cancel their tasks, and reacting to
+        that (requeueing, regenerating outputs of an agent that merely stopped) would only
+        rewrite the store with a picture of the shutdown instead of the run.
+        """
+        if self._detached:
+            return
+        self._detached = True
+        if self._writer is None:
+            return
+        now = time.time()
+        for run, view in self.engine.runs.items():
+            if view.state is RunState.RUNNING:
+                cause = f"{self.id} stopped before the run ended; 'dagon resume {run}' continues it"
+                self._writer.run_state(run, INTERRUPTED, cause, now)
+                log.warning("run %s interrupted: %s", run, cause)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._writer.commit()
+
     async def _flush(self) -> None:
         """Let queued public messages and store writes go out (bounded wait)."""
+        if self._ephemeral:
+            await self.detach()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self._output.drain()
@@ -494,6 +526,8 @@ class Coordinator:
                 await asyncio.sleep(0)  # let drive/public loops run under sustained load
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if self._detached:
+            return
         parts = topic.split("/")
         if len(parts) == 5 and parts[2] == "agents":
             agent = AgentId(topics.unescape_level(parts[3]))

@@ -76,6 +76,7 @@ class TaskView:
         "exit_code",
         "finished_at",
         "host",
+        "inherited",
         "lost",
         "restored",
         "result",
@@ -105,6 +106,7 @@ class TaskView:
         self.finished_at: float | None = None
         self.lost = 0
         self.restored = False  # its success was read from the run store, not seen by this engine
+        self.inherited = False  # its current attempt was dispatched before this engine started
 
     @property
     def name(self) -> str:
@@ -472,6 +474,7 @@ class Engine(Linking, Recovery):
 
     def _dispatch(self, view: TaskView, agent: AgentView) -> None:
         view.attempt += 1
+        view.inherited = False
         view.dispatched_at = self._now
         view.agent = agent.id
         view.host = agent.capabilities.host_id
@@ -560,9 +563,15 @@ class Engine(Linking, Recovery):
         after a broker restart). Reports still in flight are fenced if they come."""
         cutoff = self._now - self.lost_assignment_grace
         for ref, view in list(agent.inflight.items()):
-            if view.state is _S.DISPATCHED and view.attempt == ref.attempt and view.dispatched_at < cutoff:
+            # An attempt inherited from before a restart that the agent does not hold is lost
+            # even if it had started.
+            current = view.attempt == ref.attempt and view.dispatched_at < cutoff
+            if current and (view.state is _S.DISPATCHED or view.inherited):
                 del agent.inflight[ref]
-                self._requeue(view, f"assignment never reached agent {agent.id}")
+                if view.inherited:
+                    self._requeue(view, f"agent {agent.id} does not hold it any more")
+                else:
+                    self._requeue(view, f"assignment never reached agent {agent.id}")
 
     def _agent_lost(self, agent_id: AgentId, reason: str) -> None:
         agent = self.agents.get(agent_id)

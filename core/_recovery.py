@@ -125,6 +125,10 @@ class Recovery:
         try:
             self._on_submit(RunSubmitted(run_id, workflow, graph, keep_scratch=keep_scratch))
             run = self.runs[run_id]
+            for view in run.tasks.values():  # attempt numbers never repeat, whatever state a task is in
+                stored = tasks.get(view.name)
+                if stored is not None:
+                    view.attempt = max(view.attempt, stored[1])
             applied: set[str] = set()
             progress = True
             while progress:
@@ -144,8 +148,12 @@ class Recovery:
         # Task transitions replayed here are already in the store; only the run's end (if all
         # tasks had ended before the restart) is new.
         out: list[Command] = [c for c in restored if isinstance(c, RunTransition) and c.new is not RunState.RUNNING]
-        for agent in self._orphans:
-            self._orphans_due.setdefault(agent, now + self.heartbeat_ttl)
+        for agent in list(self._orphans):
+            known = self.agents.get(agent)
+            if known is not None and known.online:
+                self._adopt(known)  # already back (e.g. announced before this run was resumed)
+            else:
+                self._orphans_due.setdefault(agent, now + self.heartbeat_ttl)
         return out, summary
 
     def _apply(self, view: TaskView, stored: StoredTask, reopen: bool, summary: RestoreSummary) -> bool:
@@ -160,6 +168,7 @@ class Recovery:
         if state in _ACTIVE and agent:
             view.agent = AgentId(agent)
             view.dispatched_at = 0.0  # long ago: if the agent does not hold it, it is lost at once
+            view.inherited = True
             self._move(view, _S.DISPATCHED, cause)
             if state is _S.RUNNING:
                 self._move(view, _S.RUNNING, cause)

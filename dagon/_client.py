@@ -189,6 +189,7 @@ class Client:
                     trust=trust,
                     insecure=self.insecure,
                     relay_dir=self.home / "relay",
+                    ephemeral=True,
                 )
             )
             if self.embedded:
@@ -202,6 +203,8 @@ class Client:
                     insecure=self.insecure,
                     scratch=self._agent_scratch,
                 )
+                # Closed in reverse: the coordinator detaches before the agent above shuts down.
+                self._stack.push_async_callback(self.coordinator.detach)
                 async with asyncio.timeout(30):
                     await self.coordinator.wait_for_agents(1)
             return

@@ -89,3 +89,44 @@ def test_dagon_resume_reruns_what_failed_and_keeps_what_succeeded(tmp_path: Path
     status = run_cli("status", run, "--json", cwd=tmp_path, home=tmp_path / "home")
     doc = json.loads(status.stdout)
     assert doc["state"] == "succeeded"
+
+
+def test_an_interrupted_dagon_run_is_recorded_so_and_resumes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from ._scripts import DAGON, environ
+
+    mark, gate = tmp_path / "markers", tmp_path / "gate"
+    path = write(
+        tmp_path / "slow.py",
+        "import dagon\n"
+        "wf = dagon.Workflow('slow')\n"
+        f"wf.shell('A', 'echo A >> {mark}')\n"
+        f"wf.shell('B', 'echo B >> {mark}; while [ ! -e {gate} ]; do sleep 0.05; done', after=['A'])\n",
+    )
+    proc = subprocess.Popen(
+        [*DAGON, "run", str(path)], cwd=tmp_path, env=environ(tmp_path / "home"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "B" not in (mark.read_text() if mark.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    runs = run_cli("runs", "--json", cwd=tmp_path, home=tmp_path / "home")
+    (doc,) = json.loads(runs.stdout)
+    assert doc["state"] == "interrupted", (doc, err)
+    assert "dagon resume" in doc["cause"]
+    gate.touch()
+    again = run_cli("resume", doc["run"], cwd=tmp_path, home=tmp_path / "home")
+    assert again.returncode == 0, again.stderr
+    assert lines(mark) == ["A", "B", "B"]  # A kept; B's interrupted attempt ran again
