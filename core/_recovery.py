@@ -222,6 +222,7 @@ class Recovery:
         """The agent is back: its restored attempts are in flight on it again."""
         orphans = self._orphans.pop(agent.id, None)
         self._orphans_due.pop(agent.id, None)
+        self._lost_reason.pop(agent.id, None)  # back in time: its outputs were not lost either
         if not orphans:
             return
         for ref, view in orphans.items():
