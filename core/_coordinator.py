@@ -785,9 +785,14 @@ class Coordinator:
             await self._writer.commit()
         self._output.flush(self.engine.runs, now)
         for agent, batch in assign.items():
+            waiting = stored.pop(agent, [])  # acknowledgements ride along (see AssignTasks)
+            acks = tuple(waiting[:_MAX_BATCH])
+            if waiting[_MAX_BATCH:]:
+                stored[agent] = waiting[_MAX_BATCH:]
             for i in range(0, len(batch), _MAX_BATCH):
-                for payload in self._encode_assignments(agent, batch[i : i + _MAX_BATCH]):
+                for payload in self._encode_assignments(agent, batch[i : i + _MAX_BATCH], acks):
                     await self._publisher.send(topics.agent_tasks(agent), payload)
+                acks = ()
         for agent, refs in cancel.items():
             payload = self.codec.encode(CancelTasks(tasks=tuple(refs), reason="run cancelled"))
             await self._publisher.send(topics.agent_tasks(agent), payload)
@@ -803,14 +808,18 @@ class Coordinator:
                 payload = self.codec.encode(ResultsStored(tasks=tuple(refs[i : i + _MAX_BATCH])))
                 await self._publisher.send(topics.agent_tasks(agent), payload)
 
-    def _encode_assignments(self, agent: AgentId, batch: list[TaskAssignment]) -> list[bytes]:
+    def _encode_assignments(
+        self, agent: AgentId, batch: list[TaskAssignment], acks: tuple[TaskRef, ...] = ()
+    ) -> list[bytes]:
         """Encoded assignment messages; a task that cannot be encoded (e.g. over the
         message size limit) fails with the reason instead of stalling the others."""
         try:
-            return [self.codec.encode(AssignTasks(reply_to=self.id, tasks=tuple(batch)))]
+            return [self.codec.encode(AssignTasks(reply_to=self.id, tasks=tuple(batch), stored=acks))]
         except ProtocolError:
             pass
         payloads = []
+        if acks:
+            payloads.append(self.codec.encode(ResultsStored(tasks=acks)))
         for assignment in batch:
             try:
                 payloads.append(self.codec.encode(AssignTasks(reply_to=self.id, tasks=(assignment,))))

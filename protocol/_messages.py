@@ -236,6 +236,9 @@ class AssignTasks(Message):
     OP: ClassVar[str] = "assign"
     reply_to: str
     tasks: tuple[TaskAssignment, ...]
+    # Results now persisted by the coordinator (as in ResultsStored), riding along with the
+    # assignment that usually follows them instead of costing a signed message of their own.
+    stored: tuple[TaskRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
