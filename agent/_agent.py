@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,7 +25,7 @@ from dagon.agent._outbox import Outbox
 from dagon.agent._runner import TaskRunner
 from dagon.agent._scratch_gc import delete_runs, delete_tasks
 from dagon.agent._secrets import environ_secrets
-from dagon.agent._staging import mark_scratch_root, task_dir_name
+from dagon.agent._staging import CHECKPOINTS, mark_scratch_root, task_dir_name
 from dagon.agent._telemetry import TelemetryService, telemetry_service
 from dagon.agent.runtimes import PythonRuntime, Runtime
 from dagon.protocol import (
@@ -37,6 +38,7 @@ from dagon.protocol import (
     Control,
     DagonError,
     DeleteData,
+    Grant,
     Heartbeat,
     KeyRing,
     Offline,
@@ -114,7 +116,8 @@ class Agent:
         grant_keys = trust.by_id if trust is not None else None
         self._data = DataServer(
             authorize=lambda token: read_grant(token, grant_keys),
-            locate=lambda g: config.scratch / task_dir_name(g.run, g.task, g.attempt),
+            locate=self._locate,
+            uploads=config.checkpoint_store,
             host=config.data_host,
             port=config.data_port,
             max_transfers=config.max_transfers,
@@ -167,8 +170,9 @@ class Agent:
             await self._data.__aenter__()
             data_url = self.config.data_url or self._data.url
         self.capabilities = dataclasses.replace(
-            self.capabilities, data_url=data_url, reachable=self.config.reachable, ssh_url=self.config.ssh_url or ""
-        )
+            self.capabilities, data_url=data_url, reachable=self.config.reachable, ssh_url=self.config.ssh_url or "",
+            checkpoint_store=self.config.checkpoint_store and bool(data_url),
+        )  # fmt: skip
         try:
             await self._transport.__aenter__()
         except BaseException:
@@ -212,6 +216,16 @@ class Agent:
                 await self._transport.__aexit__(et, e, tb)
             finally:
                 await self._data.__aexit__(None, None, None)
+
+    def _locate(self, grant: Grant) -> Path:
+        """The directory a grant is about: a task directory of the scratch root, or (on a checkpoint
+        store) the copy of another agent's checkpoint that was uploaded here."""
+        leaf = task_dir_name(grant.run, grant.task, grant.attempt)
+        if self.config.checkpoint_store:
+            copy = self.config.scratch / CHECKPOINTS / leaf
+            if grant.op == "write" or copy.is_dir():
+                return copy
+        return self.config.scratch / leaf
 
     async def serve_forever(self) -> None:
         """Return once the agent is asked to stop (then leave the ``async with`` block)."""
@@ -353,7 +367,7 @@ class Agent:
         try:
             root = self.config.scratch / task_dir_name(message.run, message.task, message.attempt)
             began = time.monotonic()
-            sent = await push(message.url, message.token, root, message.path)
+            sent = await push(message.url, message.token, root, message.path, tls=self._runner.tls)
             log.info(
                 "agent %s uploaded %s of %s/%s to the relay (%d bytes in %.2f s)",
                 self.id, message.path, message.run, message.task, sent, time.monotonic() - began,

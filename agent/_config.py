@@ -20,6 +20,7 @@
 | own SSH key for SFTP | — | ``DAGON_SSH_KEY`` | ``ssh_key`` | none |
 | trusted SSH host keys | — | ``DAGON_SSH_KNOWN_HOSTS`` | ``ssh_known_hosts`` | ``~/.ssh/known_hosts`` |
 | reachable by others | ``--unreachable`` | ``DAGON_REACHABLE`` | ``reachable`` | true (false: via the relay) |
+| keep others' checkpoints | ``--checkpoint-store`` | ``DAGON_CHECKPOINT_STORE`` | ``checkpoint_store`` | false |
 | task user | ``--run-as`` | ``DAGON_RUN_AS`` | ``run_as`` | the agent's own user |
 | secrets file | — | ``DAGON_SECRETS_FILE`` | ``secrets_file`` | ``<home>/secrets.toml`` when it exists |
 | broker TLS, login | — | ``DAGON_MQTT_CA`` … (see below) | ``mqtt_ca`` … | none |
@@ -168,6 +169,9 @@ class AgentConfig:
     power_prometheus_query: str = ""
     metrics_port: int = 0  # Prometheus exporter port; 0 = no exporter
     metrics_host: str = "127.0.0.1"
+    # Accept uploads of checkpoint tasks' outputs (under <scratch>/.dagon-checkpoints) and serve
+    # them: the coordinator stores checkpoints on such an agent instead of its own disk.
+    checkpoint_store: bool = False
 
     def __post_init__(self) -> None:
         _check_telemetry(self)
@@ -464,6 +468,8 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
         kwargs["reachable"] = _bool(value, "reachable")
     if (value := pick("serve_data", "DAGON_SERVE_DATA")) is not None:
         kwargs["serve_data"] = _bool(value, "serve_data")
+    if (value := pick("checkpoint_store", "DAGON_CHECKPOINT_STORE")) is not None:
+        kwargs["checkpoint_store"] = _bool(value, "checkpoint_store")
     if (value := pick("ssh_url", "DAGON_SSH_URL")) is not None:
         kwargs["ssh_url"] = _str(value, "ssh_url")
     for key in ("ssh_key", "ssh_known_hosts", "data_tls_cert", "data_tls_key", "data_tls_ca"):

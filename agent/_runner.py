@@ -112,6 +112,7 @@ class TaskRunner:
         self._run_as = RunAs.lookup(config.run_as) if config.run_as else None
         self._transfers = asyncio.Semaphore(config.max_transfers)
         self._tls = data_client_tls(config)
+        self.tls = self._tls  # how peers' (and the relay's) HTTPS certificates are verified
         self._ssh = (
             SshAccess(config.ssh_key, config.ssh_known_hosts or Path.home() / ".ssh" / "known_hosts")
             if config.ssh_key is not None
@@ -138,6 +139,7 @@ class TaskRunner:
         outcome = Outcome(ResultStatus.ERROR, None, error="the agent stopped before the task ended")
         outputs: tuple[OutputFile, ...] = ()
         staging: list[str] = []
+        lost: tuple[str, ...] = ()
         try:
             path = self.workdir(a)
             workdir = str(path) if path is not None else ""
@@ -148,6 +150,9 @@ class TaskRunner:
             raise
         except (StagingError, SecretError) as exc:
             outcome = Outcome(ResultStatus.ERROR, None, error=str(exc))
+            if isinstance(exc, StagingError) and exc.lost:
+                own = any(i.task == exc.lost and i.source_run in ("", a.run) for i in a.inputs)
+                lost = (exc.lost,) if own else ()
         except Exception as exc:
             log.exception("task %s/%s attempt %d failed inside the agent", a.run, a.task, a.attempt)
             outcome = Outcome(ResultStatus.ERROR, None, error=f"agent error: {type(exc).__name__}: {exc}")
@@ -169,6 +174,7 @@ class TaskRunner:
                     outputs=outputs,
                     value=outcome.value,
                     staging="; ".join(staging),
+                    lost_inputs=lost,
                 )
             )
 
@@ -253,7 +259,8 @@ class TaskRunner:
             if not item.url or not (item.token or item.url.startswith("ssh://")):
                 raise StagingError(
                     f"input {item.ref}: produced on another host by agent {item.source_agent!r}, which serves"
-                    " no data (no data server URL known) — configure its data_host/data_url, or relay it"
+                    " no data (no data server URL known) — configure its data_host/data_url, or relay it",
+                    lost=item.task,  # e.g. its agent is gone: the coordinator runs the producer again
                 )
             dest = input_root(workdir, item)
             wait = RELAY_WAIT if item.relay else 0.0
@@ -271,7 +278,9 @@ class TaskRunner:
                         )  # fmt: skip
                     except TransportError as exc:
                         via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""
-                        raise StagingError(f"input {item.ref}{via}: {exc}{_loopback_hint(item)}") from None
+                        raise StagingError(
+                            f"input {item.ref}{via}: {exc}{_loopback_hint(item)}", lost=item.task
+                        ) from None
                     ways.add("via the coordinator's relay" if item.relay else "over http")
             sources.add(item.source_agent)
             staged[item.ref] = str(dest / item.path)

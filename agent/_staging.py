@@ -20,6 +20,7 @@ from dagon.protocol import REFERENCE_RE, DagonError, OutputFile, StageInput
 from dagon.protocol.transport import MANIFEST_FILE
 
 __all__ = [
+    "CHECKPOINTS",
     "SCRATCH_MARKER",
     "StagingError",
     "check_input_path",
@@ -39,11 +40,20 @@ log = logging.getLogger(__name__)
 
 MAX_MANIFEST_FILES: Final = 10_000
 SCRATCH_MARKER: Final = ".dagon-scratch"
+CHECKPOINTS: Final = ".dagon-checkpoints"  # under the scratch root of a checkpoint store: others' checkpoints
 _GLOB_CHARS: Final = frozenset("*?[")
 
 
 class StagingError(DagonError):
-    """An input could not be staged; the message names the reference."""
+    """An input could not be staged; the message names the reference.
+
+    ``lost``: the producer task whose output is gone or corrupt (not a mistake in the
+    workflow): the coordinator runs it again instead of failing the consumer.
+    """
+
+    def __init__(self, message: str, *, lost: str = "") -> None:
+        super().__init__(message)
+        self.lost = lost
 
 
 def safe_component(name: str, what: str) -> str:
@@ -122,7 +132,7 @@ def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, m
             raise StagingError(f"input {ref}: the producer {item.task!r} reported no working directory")
         root = Path(item.source_dir).resolve()
         if not root.is_dir():
-            raise StagingError(f"input {ref}: the producer's directory {root} no longer exists")
+            raise StagingError(f"input {ref}: the producer's directory {root} no longer exists", lost=item.task)
         if not (root.parent.parent / SCRATCH_MARKER).is_file():
             # The directory comes from the producing agent's report: never read from
             # anywhere but a task directory of a dagon scratch root (e.g. not /etc).
@@ -137,7 +147,9 @@ def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, m
             candidate = root / item.path
             matches = [candidate] if candidate.exists() or candidate.is_symlink() else []
         if not matches:
-            raise StagingError(f"input {ref}: no such file in {item.task}'s output")
+            raise StagingError(f"input {ref}: no such file in {item.task}'s output", lost=item.task)
+        if item.verify:
+            verify_against_manifest(root, matches, ref, item.task)
         for src in matches:
             rel = src.relative_to(root)
             dst = dest_root / rel
@@ -184,6 +196,29 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_against_manifest(root: Path, paths: Iterable[Path], ref: str, task: str) -> None:
+    """Check files of a producer's directory against the sha256 manifest it wrote when it succeeded.
+
+    Used for outputs the coordinator has not seen produced in its lifetime (a resumed
+    run): a file that is missing from the manifest, changed or unreadable is lost.
+    """
+    try:
+        listed = {d["path"]: d for d in json.loads((root / ".dagon" / MANIFEST_FILE).read_text())}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StagingError(f"input {ref}: {task}'s output manifest cannot be read ({exc})", lost=task) from None
+    for path in paths:
+        files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            rel = file.relative_to(root).as_posix()
+            entry = listed.get(rel)
+            try:
+                ok = entry is not None and file.stat().st_size == entry["size"] and _sha256(file) == entry["sha256"]
+            except OSError:
+                ok = False
+            if not ok:
+                raise StagingError(f"input {ref}: {rel} does not match {task}'s output manifest", lost=task)
 
 
 def write_manifest(workdir: Path, outputs: Iterable[OutputFile]) -> None:

@@ -31,7 +31,7 @@ from dagon.core._placement import AgentView, LeastLoaded, Locality, Placement, u
 from dagon.core._refs import Reference, find_references
 from dagon.core._results import RunEvent, RunResult, TaskOutcome
 from dagon.core._states import LEGAL, RUN_TERMINAL, TERMINAL, RunState, TaskState
-from dagon.core._store import RunStore
+from dagon.core._store import RunStore, Store
 from dagon.core._telemetry import AgentTelemetry
 from dagon.core._trust import CoordinatorTrust
 
@@ -61,6 +61,7 @@ __all__ = [
     "RunEvent",
     "RunResult",
     "RunStore",
+    "Store",
     "RunNotFound",
     "RunState",
     "RunSubmitted",

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from typing import Any, Final, Self
 
 from dagon.core._checks import check_runtimes
 from dagon.core._engine import Engine
-from dagon.core._errors import ValidationError
+from dagon.core._errors import RunNotFound, ValidationError
 from dagon.core._events import (
     AgentAnnounced,
     AgentChanged,
@@ -56,7 +57,7 @@ from dagon.core._output import PublicOutput
 from dagon.core._placement import AgentView
 from dagon.core._results import RunEvent, RunResult, task_result_doc
 from dagon.core._states import TERMINAL, RunState, TaskState
-from dagon.core._store import RunStore
+from dagon.core._store import Store
 from dagon.core._telemetry import AgentTelemetry
 from dagon.core._trust import CoordinatorTrust
 from dagon.core._writer import StoreWriter
@@ -78,6 +79,8 @@ from dagon.protocol import (
     ProtocolError,
     Rejection,
     Rejections,
+    ResultsStored,
+    ResumeRun,
     RunId,
     Signer,
     StageInput,
@@ -105,6 +108,7 @@ _MAX_BATCH: Final = 2000  # assignments per message
 
 
 RELAY_KEEP: Final = 600.0  # seconds relayed outputs outlive their run
+INTERRUPTED: Final = "interrupted"  # stored state of a run whose in-process coordinator stopped
 
 
 def _remove_all(paths: list[Path]) -> None:
@@ -133,6 +137,8 @@ class Coordinator:
         coordinator_id: names the inbox topic agents and clients write to.
         store: run store (None: keep nothing on disk).
         heartbeat_ttl: seconds of silence after which an agent counts as lost.
+        requeue_grace: seconds a lost agent's attempts wait for it to come back before they
+            run elsewhere (0: at once; see ``Engine``).
         publish_results: publish retained per-task JSON results and events.
         max_message_size: limit for decoded messages.
         signer: signs every message to agents (assignments, cancellations, control).
@@ -143,6 +149,16 @@ class Coordinator:
             relay; inputs from agents announced as unreachable then cannot be staged).
         relay_host, relay_port: where the relay listens (loopback by default).
         relay_url: the URL agents use for it (default ``http://relay_host:port``).
+        ephemeral: the coordinator lives inside a client process (``dagon run``): when it
+            stops, runs it leaves unfinished are recorded as ``interrupted`` (``dagon resume``
+            continues them) instead of ``running`` (which a restarted service resumes).
+        relay_tls: serve the relay (and checkpoint storage) over HTTPS with this server
+            context (agents verify it with their ``data_tls_ca``).
+        checkpoint_dir: durable storage for the outputs of tasks marked ``checkpoint``
+            (default: ``checkpoints`` next to ``relay_dir``). When such a task succeeds its
+            agent uploads its outputs there (through the relay's server); consumers read them
+            from there once that agent is gone, so they are never regenerated. Never expired:
+            remove a finished run's directory when it is no longer needed.
     """
 
     def __init__(
@@ -150,8 +166,9 @@ class Coordinator:
         *,
         connect: Callable[[Will], Transport],
         coordinator_id: str = "main",
-        store: RunStore | None = None,
+        store: Store | None = None,
         heartbeat_ttl: float = 15.0,
+        requeue_grace: float = 0.0,
         publish_results: bool = True,
         max_message_size: int | None = None,
         engine: Engine | None = None,
@@ -162,6 +179,9 @@ class Coordinator:
         relay_host: str = "127.0.0.1",
         relay_port: int = 0,
         relay_url: str | None = None,
+        checkpoint_dir: Path | None = None,
+        relay_tls: ssl.SSLContext | None = None,
+        ephemeral: bool = False,
     ) -> None:
         if (signer is None or trust is None) and not insecure:
             raise ValueError(
@@ -169,7 +189,7 @@ class Coordinator:
                 " (see dagon._keys), or insecure=True for development"
             )
         self.id = coordinator_id
-        self.engine = engine or Engine(heartbeat_ttl=heartbeat_ttl)
+        self.engine = engine or Engine(heartbeat_ttl=heartbeat_ttl, requeue_grace=requeue_grace)
         self.store = store
         self.publish_results = publish_results
         codec_args: dict[str, Any] = {"sender": f"coordinator/{coordinator_id}", "signer": signer, "trust": trust}
@@ -183,17 +203,26 @@ class Coordinator:
         self.grant_ttl = DEFAULT_GRANT_TTL
         self._relay: DataServer | None = None
         self._relay_url = relay_url
+        if checkpoint_dir is None and relay_dir is not None:
+            checkpoint_dir = relay_dir.parent / "checkpoints"
+        self._checkpoint_dir = checkpoint_dir
+        self.engine.durable_checkpoints = relay_dir is not None
         if relay_dir is not None:
             own = {self._grant_signer.key_id: self._grant_signer.public_key}
             self._relay = DataServer(
                 authorize=lambda token: read_grant(token, own),
-                locate=lambda g: relay_dir / _safe(g.run) / f"{_safe(g.task)}-{g.attempt}",
+                locate=self._locate,
                 host=relay_host,
                 port=relay_port,
                 uploads=True,
+                tls=relay_tls,
             )
         self._uploads_asked: set[tuple[str, str, int, str]] = set()
+        # (run, task, attempt) of a checkpoint -> the agent storing its copy ("" = checkpoint_dir)
+        self._checkpoint_at: dict[tuple[str, str, int], str] = {}
         self._relay_dir = relay_dir
+        self._ephemeral = ephemeral
+        self._detached = False
         self._relay_finished: dict[RunId, float] = {}
         self._uploads: list[tuple[AgentId, UploadOutputs]] = []
         will = Will(
@@ -214,6 +243,8 @@ class Coordinator:
         )
         self._agents_changed = asyncio.Event()
         self._seen_ids: dict[str, None] = {}
+        # agent -> results received whose acknowledgement (ResultsStored) goes out once they are persisted
+        self._stored: defaultdict[AgentId, list[TaskRef]] = defaultdict(list)
         self._rejections = Rejections(log)
         self.rejections = self._rejections.counts
         self.metrics: Any = None  # a CoordinatorMetrics (dagon.core._metrics) once bound
@@ -226,6 +257,22 @@ class Coordinator:
 
     # -- lifecycle -----------------------------------------------------------
 
+    def _locate(self, grant: Grant) -> Path:
+        """Where the relay's server keeps an attempt's files: checkpoint storage or the relay."""
+        leaf = Path(_safe(grant.run)) / f"{_safe(grant.task)}-{grant.attempt}"
+        assert self._relay_dir is not None
+        if self._checkpoint_dir is not None and self._is_checkpoint(grant.run, grant.task, leaf):
+            return self._checkpoint_dir / leaf
+        return self._relay_dir / leaf
+
+    def _is_checkpoint(self, run: str, task: str, leaf: Path) -> bool:
+        view = self.engine.runs.get(RunId(run))
+        task_view = view.tasks.get(task) if view is not None else None
+        if task_view is not None:
+            return task_view.spec.checkpoint
+        assert self._checkpoint_dir is not None
+        return (self._checkpoint_dir / leaf).is_dir()  # a run no longer in memory
+
     @property
     def relay_url(self) -> str:
         """Where agents reach the relay ("" without one)."""
@@ -234,6 +281,8 @@ class Coordinator:
         return self._relay_url or self._relay.url
 
     async def __aenter__(self) -> Self:
+        if self.store is not None:
+            await self._restore_unfinished()
         if self._relay is not None:
             await self._relay.__aenter__()
         try:
@@ -258,11 +307,6 @@ class Coordinator:
                 self._tg.create_task(self._receive_loop(), name="coordinator-receive"),
                 self._tg.create_task(self._drive_loop(), name="coordinator-drive"),
                 self._tg.create_task(self._output.run(), name="coordinator-public"),
-                *(
-                    [self._tg.create_task(self._writer.run(), name="coordinator-store-writer")]
-                    if self._writer is not None
-                    else []
-                ),
                 self._tg.create_task(self._reannounce_loop(), name="coordinator-reannounce"),
             ]
         except BaseException:
@@ -301,8 +345,33 @@ class Coordinator:
                     q.put_nowait(None)
             await self._transport.__aexit__(et, e, tb)
 
+    async def detach(self) -> None:
+        """Stop acting on runs before the process it lives in shuts its agents down (``ephemeral``).
+
+        Runs still going are recorded as interrupted, and reports that arrive from now on
+        are ignored: agents stopping with the process cancel their tasks, and reacting to
+        that (requeueing, regenerating outputs of an agent that merely stopped) would only
+        rewrite the store with a picture of the shutdown instead of the run.
+        """
+        if self._detached:
+            return
+        self._detached = True
+        if self._writer is None:
+            return
+        now = time.time()
+        for run, view in self.engine.runs.items():
+            if view.state is RunState.RUNNING:
+                cause = f"{self.id} stopped before the run ended; 'dagon resume {run}' continues it"
+                self._writer.run_state(run, INTERRUPTED, cause, now)
+                log.warning("run %s interrupted: %s", run, cause)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._writer.commit()
+
     async def _flush(self) -> None:
         """Let queued public messages and store writes go out (bounded wait)."""
+        if self._ephemeral:
+            await self.detach()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self._output.drain()
@@ -327,9 +396,81 @@ class Coordinator:
         self.engine.check_references(workflow, graph)
         run = run_id or new_run_id(workflow.name)
         if self.store is not None:
-            await asyncio.to_thread(self.store.create_run, run, workflow.name, workflow.to_dict(), time.time())
+            options = {"keep_scratch": keep_scratch}
+            await asyncio.to_thread(
+                self.store.create_run, run, workflow.name, workflow.to_dict(), time.time(), options, self.id
+            )
         self._feed(RunSubmitted(run, workflow, graph, keep_scratch=keep_scratch))
         return run
+
+    async def _restore_unfinished(self) -> None:
+        """Resume this coordinator's runs the store records as running (it restarted; see dagon.core._recovery).
+
+        Only runs created by a coordinator of the same id: in-process coordinators of
+        clients (``dagon run``) have ids of their own and share a home's store without
+        taking over each other's runs; ``dagon resume RUN`` takes one over explicitly.
+
+        Runs are restored before the broker connection opens, so the first reports
+        and announcements already find them.
+        """
+        assert self.store is not None
+        ids = await asyncio.to_thread(self.store.unfinished_runs, self.id)
+        for run in ids:
+            await self._restore(RunId(run), reopen=False)
+
+    async def _restore(self, run: RunId, *, reopen: bool) -> bool:
+        assert self.store is not None
+        stored = await asyncio.to_thread(self.store.load, run)
+        if stored is None:
+            raise RunNotFound(run)
+        try:
+            workflow = Workflow.from_dict(stored.spec)
+            graph = workflow.graph(external=True)
+            commands, summary = self.engine.restore(
+                run, workflow, graph, stored.tasks, now=time.time(),
+                keep_scratch=bool(stored.options.get("keep_scratch")), reopen=reopen,
+            )  # fmt: skip
+        except ValidationError as exc:
+            log.error("run %s cannot be resumed: %s", run, exc)
+            if self._writer is not None:
+                self._writer.run_state(run, RunState.FAILED.value, f"cannot be resumed: {exc}", time.time())
+                await self._writer.commit()
+            return False
+        log.warning("%s run %s of workflow %s: %s", "reopened" if reopen else "resumed", run, workflow.name, summary)
+        self._pending.extend(commands)
+        self._wake.set()
+        return True
+
+    async def resume(self, run: RunId) -> RunId:
+        """Run again what did not succeed in a run of the store (``dagon resume``).
+
+        A run still in progress here is left alone; a run that ended has its failed,
+        cancelled and never-run tasks run again (new attempts), while its succeeded
+        tasks are kept as they are. Raises RunNotFound if the store has no such run.
+        """
+        view = self.engine.runs.get(run)
+        if view is not None and view.state is RunState.RUNNING:
+            return run
+        if self.store is None:
+            raise ValidationError("resuming needs a run store (this coordinator keeps none)")
+        record = await asyncio.to_thread(self.store.get_run, run)
+        if record is None:
+            raise RunNotFound(run)
+        self.engine.forget(run)
+        await asyncio.to_thread(self.store.reopen, run, self.id)
+        if not await self._restore(run, reopen=True):
+            raise ValidationError(f"run {run} cannot be resumed (see the coordinator's log)")
+        self._output.touch(run)
+        self._output.event(RunEvent(run, None, RunState.RUNNING.value, None, 0, None, "resumed", time.time()))
+        return run
+
+    async def _remote_resume(self, run: RunId) -> None:
+        try:
+            await self.resume(run)
+        except (RunNotFound, ValidationError) as exc:
+            self._output.rejected(run, f"cannot resume: {exc}")
+            self._wake.set()
+            log.warning("refused to resume run %s: %s", run, exc)
 
     async def cancel(self, run: RunId, reason: str = "cancelled by user") -> None:
         self.engine.run(run)  # raises RunNotFound
@@ -394,6 +535,8 @@ class Coordinator:
                 await asyncio.sleep(0)  # let drive/public loops run under sustained load
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if self._detached:
+            return
         parts = topic.split("/")
         if len(parts) == 5 and parts[2] == "agents":
             agent = AgentId(topics.unescape_level(parts[3]))
@@ -408,7 +551,8 @@ class Coordinator:
             elif parts[4] == "status" and isinstance(msg, Offline) and msg.agent == agent:
                 self._feed(AgentOffline(agent, msg.reason or "offline"))
             elif parts[4] == "telemetry" and isinstance(msg, Heartbeat) and msg.agent == agent:
-                self._pending.extend(self.engine.handle(AgentSeen(agent, held=msg.running), time.time()))
+                refs = frozenset(msg.held) if msg.complete else None
+                self._pending.extend(self.engine.handle(AgentSeen(agent, held=msg.running, refs=refs), time.time()))
                 self._wake.set()
             elif parts[4] == "telemetry" and isinstance(msg, Telemetry) and msg.agent == agent:
                 if self.telemetry.take(msg):  # raises ProtocolError on impossible figures
@@ -425,8 +569,10 @@ class Coordinator:
         engine = self.engine
         pending = self._pending
         if isinstance(msg, TasksFinished):
+            stored = self._stored[msg.agent]
             for result in msg.results:
                 pending.extend(engine.handle(TaskFinished(msg.agent, result), now))
+                stored.append(TaskRef(result.run, result.task, result.attempt))
         elif isinstance(msg, TasksStarted):
             for started in msg.tasks:
                 ref = TaskRef(started.run, started.task, started.attempt)
@@ -439,6 +585,9 @@ class Coordinator:
             return
         elif isinstance(msg, SubmitRun):
             self._remote_submit(msg)
+        elif isinstance(msg, ResumeRun):
+            if self._tg is not None:
+                self._tg.create_task(self._remote_resume(msg.run), name=f"coordinator-resume-{msg.run}")
         elif isinstance(msg, CancelRun):
             if msg.run in engine.runs:
                 pending.extend(engine.handle(RunCancelRequested(msg.run, msg.reason or "cancelled by client"), now))
@@ -468,7 +617,8 @@ class Coordinator:
             log.warning("rejected run %s: %s", msg.run, exc)
             return
         if self._writer is not None:
-            self._writer.create_run(msg.run, workflow.name, workflow.to_dict(), time.time())
+            options = {"keep_scratch": msg.keep_scratch}
+            self._writer.create_run(msg.run, workflow.name, workflow.to_dict(), time.time(), options, self.id)
         self._pending.extend(self.engine.handle(RunSubmitted(msg.run, workflow, graph, msg.keep_scratch), time.time()))
         log.info("accepted run %s of workflow %s (%d tasks)", msg.run, workflow.name, len(workflow))
 
@@ -498,6 +648,10 @@ class Coordinator:
 
     def _source(self, item: StageInput, producer: AgentView | None, run: RunId, token: str) -> StageInput:
         """The cheapest way to another host's output: its data server, else SFTP, else the relay."""
+        if (producer is None or not producer.online) and self._checkpointed(run, item.task):
+            stored = self._checkpoint_source(run, item.task, item.source_attempt)
+            if stored:
+                return dataclasses.replace(item, url=stored, token=token, relay=True)
         if producer is None:
             return item
         caps = producer.capabilities
@@ -526,6 +680,55 @@ class Coordinator:
         if item.relay:
             self._wake.set()  # the upload request goes out with the next drive pass
         return item
+
+    def _checkpointed(self, run: RunId, task: str) -> bool:
+        """Whether ``task``'s outputs go to checkpoint storage (which then serves them)."""
+        if not self._checkpoint_store_url() and (self._relay is None or self._checkpoint_dir is None):
+            return False
+        view = self.engine.runs.get(run)
+        task_view = view.tasks.get(task) if view is not None else None
+        return task_view is not None and task_view.spec.checkpoint
+
+    def _checkpoint_store_url(self, exclude: str = "") -> str:
+        """An online agent announcing itself as a checkpoint store (first by id), as ``id url``."""
+        for agent in sorted(self.engine.agents.values(), key=lambda a: a.id):
+            caps = agent.capabilities
+            if agent.online and caps.checkpoint_store and caps.reachable and caps.data_url and agent.id != exclude:
+                return f"{agent.id} {caps.data_url}"
+        return ""
+
+    def _checkpoint_source(self, run: RunId, task: str, attempt: int) -> str:
+        """The URL a checkpoint's copy is served at ("" if there is none)."""
+        holder = self._checkpoint_at.get((run, task, attempt))
+        if holder:  # an agent: only while it is online
+            agent = self.engine.agents.get(AgentId(holder))
+            return agent.capabilities.data_url if agent is not None and agent.online else ""
+        if holder == "" or (self._relay is not None and self._checkpoint_dir is not None):
+            return self.relay_url  # the coordinator's own checkpoint storage
+        return ""
+
+    def _save_checkpoint(self, run: RunId, task: str) -> None:
+        """A checkpoint task succeeded: have its agent upload every output to checkpoint storage —
+        an agent announcing itself as a checkpoint store if one is online, else the coordinator's
+        checkpoint directory."""
+        view = self.engine.runs[run].tasks[task]
+        agent = view.agent
+        key = (run, task, view.attempt, "*")
+        if agent is None or key in self._uploads_asked:
+            return
+        store = self._checkpoint_store_url(exclude=agent)
+        if store:
+            holder, url = store.split(" ", 1)
+        elif self._relay is not None and self._checkpoint_dir is not None:
+            holder, url = "", self.relay_url
+        else:
+            return
+        self._uploads_asked.add(key)
+        self._checkpoint_at[(run, task, view.attempt)] = holder
+        write = self.grant(run=run, task=task, attempt=view.attempt, path="*", audience=agent, op="write")
+        upload = UploadOutputs(run=run, task=TaskName(task), attempt=view.attempt, path="*", url=url, token=write)
+        self._uploads.append((agent, upload))
+        log.info("checkpoint %s/%s attempt %d goes to %s", run, task, view.attempt, holder or "this coordinator")
 
     def _through_relay(self, item: StageInput, run: RunId, token: str) -> StageInput:
         """The producer cannot be reached: ask it (once) to upload to the relay; the consumer pulls there."""
@@ -562,7 +765,7 @@ class Coordinator:
             if deadline is not None and deadline <= now:
                 commands.extend(engine.handle(Tick(), now))
             commands.extend(engine.schedule(now))
-            if commands or self._uploads:
+            if commands or self._uploads or self._stored:
                 await self._execute(commands, now)
 
     async def _execute(self, commands: list[Command], now: float) -> None:
@@ -580,16 +783,28 @@ class Coordinator:
                 self._on_run_transition(cmd)
             elif isinstance(cmd, AgentChanged):
                 log.info("agent %s %s (%s)", cmd.agent, "online" if cmd.online else "offline", cmd.reason)
+                self.engine.durable_checkpoints = bool(
+                    (self._relay is not None and self._checkpoint_dir is not None) or self._checkpoint_store_url()
+                )
                 self._agents_changed.set()
             elif isinstance(cmd, DeleteScratch):
                 delete[cmd.agent].append(cmd.ref)
             elif isinstance(cmd, TaskWaiting):
                 self._on_waiting(cmd)
+        stored, self._stored = self._stored, defaultdict(list)
+        if self._writer is not None:
+            # Write-ahead: nothing below leaves before the decisions behind it are in the store.
+            await self._writer.commit()
         self._output.flush(self.engine.runs, now)
         for agent, batch in assign.items():
+            waiting = stored.pop(agent, [])  # acknowledgements ride along (see AssignTasks)
+            acks = tuple(waiting[:_MAX_BATCH])
+            if waiting[_MAX_BATCH:]:
+                stored[agent] = waiting[_MAX_BATCH:]
             for i in range(0, len(batch), _MAX_BATCH):
-                for payload in self._encode_assignments(agent, batch[i : i + _MAX_BATCH]):
+                for payload in self._encode_assignments(agent, batch[i : i + _MAX_BATCH], acks):
                     await self._publisher.send(topics.agent_tasks(agent), payload)
+                acks = ()
         for agent, refs in cancel.items():
             payload = self.codec.encode(CancelTasks(tasks=tuple(refs), reason="run cancelled"))
             await self._publisher.send(topics.agent_tasks(agent), payload)
@@ -600,17 +815,23 @@ class Coordinator:
         uploads, self._uploads = self._uploads, []
         for agent, upload in uploads:
             await self._publisher.send(topics.agent_tasks(agent), self.codec.encode(upload))
-        if self._writer is not None:
-            self._writer.flush_soon()
+        for agent, refs in stored.items():
+            for i in range(0, len(refs), _MAX_BATCH):
+                payload = self.codec.encode(ResultsStored(tasks=tuple(refs[i : i + _MAX_BATCH])))
+                await self._publisher.send(topics.agent_tasks(agent), payload)
 
-    def _encode_assignments(self, agent: AgentId, batch: list[TaskAssignment]) -> list[bytes]:
+    def _encode_assignments(
+        self, agent: AgentId, batch: list[TaskAssignment], acks: tuple[TaskRef, ...] = ()
+    ) -> list[bytes]:
         """Encoded assignment messages; a task that cannot be encoded (e.g. over the
         message size limit) fails with the reason instead of stalling the others."""
         try:
-            return [self.codec.encode(AssignTasks(reply_to=self.id, tasks=tuple(batch)))]
+            return [self.codec.encode(AssignTasks(reply_to=self.id, tasks=tuple(batch), stored=acks))]
         except ProtocolError:
             pass
         payloads = []
+        if acks:
+            payloads.append(self.codec.encode(ResultsStored(tasks=acks)))
         for assignment in batch:
             try:
                 payloads.append(self.codec.encode(AssignTasks(reply_to=self.id, tasks=(assignment,))))
@@ -641,6 +862,8 @@ class Coordinator:
             notify(self.listeners, "task_changed", t, self.engine.runs[run].tasks[t.task])
         if t.new in TERMINAL:
             view = self.engine.runs[run].tasks[t.task]
+            if t.new is TaskState.SUCCEEDED and view.spec.checkpoint and self._checkpointed(run, t.task):
+                self._save_checkpoint(run, t.task)
             if self.metrics is not None:
                 self.metrics.task_ended(view)
             if self._writer is None and not self.publish_results:

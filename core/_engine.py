@@ -45,6 +45,7 @@ from dagon.core._gc import ScratchGC
 from dagon.core._linking import Linking, producer_of
 from dagon.core._model import Graph, Task, Workflow
 from dagon.core._placement import AgentView, Locality, Placement
+from dagon.core._recovery import Recovery
 from dagon.core._states import LEGAL, TERMINAL, RunState, TaskState
 from dagon.protocol import (
     AgentId,
@@ -75,7 +76,9 @@ class TaskView:
         "exit_code",
         "finished_at",
         "host",
+        "inherited",
         "lost",
+        "restored",
         "result",
         "run",
         "spec",
@@ -102,6 +105,8 @@ class TaskView:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.lost = 0
+        self.restored = False  # its success was read from the run store, not seen by this engine
+        self.inherited = False  # its current attempt was dispatched before this engine started
 
     @property
     def name(self) -> str:
@@ -127,7 +132,7 @@ class RunView:
     scratch_peak: dict[str, int] = field(default_factory=dict)
 
 
-class Engine(Linking):
+class Engine(Linking, Recovery):
     """Holds every active run and decides what happens next.
 
     Args:
@@ -137,6 +142,10 @@ class Engine(Linking):
         lost_assignment_grace: seconds after which a dispatched attempt that an
             idle agent (heartbeat: holds nothing) never started is sent again.
         rng: randomness for retry jitter (seed it in tests).
+        requeue_grace: seconds the attempts of a lost agent wait for it to come back before
+            they run elsewhere (0: at once). An agent cut off the broker keeps running its
+            tasks and delivers their results when it reconnects; within the grace period they
+            are used, and nothing runs twice.
     """
 
     def __init__(
@@ -147,6 +156,7 @@ class Engine(Linking):
         max_lost: int = 3,
         lost_assignment_grace: float = 30.0,
         rng: random.Random | None = None,
+        requeue_grace: float = 0.0,
     ) -> None:
         if heartbeat_ttl <= 0:
             raise ValueError("heartbeat_ttl must be positive")
@@ -154,6 +164,9 @@ class Engine(Linking):
         self.heartbeat_ttl = heartbeat_ttl
         self.max_lost = max_lost
         self.lost_assignment_grace = lost_assignment_grace
+        if requeue_grace < 0:
+            raise ValueError("requeue_grace must be >= 0")
+        self.requeue_grace = requeue_grace
         self._rng = rng or random.Random()
         self.runs: dict[RunId, RunView] = {}
         self.agents: dict[AgentId, AgentView] = {}
@@ -165,6 +178,10 @@ class Engine(Linking):
         self.ignored_reports = 0
         self._named: dict[str, RunId] = {}  # workflow name -> its latest run (meta-workflow references)
         self.gc = ScratchGC()  # reference counts of workflow:// consumers, scratch footprints
+        self._init_recovery()
+        # Outputs of ``checkpoint`` tasks are copied to durable storage (the coordinator sets
+        # this when it has some): they are not regenerated when their agent is lost.
+        self.durable_checkpoints = False
 
     # -- queries -------------------------------------------------------------
 
@@ -181,6 +198,9 @@ class Engine(Linking):
     def next_deadline(self) -> float | None:
         """When :class:`Tick` next has something to do (None: nothing pending)."""
         deadline = self._timers[0][0] if self._timers else None
+        due = self.orphans_due
+        if due is not None:
+            deadline = due if deadline is None else min(deadline, due)
         for agent in self.agents.values():
             if agent.online:
                 due = agent.last_seen + self.heartbeat_ttl
@@ -207,7 +227,10 @@ class Engine(Linking):
                 agent = self.agents.get(event.agent)
                 if agent is not None:
                     agent.last_seen = now
-                    if event.held == 0 and agent.inflight:
+                    if event.refs is not None:
+                        if agent.inflight:
+                            self._reconcile(agent, event.refs)
+                    elif event.held == 0 and agent.inflight:
                         self._reclaim_lost_assignments(agent)
             case RunSubmitted():
                 self._on_submit(event)
@@ -273,6 +296,7 @@ class Engine(Linking):
         if not agent.online:
             agent.online = True
             self._out.append(AgentChanged(event.agent, True, "announced"))
+        self._adopt(agent)
 
     def _on_started(self, event: TaskStarted) -> None:
         view = self._current(event.ref, event.agent)
@@ -303,11 +327,10 @@ class Engine(Linking):
         if status is ResultStatus.SUCCEEDED:
             staging = f"; {result.staging}" if result.staging else ""
             self._move(view, _S.SUCCEEDED, f"exit code {result.exit_code} on {event.agent}{staging}")
-            for child in view.dependents:
-                child.waiting -= 1
-                if child.waiting == 0 and child.state is _S.PENDING:
-                    self._make_ready(child, "dependencies succeeded")
+            self._release(view)
             self._out.extend(self.gc.succeeded(view, sum(f.size for f in result.outputs), self._linked))
+            return
+        if result.lost_inputs and self._inputs_lost(view, result.lost_inputs, event.agent):
             return
         if status is ResultStatus.CANCELLED:
             # We did not ask for it (run cancellation moves tasks first), so the
@@ -324,6 +347,13 @@ class Engine(Linking):
             heapq.heappush(self._timers, (self._now + delay, self._seq, view, view.attempt))
             return
         self._fail(view, why)
+
+    def _release(self, view: TaskView) -> None:
+        """``view`` succeeded: a dependent whose last dependency it was becomes ready."""
+        for child in view.dependents:
+            child.waiting -= 1
+            if child.waiting == 0 and child.state is _S.PENDING:
+                self._make_ready(child, "dependencies succeeded")
 
     def _on_rejected(self, event: TaskRejected) -> None:
         rejection = event.rejection
@@ -347,6 +377,7 @@ class Engine(Linking):
             _, _, view, attempt = heapq.heappop(self._timers)
             if view.state is _S.RETRY_WAIT and view.attempt == attempt:
                 self._make_ready(view, f"retrying (attempt {attempt + 1})")
+        self._orphans_tick()
         for agent in list(self.agents.values()):
             if agent.online and now - agent.last_seen > self.heartbeat_ttl:
                 self._agent_lost(agent.id, f"no heartbeat for {now - agent.last_seen:.0f} s")
@@ -443,6 +474,7 @@ class Engine(Linking):
 
     def _dispatch(self, view: TaskView, agent: AgentView) -> None:
         view.attempt += 1
+        view.inherited = False
         view.dispatched_at = self._now
         view.agent = agent.id
         view.host = agent.capabilities.host_id
@@ -462,6 +494,7 @@ class Engine(Linking):
                     source_dir=producer.workdir,
                     source_run=producer.run.id,
                     source_attempt=producer.attempt,
+                    verify=producer.restored,
                 )
             )
         assignment = TaskAssignment(
@@ -530,9 +563,15 @@ class Engine(Linking):
         after a broker restart). Reports still in flight are fenced if they come."""
         cutoff = self._now - self.lost_assignment_grace
         for ref, view in list(agent.inflight.items()):
-            if view.state is _S.DISPATCHED and view.attempt == ref.attempt and view.dispatched_at < cutoff:
+            # An attempt inherited from before a restart that the agent does not hold is lost
+            # even if it had started.
+            current = view.attempt == ref.attempt and view.dispatched_at < cutoff
+            if current and (view.state is _S.DISPATCHED or view.inherited):
                 del agent.inflight[ref]
-                self._requeue(view, f"assignment never reached agent {agent.id}")
+                if view.inherited:
+                    self._requeue(view, f"agent {agent.id} does not hold it any more")
+                else:
+                    self._requeue(view, f"assignment never reached agent {agent.id}")
 
     def _agent_lost(self, agent_id: AgentId, reason: str) -> None:
         agent = self.agents.get(agent_id)
@@ -540,10 +579,14 @@ class Engine(Linking):
             return
         agent.online = False
         self._out.append(AgentChanged(agent_id, False, reason))
+        if self.requeue_grace > 0:
+            self._wait_for_return(agent, reason)
+            return
         inflight, agent.inflight = agent.inflight, {}
         for ref, view in inflight.items():
             if view.attempt == ref.attempt and view.agent == agent_id and view.state in _ACTIVE:
                 self._requeue(view, f"agent {agent_id} lost ({reason})")
+        self._regenerate_lost_with(agent_id, reason)
 
     def _move(self, view: TaskView, new: TaskState, cause: str) -> None:
         old = view.state

@@ -69,6 +69,8 @@ class AgentSeen:
 
     agent: AgentId
     held: int | None = None
+    # every attempt the agent holds, when its heartbeat lists them all (see Heartbeat.complete)
+    refs: frozenset[TaskRef] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,9 @@ class Task:
         arch: the agent's machine architecture must be this (e.g. ``x86_64``, ``aarch64``; "" = any).
         colocate: run on the same agent as this task (which becomes a dependency).
         keep: a declared workflow output: its scratch directory is never garbage-collected.
-        checkpoint: the task's output is a checkpoint: kept like ``keep``.
+        checkpoint: the task's output is a checkpoint: kept like ``keep``, and copied to the
+            coordinator's checkpoint storage when it succeeds, so consumers (and resumed runs)
+            still get it after its agent is gone instead of running the task again.
     """
 
     name: str

@@ -228,6 +228,7 @@ def task_result_doc(view: TaskView) -> dict[str, Any]:
         "state": out.state.value,
         "attempt": out.attempt,
         "agent": out.agent,
+        "host": view.host,
         "exit_code": out.exit_code,
         "duration": out.duration,
         "cpu_time": out.cpu_time,

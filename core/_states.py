@@ -33,13 +33,17 @@ RUN_TERMINAL: Final = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.C
 _S = TaskState
 LEGAL: Final[dict[TaskState, frozenset[TaskState]]] = {
     _S.PENDING: frozenset({_S.READY, _S.UPSTREAM_FAILED, _S.CANCELLED}),
-    _S.READY: frozenset({_S.DISPATCHED, _S.FAILED, _S.CANCELLED}),
+    # READY -> PENDING: a dependency is being regenerated (its outputs were lost).
+    _S.READY: frozenset({_S.DISPATCHED, _S.FAILED, _S.CANCELLED, _S.PENDING}),
     # DISPATCHED -> SUCCEEDED/FAILED: a short task's "started" report may travel
     # in the same batch as its result. -> READY: refused by or lost with its agent.
-    _S.DISPATCHED: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.RETRY_WAIT, _S.READY, _S.CANCELLED}),
-    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.RETRY_WAIT, _S.READY, _S.CANCELLED}),
+    # -> PENDING: its inputs were lost; it waits for their producers to run again.
+    _S.DISPATCHED: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.RETRY_WAIT, _S.READY, _S.CANCELLED, _S.PENDING}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.RETRY_WAIT, _S.READY, _S.CANCELLED, _S.PENDING}),
     _S.RETRY_WAIT: frozenset({_S.READY, _S.CANCELLED}),
-    _S.SUCCEEDED: frozenset(),
+    # SUCCEEDED -> READY: its outputs were lost (with their agent, or failed their sha256
+    # check) while a consumer still needs them: it runs again (see dagon.core._recovery).
+    _S.SUCCEEDED: frozenset({_S.READY}),
     _S.FAILED: frozenset(),
     _S.CANCELLED: frozenset(),
     _S.UPSTREAM_FAILED: frozenset(),

@@ -14,9 +14,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["RunRecord", "RunStore", "TaskRecord"]
+__all__ = ["RunRecord", "RunStore", "Store", "StoredRun", "TaskRecord"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -26,7 +26,9 @@ CREATE TABLE IF NOT EXISTS runs (
     state TEXT NOT NULL,
     cause TEXT NOT NULL DEFAULT '',
     submitted_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    options TEXT NOT NULL DEFAULT '{}',
+    coordinator TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS tasks (
     run TEXT NOT NULL,
@@ -72,6 +74,48 @@ class TaskRecord:
     result: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """What a coordinator needs to resume a run: its spec, options and every task's last state."""
+
+    record: RunRecord
+    spec: dict[str, Any]
+    options: dict[str, Any]
+    # task -> (state, attempt, agent, cause, result document or None)
+    tasks: dict[str, tuple[str, int, str | None, str, dict[str, Any] | None]]
+
+
+class Store(Protocol):
+    """What a coordinator needs of a run store (:class:`RunStore` is the SQLite one).
+
+    Another backend implements these methods with the same meaning. ``write`` must be
+    atomic (all of a batch or nothing) and durable once it returns: the coordinator acts
+    on a decision only after the batch recording it was written. Calls come from one
+    thread at a time, either the event loop (small batches) or a worker thread.
+    """
+
+    path: str
+
+    def create_run(
+        self, run: str, workflow: str, spec: dict[str, Any], submitted_at: float,
+        options: dict[str, Any] | None = None, coordinator: str = "",
+    ) -> None: ...  # fmt: skip
+    def write(
+        self,
+        *,
+        transitions: Sequence[Transition] = (),
+        tasks: Sequence[TaskRow] = (),
+        runs: Iterable[tuple[str, str, str, float | None]] = (),
+    ) -> None: ...
+    def unfinished_runs(self, coordinator: str) -> list[str]: ...
+    def load(self, run: str) -> StoredRun | None: ...
+    def reopen(self, run: str, coordinator: str) -> None: ...
+    def get_run(self, run: str) -> RunRecord | None: ...
+    def list_runs(self, limit: int = 50) -> list[RunRecord]: ...
+    def checkpoint(self) -> None: ...
+    def close(self) -> None: ...
+
+
 def _columns(n: int) -> str:
     return ", ".join(f"json_extract(value, '$[{i}]')" for i in range(n))
 
@@ -100,17 +144,95 @@ class RunStore:
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The coordinator commits small batches from its event loop (tens of microseconds); the
+        # occasional WAL checkpoint, which copies pages and syncs, runs in a worker thread on a
+        # second connection instead (see checkpoint()).
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._ckpt: sqlite3.Connection | None = None
+        self._ckpt_lock = threading.Lock()
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older dagon up to this schema (columns are only added)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "options" not in columns:
+            self._db.execute("ALTER TABLE runs ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
+        if "coordinator" not in columns:
+            self._db.execute("ALTER TABLE runs ADD COLUMN coordinator TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._ckpt_lock, self._lock:
+            if self._ckpt is not None:
+                self._ckpt.close()
+                self._ckpt = None
+            self._db.close()  # the last connection to close checkpoints what is left
 
-    def create_run(self, run: str, workflow: str, spec: dict[str, Any], submitted_at: float) -> None:
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database (call from a worker thread)."""
+        if self.path == ":memory:":
+            return
+        with self._ckpt_lock:
+            if self._ckpt is None:
+                self._ckpt = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def create_run(
+        self,
+        run: str,
+        workflow: str,
+        spec: dict[str, Any],
+        submitted_at: float,
+        options: dict[str, Any] | None = None,
+        coordinator: str = "",
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO runs (id, workflow, spec, state, submitted_at) VALUES (?, ?, ?, 'running', ?)",
-                (run, workflow, json.dumps(spec), submitted_at),
+                "INSERT INTO runs (id, workflow, spec, state, submitted_at, options, coordinator)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                (run, workflow, json.dumps(spec), submitted_at, json.dumps(options or {}), coordinator),
+            )
+
+    def unfinished_runs(self, coordinator: str) -> list[str]:
+        """Ids of ``coordinator``'s runs still recorded as running (oldest first): what it resumes on restart."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM runs WHERE state='running' AND coordinator=? ORDER BY submitted_at", (coordinator,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def load(self, run: str) -> StoredRun | None:
+        """A run's spec and each task's latest state (from its last transition and stored result)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, workflow, state, cause, submitted_at, finished_at, spec, options FROM runs WHERE id=?",
+                (run,),
+            ).fetchone()
+            if row is None:
+                return None
+            last = self._db.execute(
+                "SELECT task, new, attempt, agent, cause FROM transitions WHERE rowid IN"
+                " (SELECT max(rowid) FROM transitions WHERE run=? GROUP BY task)",
+                (run,),
+            ).fetchall()
+            results = self._db.execute("SELECT name, state, attempt, result FROM tasks WHERE run=?", (run,)).fetchall()
+        tasks: dict[str, tuple[str, int, str | None, str, dict[str, Any] | None]] = {
+            task: (state, attempt, agent, cause, None) for task, state, attempt, agent, cause in last
+        }
+        for name, state, attempt, result in results:
+            old = tasks.get(name)
+            if old is None or (old[0], old[1]) == (state, attempt):
+                doc = json.loads(result) if result else None
+                tasks[name] = (state, attempt, old[2] if old else None, old[3] if old else "", doc)
+        record = RunRecord(*row[:6])
+        return StoredRun(record, json.loads(row[6]), json.loads(row[7] or "{}"), tasks)
+
+    def reopen(self, run: str, coordinator: str) -> None:
+        """Mark a run as running again under ``coordinator`` (``dagon resume``)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE runs SET state='running', cause='resumed', finished_at=NULL, coordinator=? WHERE id=?",
+                (coordinator, run),
             )
 
     def write(

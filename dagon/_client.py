@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -32,7 +33,17 @@ from dagon.agent import host_id
 from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workflow
 from dagon.core._coordinator import new_run_id
 from dagon.core._store import RunStore
-from dagon.protocol import CancelRun, Codec, DagonError, RunId, Signer, SubmitRun, TransportError, topics
+from dagon.protocol import (
+    CancelRun,
+    Codec,
+    DagonError,
+    ResumeRun,
+    RunId,
+    Signer,
+    SubmitRun,
+    TransportError,
+    topics,
+)
 from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, covered_files, pull
 
 __all__ = ["Client", "RunHandle", "connect"]
@@ -102,6 +113,7 @@ class Client:
         mqtt_protocol: str | None = None,
         agent_slots: int | None = None,
         heartbeat_ttl: float = 15.0,
+        requeue_grace: float = 0.0,
         publish_results: bool = True,
         insecure: bool | None = None,
         mqtt_auth: MqttAuth | None = None,
@@ -121,6 +133,7 @@ class Client:
         self._protocol = mqtt_protocol or ("3.1.1" if self.embedded else os.environ.get("DAGON_MQTT_PROTOCOL", "5"))
         self._agent_slots = agent_slots
         self._heartbeat_ttl = heartbeat_ttl
+        self._requeue_grace = requeue_grace
         self._publish_results = publish_results
         self._stack = AsyncExitStack()
         self.coordinator: Coordinator | None = None
@@ -170,11 +183,13 @@ class Client:
                     coordinator_id=coordinator_id,
                     store=store,
                     heartbeat_ttl=self._heartbeat_ttl,
+                    requeue_grace=self._requeue_grace,
                     publish_results=self._publish_results,
                     signer=signer,
                     trust=trust,
                     insecure=self.insecure,
                     relay_dir=self.home / "relay",
+                    ephemeral=True,
                 )
             )
             if self.embedded:
@@ -188,6 +203,8 @@ class Client:
                     insecure=self.insecure,
                     scratch=self._agent_scratch,
                 )
+                # Closed in reverse: the coordinator detaches before the agent above shuts down.
+                self._stack.push_async_callback(self.coordinator.detach)
                 async with asyncio.timeout(30):
                     await self.coordinator.wait_for_agents(1)
             return
@@ -274,6 +291,23 @@ class Client:
         await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
         return RunHandle(self, run, workflow.name)
 
+    async def resume(self, run: str) -> RunHandle:
+        """Run again what did not succeed in ``run`` (from the run store), keeping what succeeded.
+
+        In-process, the run is taken from this home's store (a run of an interrupted
+        ``dagon run``, or one that failed); with ``coordinator=``, the standalone
+        coordinator resumes a run of its own store.
+        """
+        if self.coordinator is not None:
+            resumed = await self.coordinator.resume(RunId(run))
+            return RunHandle(self, resumed, self.coordinator.engine.run(resumed).workflow.name)
+        assert self._transport is not None and self._remote is not None and self._codec is not None
+        assert self.coordinator_id is not None
+        await self._remote.track(RunId(run), since=time.time())
+        payload = self._codec.encode(ResumeRun(run=RunId(run)))
+        await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
+        return RunHandle(self, RunId(run), "")
+
     async def attach(self, run: str) -> RunHandle:
         """A handle on an existing run (remote mode: followed on its public topics)."""
         if self.coordinator is not None:
@@ -312,6 +346,7 @@ def connect(
     mqtt_protocol: str | None = None,
     agent_slots: int | None = None,
     heartbeat_ttl: float = 15.0,
+    requeue_grace: float = 0.0,
     publish_results: bool = True,
     insecure: bool | None = None,
     mqtt_auth: MqttAuth | None = None,
@@ -328,7 +363,9 @@ def connect(
         home: where local state lives (default ``$DAGON_HOME``).
         mqtt_protocol: ``"5"`` or ``"3.1.1"`` (default 5; 3.1.1 for the embedded broker).
         agent_slots: slots of the embedded agent (default: CPU count).
-        heartbeat_ttl: seconds of agent silence before its tasks are requeued.
+        heartbeat_ttl: seconds of agent silence before it counts as lost.
+        requeue_grace: seconds a lost agent's tasks wait for it to reconnect before they are
+            requeued (default 0: at once).
         publish_results: publish public JSON task results and events (in-process
             coordinator only; run status is always published).
         insecure: neither sign nor verify messages (development only; default
@@ -347,6 +384,7 @@ def connect(
         mqtt_protocol=mqtt_protocol,
         agent_slots=agent_slots,
         heartbeat_ttl=heartbeat_ttl,
+        requeue_grace=requeue_grace,
         publish_results=publish_results,
         insecure=insecure,
         mqtt_auth=mqtt_auth,

@@ -41,6 +41,7 @@ class _RunState:
     results: dict[str, TaskOutcome] = field(default_factory=dict)
     watchers: list[asyncio.Queue[RunEvent | None]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    since: float = 0.0  # a status of a run that ended before this is old (the run was resumed)
 
     @property
     def finished(self) -> bool:
@@ -54,10 +55,13 @@ class RemoteRuns:
         self._transport = transport
         self._runs: dict[str, _RunState] = {}
 
-    async def track(self, run: RunId) -> None:
+    async def track(self, run: RunId, *, since: float = 0.0) -> None:
+        """Follow ``run``; ``since``: ignore the retained end of an earlier life of it (resumed runs)."""
         if run in self._runs:
+            self._runs[run].since = max(self._runs[run].since, since)
+            self._runs[run].status = None
             return
-        self._runs[run] = _RunState()
+        self._runs[run] = _RunState(since=since)
         await self._transport.subscribe(topics.run_status(run), topics.run_events(run), topics.run_task_results(run))
 
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -70,7 +74,11 @@ class RemoteRuns:
             return
         try:
             if parts[4] == "status":
-                state.status = decode_public(payload, schema=SCHEMA_RUN_STATUS)
+                doc = decode_public(payload, schema=SCHEMA_RUN_STATUS)
+                ended = doc.get("finished_at")
+                if state.since and doc.get("state") != "rejected" and isinstance(ended, float) and ended < state.since:
+                    return  # how the run ended before it was resumed
+                state.status = doc
                 if state.finished:
                     for q in state.watchers:
                         q.put_nowait(None)

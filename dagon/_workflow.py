@@ -10,9 +10,11 @@ progress without the script knowing.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -66,7 +68,8 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
         config_file: a ``dagon.ini`` (read if it exists; see :mod:`dagon._ini`).
         max_threads: accepted for DAGonStar scripts; concurrency is the agents' slots.
         jsonload: a document from :meth:`as_json` (or a JSON file) to load the tasks from.
-        checkpoint_file: accepted for DAGonStar scripts; resuming is the run store's job.
+        checkpoint_file: a file recording which run this is (JSON, written at submission),
+            so that ``run(resume_checkpoint_file=...)`` can resume it after a crash.
         configure_logging: apply the ini file's ``logging.config`` sections (off: dagon
             never reconfigures a script's logging behind its back).
     """
@@ -159,8 +162,10 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
         """Run to completion and return the result (blocking; for scripts).
 
         Args:
-            resume_checkpoint_file: DAGonStar's checkpoint file; only an absent or empty one
-                is accepted (resuming is not implemented yet).
+            resume_checkpoint_file: DAGonStar's checkpoint file: if it names a run (written by an
+                earlier ``run()`` with it or with ``checkpoint_file``), that run is resumed from the
+                run store — its succeeded tasks are kept, the rest runs; if it is absent or empty,
+                the workflow runs afresh and the file is written for next time.
             broker: MQTT URL; default ``$DAGON_BROKER``, else the embedded default.
             dry_run: validate and print the plan only; nothing runs, nothing is written
                 (also ``set_dry(True)`` and ``dagon run --dry-run``).
@@ -184,14 +189,8 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
             if ctx is not None:
                 ctx.planned += 1
             return None
-        if (
-            resume_checkpoint_file
-            and os.path.isfile(resume_checkpoint_file)
-            and os.path.getsize(resume_checkpoint_file)
-        ):
-            raise DagonError(
-                f"resuming from checkpoint file {resume_checkpoint_file!r} is not supported yet; run without it"
-            )
+        checkpoint = resume_checkpoint_file or self.checkpoint_file
+        resume_run = read_checkpoint(Path(resume_checkpoint_file), self.name) if resume_checkpoint_file else None
         broker = broker or (ctx.broker if ctx is not None else None)
         show = progress if progress is not None else ctx is not None and ctx.progress
         home = ctx.home if ctx is not None else None
@@ -217,6 +216,8 @@ class Workflow(DagonStarAPI, _CoreWorkflow):
                 fetch_to=ctx.fetch_outputs if ctx is not None else None,
                 # DAGonStar keeps every task directory unless its ini says remove_dir
                 keep_scratch=keep_scratch or (self._dagonstar and not self.ini.remove_dir),
+                resume_run=resume_run,
+                checkpoint=Path(checkpoint) if checkpoint else None,
             )
         )
         if ctx is not None:
@@ -237,13 +238,20 @@ async def _run(
     slots: int | None = None,
     fetch_to: Path | None = None,
     keep_scratch: bool = False,
+    resume_run: str | None = None,
+    checkpoint: Path | None = None,
 ) -> RunResult:
     workflow.graph(external=True)  # fail on an invalid workflow before starting anything
     async with connect(
         broker, home=home, agent_scratch=scratch, agent_slots=slots, keep_scratch=keep_scratch
     ) as client:
         await _check_runtimes(client.coordinator, workflow)
-        handle = await client.submit(workflow)
+        if resume_run is not None:
+            handle = await client.resume(resume_run)
+        else:
+            handle = await client.submit(workflow)
+        if checkpoint is not None:
+            await asyncio.to_thread(write_checkpoint, checkpoint, handle.id, workflow.name, client.home)
         if not progress:
             result = await handle.wait()
         else:
@@ -254,6 +262,37 @@ async def _run(
         if fetch_to is not None:
             await fetch_final_outputs(handle, workflow, result, fetch_to)
         return result
+
+
+def read_checkpoint(path: Path, workflow: str) -> str | None:
+    """The run a DAGonStar checkpoint file names (None: no file, or an empty one: start afresh)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DagonError(f"cannot read checkpoint file {path}: {exc}") from None
+    if not text.strip():
+        return None
+    try:
+        doc = json.loads(text)
+        run, named = str(doc["run"]), str(doc.get("workflow", workflow))
+    except (ValueError, KeyError, TypeError):
+        raise DagonError(
+            f"checkpoint file {path} was not written by dagon (expected JSON with a 'run' id);"
+            " remove it to start afresh"
+        ) from None
+    if named != workflow:
+        raise DagonError(f"checkpoint file {path} is of workflow {named!r}, not {workflow!r}; use another file")
+    return run
+
+
+def write_checkpoint(path: Path, run: str, workflow: str, home: Path) -> None:
+    """Record which run to resume (atomically: a crash never leaves half a file)."""
+    doc = {"run": run, "workflow": workflow, "home": str(home), "written_at": time.time()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 async def fetch_final_outputs(handle: Any, workflow: _CoreWorkflow, result: RunResult, dest: Path) -> None:

@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         help="other hosts cannot connect here (NAT): outputs needed elsewhere go through the coordinator's relay",
     )  # fmt: skip
     p.add_argument(
+        "--checkpoint-store", action="store_true", default=None,
+        help="keep copies of checkpoint tasks' outputs for the coordinator (needs the data server)",
+    )  # fmt: skip
+    p.add_argument(
         "--insecure",
         action="store_true",
         default=None,
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return _keys_main(argv)
     args = _parser().parse_args(argv)
     names = ("broker", "id", "scratch", "labels", "slots", "run_as", "data_host", "data_port", "data_url")
-    flags = {name: getattr(args, name) for name in (*names, "reachable", "runtimes")}
+    flags = {name: getattr(args, name) for name in (*names, "reachable", "runtimes", "checkpoint_store")}
     flags.update(metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     try:
         config = load_agent_config(config_file=args.config, env=os.environ, flags=flags)

@@ -14,6 +14,7 @@ import logging
 import os
 import runpy
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -89,9 +90,19 @@ def _parser() -> argparse.ArgumentParser:
     broker_arg(coord)
     coord.add_argument("--id", default="main", help="coordinator id (default: main)")
     coord.add_argument("--heartbeat-ttl", type=float, default=15.0, help="seconds before a silent agent is lost")
+    coord.add_argument(
+        "--requeue-grace", type=float, default=0.0,
+        help="seconds a lost agent's tasks wait for it to reconnect before running elsewhere (default: 0)",
+    )  # fmt: skip
     coord.add_argument("--relay-host", default="127.0.0.1", help="address the data relay binds (default: loopback)")
     coord.add_argument("--relay-port", type=int, default=0, help="data relay port (default: any free one)")
     coord.add_argument("--relay-url", help="URL agents use for the relay (default: http://RELAY_HOST:PORT)")
+    coord.add_argument(
+        "--relay-tls-cert", type=Path,
+        help="serve the relay and checkpoint storage over HTTPS with this certificate (with --relay-tls-key;"
+        " agents verify it with their data_tls_ca)",
+    )  # fmt: skip
+    coord.add_argument("--relay-tls-key", type=Path, help="private key of --relay-tls-cert")
     coord.add_argument(
         "--enrolled-agents-only",
         action="store_true",
@@ -131,6 +142,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("run")
     broker_arg(status)
     status.add_argument("--json", action="store_true")
+
+    resume = sub.add_parser(
+        "resume", help="run again what did not succeed in a run (interrupted, failed or cancelled), keeping the rest"
+    )
+    resume.add_argument("run")
+    broker_arg(resume)
+    resume.add_argument(
+        "--coordinator", help="have this standalone coordinator resume a run of its store (default: this process)"
+    )
+    insecure_arg(resume)
 
     gc = sub.add_parser("gc", help="remove leftovers of finished runs from the agents' scratch roots")
     broker_arg(gc)
@@ -181,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _cmd_submit,
         "coordinator": _cmd_coordinator,
         "status": _cmd_status,
+        "resume": _cmd_resume,
         "runs": _cmd_runs,
         "agents": _cmd_agents,
         "broker": _cmd_broker,
@@ -333,6 +355,19 @@ def _require_broker(args: argparse.Namespace, what: str) -> str:
     return broker
 
 
+def _relay_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise DagonError("--relay-tls-cert and --relay-tls-key go together: pass both, or neither for plain HTTP")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise DagonError(f"cannot load the relay certificate {cert} with key {key}: {exc}") from None
+    return context
+
+
 def _cmd_coordinator(args: argparse.Namespace) -> int:
     from dagon.core import Coordinator
     from dagon.core._store import RunStore
@@ -352,6 +387,8 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         log.warning("coordinator key %s", fingerprint(signer.public_key))
     sink = _mongo_sink(args)  # a missing pymongo or a bad URL fails here, before anything starts
 
+    relay_tls = _relay_tls(args.relay_tls_cert, args.relay_tls_key)
+
     async def start(stop: asyncio.Event) -> None:
         store = RunStore(home / "runs.sqlite")
         try:
@@ -362,12 +399,14 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                 coordinator_id=args.id,
                 store=store,
                 heartbeat_ttl=args.heartbeat_ttl,
+                requeue_grace=args.requeue_grace,
                 signer=signer,
                 trust=trust,
                 insecure=insecure,
                 relay_dir=home / "relay",
                 relay_host=args.relay_host,
                 relay_port=args.relay_port,
+                relay_tls=relay_tls,
                 relay_url=args.relay_url,
             )
             if sink is not None:
@@ -533,6 +572,25 @@ async def _retained(broker: str, filter_: str, *, quiet: float = 0.5, limit: flo
             if msg.payload:
                 found.append((msg.topic, msg.payload))
     return found
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from dagon._progress import follow, summary_table
+
+    broker = broker_from_env(args.broker)
+    if args.coordinator and broker is None:
+        raise DagonError("resuming on a standalone coordinator needs its broker: pass --broker URL or set DAGON_BROKER")
+
+    async def resume() -> int:
+        async with dagon.connect(broker, coordinator=args.coordinator, insecure=args.insecure) as client:
+            handle = await client.resume(args.run)
+            sys.stderr.write(f"resuming run {handle.id}\n")
+            total = len(client.coordinator.engine.run(handle.id).tasks) if client.coordinator is not None else 0
+            result = await follow(handle, total=total, console=Console(stderr=True))
+            Console().print(summary_table(result))
+            return 0 if result.ok else 1
+
+    return asyncio.run(resume())
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

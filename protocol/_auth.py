@@ -52,7 +52,9 @@ __all__ = [
 # also be fresh and seen only once. Reports and retained status messages only need
 # a valid signature — a replayed report is ignored by attempt fencing, and a
 # retained announce or Last Will is old by nature.
-ACTING_OPS: Final = frozenset({"assign", "cancel", "control", "upload", "submit", "cancel_run", "delete"})
+ACTING_OPS: Final = frozenset(
+    {"assign", "cancel", "control", "upload", "submit", "cancel_run", "delete", "stored", "resume"}
+)
 DEFAULT_FRESHNESS: Final = 120.0  # seconds of clock difference accepted either way
 _KEY_TYPE: Final = "ed25519"
 

@@ -55,6 +55,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.Control,
         m.UploadOutputs,
         m.DeleteData,
+        m.ResultsStored,
         m.Announce,
         m.Offline,
         m.Heartbeat,
@@ -64,6 +65,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.TaskProgress,
         m.SubmitRun,
         m.CancelRun,
+        m.ResumeRun,
         m.Telemetry,
     )
 }

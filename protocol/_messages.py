@@ -32,6 +32,8 @@ __all__ = [
     "OutputFile",
     "Rejection",
     "ResultStatus",
+    "ResultsStored",
+    "ResumeRun",
     "RunId",
     "StageInput",
     "StartedTask",
@@ -94,6 +96,8 @@ class StageInput:
         token: the grant for that pull (see :mod:`dagon.protocol._grants`).
         relay: ``url`` is the coordinator's relay, where the producer uploads on request
             (the consumer waits for the upload to complete).
+        verify: the coordinator did not see the producer succeed in its lifetime (a
+            resumed run): check local files against the producer's sha256 manifest.
     """
 
     ref: str
@@ -108,6 +112,7 @@ class StageInput:
     url: str = ""
     token: str = ""
     relay: bool = False
+    verify: bool = False  # check local files against the producer's sha256 manifest (a resumed run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,7 @@ class Capabilities:
     data_url: str = ""  # where its data server serves task outputs ("" = none)
     reachable: bool = True  # False: others cannot connect to it (NAT); its outputs go through the relay
     ssh_url: str = ""  # ssh://user@host:port where its scratch root can be read over SFTP ("" = no)
+    checkpoint_store: bool = False  # its data server keeps copies of checkpoint tasks' outputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +203,9 @@ class TaskResult:
     power_watts: float = 0.0  # average over the attempt
     energy_measured: bool = False  # False: modelled (or unknown)
     energy_source: str = ""  # power source(s) the figure came from; "" when unknown
+    # Producer tasks (of the same run) whose outputs this attempt could not stage because they
+    # were missing or failed their sha256 check: the coordinator regenerates them.
+    lost_inputs: tuple[str, ...] = ()
 
     @property
     def duration(self) -> float:
@@ -228,6 +237,9 @@ class AssignTasks(Message):
     OP: ClassVar[str] = "assign"
     reply_to: str
     tasks: tuple[TaskAssignment, ...]
+    # Results now persisted by the coordinator (as in ResultsStored), riding along with the
+    # assignment that usually follows them instead of costing a signed message of their own.
+    stored: tuple[TaskRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +289,18 @@ class DeleteData(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ResultsStored(Message):
+    """The coordinator has persisted these attempts' results: the agent may drop them from its spool.
+
+    Sent for every result received, current or stale, once it is in the run store (or
+    judged stale), so an agent never holds a result forever.
+    """
+
+    OP: ClassVar[str] = "stored"
+    tasks: tuple[TaskRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Announce(Message):
     OP: ClassVar[str] = "announce"
     agent: AgentId
@@ -300,6 +324,11 @@ class Heartbeat(Message):
     seq: int
     running: int
     free_slots: int
+    # Attempts the agent holds: queued, running, or finished with a result the coordinator
+    # has not acknowledged yet (see ResultsStored). A coordinator that restarted re-attaches
+    # to these; an active attempt missing here (past a grace period) was lost and is requeued.
+    held: tuple[TaskRef, ...] = ()
+    complete: bool = False  # True: ``held`` lists every attempt held (the agent spools its results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +413,16 @@ class Telemetry(Message):
     energy_joules_total: float = 0.0  # the agent's node energy since it started
 
 
-ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData
+ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData | ResultsStored
 FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress | Telemetry
-ToCoordinator = SubmitRun | CancelRun
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRun(Message):
+    """Run again what did not succeed in a run of the coordinator's store (``dagon resume``)."""
+
+    OP: ClassVar[str] = "resume"
+    run: RunId
+
+
+ToCoordinator = SubmitRun | CancelRun | ResumeRun

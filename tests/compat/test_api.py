@@ -56,6 +56,6 @@ def test_errors_say_what_to_change(tmp_path: Path) -> None:
     resume.write_text("{}")
     ok = dagon.Workflow("Ok", config={})
     ok.add_task(DagonTask(TaskType.BATCH, "A", "true"))
-    with pytest.raises(dagon.DagonError, match="resuming from checkpoint file"):
+    with pytest.raises(dagon.DagonError, match=r"was not written by dagon .* remove it to start afresh"):
         ok.run(str(resume))
     assert issubclass(TaskFailed, dagon.DagonError)

@@ -122,3 +122,36 @@ async def test_relayed_outputs_expire_after_their_run(tmp_path: Path, monkeypatc
                 break
             await asyncio.sleep(0.02)
     assert not (tmp_path / "relay" / first).exists()
+
+
+async def test_the_relay_over_https_is_verified_with_the_agents_ca(tmp_path: Path) -> None:
+    import ssl
+
+    from dagon._brokerconfig import generate_broker_config
+
+    pki = generate_broker_config(tmp_path / "pki", agents=["unused"], server_names=["127.0.0.1"])
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "pki" / "server.crt", tmp_path / "pki" / "server.key")
+    hub = MemoryHub()
+    wf = dagon.Workflow("nat-tls")
+    wf.shell("sense", "echo reading > r.txt", agent="edge")
+    wf.shell("analyse", "cat workflow:///sense/r.txt > got.txt", agent="cloud")
+    ca = {"data_tls_ca": str(pki.ca)}
+    async with contextlib.AsyncExitStack() as stack:
+        coordinator = await stack.enter_async_context(
+            Coordinator(
+                connect=lambda will: hub.transport(will=will),
+                coordinator_id="c",
+                relay_dir=tmp_path / "relay",
+                relay_tls=server,
+                **coordinator_security(),
+            )
+        )
+        assert coordinator.relay_url.startswith("https://127.0.0.1:")
+        await stack.enter_async_context(agent(hub, tmp_path, "edge", host_id="nat", reachable=False, **ca))
+        await stack.enter_async_context(agent(hub, tmp_path, "cloud", host_id="dc", **ca))
+        await coordinator.wait_for_agents(2)
+        result = await coordinator.wait(await coordinator.submit(wf))
+    assert result.state is RunState.SUCCEEDED, result.cause
+    assert (Path(result["analyse"].workdir) / "got.txt").read_text() == "reading\n"
+    assert "via the coordinator's relay" in result["analyse"].cause
