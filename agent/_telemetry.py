@@ -22,7 +22,7 @@ import psutil
 
 from dagon.agent._config import AgentConfig
 from dagon.agent.power import EnergyLedger, MqttMeterSource, PowerReading, PowerSource, detect_power_source
-from dagon.protocol import SCHEMA_TELEMETRY, AgentId, TaskResult, encode_public, topics
+from dagon.protocol import CONTENT_TYPE_JSON, SCHEMA_TELEMETRY, AgentId, TaskResult, encode_public, topics
 from dagon.protocol.transport import Transport
 
 __all__ = ["TelemetrySampler", "TelemetryService", "telemetry_service"]
@@ -180,7 +180,7 @@ class TelemetryService:
             doc = await self.sample_once()
             doc["schema"] = SCHEMA_TELEMETRY
             try:
-                await transport.publish(topic, encode_public(doc), qos=0)
+                await transport.publish(topic, encode_public(doc), qos=0, content_type=CONTENT_TYPE_JSON)
             except Exception as exc:
                 log.warning("agent %s: telemetry not published: %s", self.agent, exc)
             await asyncio.sleep(self.interval)
