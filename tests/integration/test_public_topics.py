@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -91,10 +92,9 @@ async def test_mosquitto_sub_receives_schema_valid_public_json_of_a_run(
     mosquitto: Any, agent: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     wf = taskflow()
+    live_topics = ("dagon/v1/runs/#", "dagon/v1/agents/+/telemetry/json", "dagon/v1/coordinator/+/status")
     async with (
-        subscriber(
-            mosquitto.port, "-t", "dagon/v1/runs/#", "-t", "dagon/v1/agents/+/telemetry/json", "-W", "60"
-        ) as live,
+        subscriber(mosquitto.port, *(a for t in live_topics for a in ("-t", t)), "-W", "60") as live,
         dagon.connect(mosquitto.url, home=tmp_path / "client") as client,
     ):
         assert client.coordinator is not None and live.stdout is not None
@@ -122,7 +122,8 @@ async def test_mosquitto_sub_receives_schema_valid_public_json_of_a_run(
         kinds.setdefault(kind, []).append(doc)
         if kind == "task-result":
             assert topic == topics.run_task_result(run.id, doc["task"])
-    assert {"telemetry", "run-status", "events", "task-result"} <= set(kinds)
+    assert set(kinds) == {"telemetry", "run-status", "events", "task-result", "coordinator"}
+    assert kinds["coordinator"][-1]["online"] is True and kinds["coordinator"][-1]["id"] == client.coordinator.id
     assert {d["agent"] for d in kinds["telemetry"]} == {"edge0"}
     assert all(d["power"]["source"] == "model" and d["power"]["measured"] is False for d in kinds["telemetry"])
     events = [e for d in kinds["events"] for e in d["events"]]
@@ -203,8 +204,9 @@ async def test_dagon_watch_on_a_terminal_redraws_and_fails_with_a_failed_run(
     mosquitto: Any, agent: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
     wf = dagon.Workflow("breaks")
-    wf.shell("slow", "sleep 1.5")
-    wf.shell("bad", "sleep 1; exit 4")
+    wf.shell("gate", "sleep 1.5")  # the watcher subscribes while this runs
+    wf.shell("slow", "sleep 1.5", after=["gate"])
+    wf.shell("bad", "sleep 1; exit 4", after=["gate"])
     wf.shell("after_bad", "true", after=["bad"])
     primary, secondary = pty.openpty()
     chunks: list[bytes] = []
@@ -245,7 +247,12 @@ async def test_dagon_watch_on_a_terminal_redraws_and_fails_with_a_failed_run(
     assert "\x1b[J" in text  # redrawn in place
     final = text.rsplit("\x1b[J", 1)[-1]
     assert f"run {run.id} (breaks): failed" in final
-    assert "failed 1" in final and "upstream_failed 1" in final and "succeeded 1" in final
+    assert "failed 1" in final and "upstream_failed 1" in final and "succeeded 2" in final
+    frames = text.split("\x1b[J")
+    # a frame while both ran: the running section names the agent and the elapsed time
+    assert any(
+        re.search(r"running:\r?\n  (bad|slow) on edge0  \d+\.\ds\r?\n  (bad|slow) on edge0", f) for f in frames
+    ), text
 
 
 def test_dagon_watch_of_an_unknown_run_says_what_to_check(mosquitto: Any) -> None:
