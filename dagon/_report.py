@@ -179,22 +179,31 @@ def attempts_from(transitions: Iterable[Sequence[Any]], *, end: float, running: 
     """Bars from stored transitions ``(task, old, new, attempt, agent, at)``.
 
     An attempt starts when its task enters ``running`` and ends at the task's next transition
-    out of ``running``. One still open when the history ends is ``running`` if the run is,
-    otherwise ``lost`` (its end was never recorded), drawn up to ``end``.
+    out of ``running``. A short task's start and finish may reach the coordinator together, so
+    its task goes from ``dispatched`` straight to an outcome: that bar starts at the dispatch.
+    One still open when the history ends is ``running`` if the run is, otherwise ``lost`` (its
+    end was never recorded), drawn up to ``end``.
     """
     open_: dict[str, Attempt] = {}
+    dispatched: dict[str, Attempt] = {}
     bars: list[Attempt] = []
     for task, old, new, attempt, agent, at in transitions:
-        if new == "running" and old != "running":
+        if new == "dispatched":
+            dispatched[task] = Attempt(task, int(attempt), agent or "?", float(at), float(at), "running")
+        elif new == "running" and old != "running":
+            dispatched.pop(task, None)
             open_[task] = Attempt(task, int(attempt), agent or "?", float(at), float(at), "running")
-        elif old == "running" and new != "running" and task in open_:
+        elif old == "running" and task in open_:
             bar = open_.pop(task)
             state = _ENDS.get(new, "retried" if new in ("ready", "pending", "dispatched") else "lost")
             bars.append(Attempt(bar.task, bar.attempt, bar.agent, bar.start, max(bar.start, float(at)), state))
+        elif old == "dispatched" and task in dispatched:
+            bar = dispatched.pop(task)
+            if new in ("succeeded", "failed", "retry_wait"):  # the agent reported an outcome
+                bars.append(Attempt(bar.task, bar.attempt, bar.agent, bar.start, max(bar.start, float(at)), _ENDS[new]))
     for bar in open_.values():
-        bars.append(
-            Attempt(bar.task, bar.attempt, bar.agent, bar.start, max(bar.start, end), "running" if running else "lost")
-        )
+        state = "running" if running else "lost"
+        bars.append(Attempt(bar.task, bar.attempt, bar.agent, bar.start, max(bar.start, end), state))
     bars.sort(key=lambda b: (b.start, b.task))
     return bars
 

@@ -195,11 +195,18 @@ def test_attempts_from_transitions() -> None:
         ("a", "dispatched", "running", 2, "n2", 3.0),
         ("b", "dispatched", "running", 1, "n1", 3.0),
         ("a", "running", "succeeded", 2, "n2", 4.0),
+        # started and finished reported together: from the dispatch to the outcome
+        ("c", "ready", "dispatched", 1, "n2", 5.0),
+        ("c", "dispatched", "failed", 1, "n2", 5.5),
+        # lost before it started: no bar
+        ("d", "ready", "dispatched", 1, "n1", 5.0),
+        ("d", "dispatched", "ready", 1, "n1", 6.0),
     ]
     bars = attempts_from(rows, end=9.0, running=True)
     assert [(b.task, b.attempt, b.agent, b.start, b.end, b.state) for b in bars] == [
         ("a", 1, "n1", 1.5, 2.0, "retried"),
         ("a", 2, "n2", 3.0, 4.0, "succeeded"),
         ("b", 1, "n1", 3.0, 9.0, "running"),
+        ("c", 1, "n2", 5.0, 5.5, "failed"),
     ]
-    assert attempts_from(rows, end=9.0, running=False)[-1].state == "lost"
+    assert [b.state for b in attempts_from(rows, end=9.0, running=False) if b.task == "b"] == ["lost"]
