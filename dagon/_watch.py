@@ -174,7 +174,7 @@ def render(state: WatchState, now: float, *, width: int = 100) -> list[str]:
     counts = state.counts()
     total = status.get("tasks") or sum(counts.values())
     ordered = [s for s in STATE_ORDER if counts.get(s)] + sorted(s for s in counts if s not in STATE_ORDER)
-    lines.append(f"tasks: {total}  " + "  ".join(f"{s} {counts[s]}" for s in ordered))
+    lines.append(f"tasks: {total}  {'  '.join(f'{s} {counts[s]}' for s in ordered)}".rstrip())
     running = sorted(
         ((name, t) for name, t in state.tasks.items() if t.state in ("running", "dispatched")),
         key=lambda item: (item[1].since, item[0]),

@@ -121,3 +121,14 @@ async def test_watch_gives_up_without_a_status() -> None:
     with pytest.raises(TimeoutError, match=r"no status of run .demo-1. within 0\.2 s"):
         await watch(feed([telemetry("x", 1.0, None)], delay=5), WatchState(RUN), io.StringIO(), tty=False,
                     first_status_timeout=0.2)  # fmt: skip
+
+
+async def test_watch_of_a_rejected_run_shows_why_and_fails() -> None:
+    doc = {"schema": "dagon.run-status/1", "run": RUN, "state": "rejected", "cause": "task 'a' reads unknown task 'x'"}
+    out = io.StringIO()
+    assert await watch(feed([(topics.run_status(RUN), encode_public(doc))]), WatchState(RUN), out, tty=False) == 1
+    assert out.getvalue().splitlines()[-3:] == [
+        "run demo-1: rejected",
+        "  task 'a' reads unknown task 'x'",
+        "tasks: 0",
+    ]
