@@ -141,6 +141,15 @@ class WatchState:
         return notes
 
 
+# Names and causes come from the broker: control characters (an ESC starts a terminal
+# command) are shown as '?' rather than sent to the user's terminal.
+_CONTROLS: Final = dict.fromkeys([*range(32), 127, *range(128, 160)], "?")
+
+
+def _printable(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -207,7 +216,7 @@ def render(state: WatchState, now: float, *, width: int = 100) -> list[str]:
                 f"  {agent}: cpu {float(doc.get('cpu_percent', 0.0)):.0f}%  {mem}  {watts}"
                 f"  tasks {busy.get(agent, 0)}{stale}"
             )
-    return [line[:width] for line in lines]
+    return [_printable(line)[:width] for line in lines]
 
 
 async def watch(
@@ -240,7 +249,7 @@ async def watch(
             drawn = len(lines)
         else:
             for note in state.take_notes():
-                out.write(f"{time.strftime('%H:%M:%S', time.localtime(clock()))} {note}\n")
+                out.write(f"{time.strftime('%H:%M:%S', time.localtime(clock()))} {_printable(note)}\n")
             if final:
                 out.write("\n".join(render(state, clock(), width=width)) + "\n")
         out.flush()

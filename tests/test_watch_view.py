@@ -132,3 +132,12 @@ async def test_watch_of_a_rejected_run_shows_why_and_fails() -> None:
         "  task 'a' reads unknown task 'x'",
         "tasks: 0",
     ]
+
+
+def test_names_from_the_broker_cannot_drive_the_terminal() -> None:
+    s = WatchState(RUN)
+    s.apply(*status("running", {"running": 1}))
+    s.apply(*events(("evil\x1b[2J\x1b]0;owned\x07", "dispatched", "running", 1, "pi\r\n-1", 101.0)))
+    lines = render(s, now=102.0)
+    assert lines[3] == "  evil?[2J?]0;owned? on pi??-1  1.0s"
+    assert not any(ch in "".join(lines) for ch in "\x1b\x07\r\n")

@@ -186,6 +186,17 @@ async def test_dagon_watch_follows_a_run_live_and_exits_with_its_outcome(
                 proc.kill()
                 await proc.wait()
         assert (await run.wait()).ok
+        # Watching a finished run: the retained status and results, and the outcome as exit code.
+        again = await asyncio.create_subprocess_exec(*watch_cmd(mosquitto.url, run.id), stdout=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(30):
+                later, _ = await again.communicate()
+        finally:
+            if again.returncode is None:
+                again.kill()
+                await again.wait()
+    assert again.returncode == 0
+    assert f"run {run.id} (slow): succeeded" in later.decode() and "tasks: 2  succeeded 2" in later.decode()
     text = out.decode()
     assert proc.returncode == 0, text + err.decode()
     assert "\x1b[" not in text  # not a terminal: plain lines
