@@ -249,6 +249,17 @@ async def test_dagon_watch_on_a_terminal_redraws_and_fails_with_a_failed_run(
                     proc.kill()
                     await proc.wait()
             assert (await run.wait()).state is RunState.FAILED
+            # The retained documents of a failed run are valid too (null agent, exit code, duration …).
+            async with subscriber(
+                mosquitto.port, "-t", f"dagon/v1/runs/{run.id}/#", "--retained-only", "-C", str(1 + len(wf)), "-W", "10"
+            ) as late:
+                retained, _ = await late.communicate()
+            states = {}
+            for _, _, topic, doc in map(parse, retained.splitlines(keepends=True)):
+                validator(schema_for(topic)).validate(doc)
+                states[doc.get("task", "run")] = doc["state"]
+            expected = {"run": "failed", "gate": "succeeded", "slow": "succeeded", "bad": "failed"}
+            assert states == {**expected, "after_bad": "upstream_failed"}
     finally:
         os.close(primary)
         if secondary >= 0:
