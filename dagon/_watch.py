@@ -36,6 +36,11 @@ RUN_DONE: Final = frozenset({"succeeded", "failed", "cancelled", "rejected"})
 STATE_ORDER: Final = (
     "pending", "ready", "dispatched", "running", "retry_wait", "succeeded", "failed", "cancelled", "upstream_failed",
 )  # fmt: skip
+# How far into an attempt a state is: within one attempt, news never moves a task back.
+_RANK: Final = {
+    "pending": 0, "ready": 1, "dispatched": 2, "running": 3, "retry_wait": 4,
+    "succeeded": 5, "failed": 5, "cancelled": 5, "upstream_failed": 5,
+}  # fmt: skip
 REDRAW_INTERVAL: Final = 0.5  # seconds between redraws on a terminal
 MAX_RUNNING_LINES: Final = 20
 SETTLE_QUIET: Final = 0.3  # after the run ends: seconds without a message before the final view
@@ -107,8 +112,12 @@ class WatchState:
         state = str(event["state"])
         line = self.tasks.get(task)
         attempt = int(event.get("attempt") or 0)
-        if line is not None and (line.attempt > attempt or (line.state == state and line.attempt == attempt)):
-            return  # older news, or a progress note without a state change
+        if line is not None and (
+            line.attempt > attempt or (line.attempt == attempt and _RANK.get(state, 0) <= _RANK.get(line.state, 0))
+        ):
+            # Older news: an earlier attempt, a progress note (no state change), or an event that
+            # arrives after the attempt's result (results and events are separate topics).
+            return
         self.tasks[task] = TaskLine(state, attempt, event.get("agent"), float(event.get("at") or 0.0))
         self._note(task, state, event.get("agent"), str(event.get("cause") or ""))
 
@@ -123,7 +132,11 @@ class WatchState:
         line = self.tasks.get(task)
         attempt = int(doc.get("attempt") or 0)
         state = str(doc["state"])
-        if line is None or line.attempt < attempt or (line.attempt == attempt and line.state != state):
+        if (
+            line is None
+            or line.attempt < attempt
+            or (line.attempt == attempt and _RANK.get(state, 5) > _RANK.get(line.state, 0))
+        ):
             self.tasks[task] = TaskLine(state, attempt, doc.get("agent"), 0.0)
             self._note(task, state, doc.get("agent"), str(doc.get("cause") or ""))
 

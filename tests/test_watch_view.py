@@ -141,3 +141,13 @@ def test_names_from_the_broker_cannot_drive_the_terminal() -> None:
     lines = render(s, now=102.0)
     assert lines[3] == "  evil?[2J?]0;owned? on pi??-1  1.0s"
     assert not any(ch in "".join(lines) for ch in "\x1b\x07\r\n")
+
+
+def test_an_event_that_arrives_after_the_result_does_not_move_the_task_back() -> None:
+    s = WatchState(RUN)
+    s.apply(*status("running", {"succeeded": 1}))
+    s.apply(*result("a", "succeeded", 1, "pi-1"))
+    s.apply(*events(("a", "dispatched", "running", 1, "pi-1", 101.0), ("a", "running", "succeeded", 1, "pi-1", 102.0)))
+    assert s.tasks["a"].state == "succeeded"
+    assert "running:" not in render(s, now=103.0)
+    assert s.take_notes() == ["run demo-1: running", "a succeeded on pi-1: exit code 0"]
