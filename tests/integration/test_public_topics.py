@@ -10,8 +10,10 @@ import os
 import pty
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -283,3 +285,18 @@ def test_dagon_watch_of_an_unknown_run_says_what_to_check(mosquitto: Any) -> Non
     )
     assert proc.returncode == 2
     assert "no status of run 'no-such-run'" in proc.stderr and "dagon runs" in proc.stderr
+
+
+def test_dagon_watch_stops_quietly_on_ctrl_c(mosquitto: Any) -> None:
+    proc = subprocess.Popen(
+        watch_cmd(mosquitto.url, "still-to-come"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(2.0)  # imported, connected and subscribed: waiting for the run's status
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        stop_process(proc)  # type: ignore[arg-type]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and out == ""
