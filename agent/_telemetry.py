@@ -22,7 +22,16 @@ import psutil
 
 from dagon.agent._config import AgentConfig
 from dagon.agent.power import EnergyLedger, MqttMeterSource, PowerReading, PowerSource, detect_power_source
-from dagon.protocol import SCHEMA_TELEMETRY, AgentId, Codec, TaskResult, Telemetry, encode_public, topics
+from dagon.protocol import (
+    CONTENT_TYPE_JSON,
+    SCHEMA_TELEMETRY,
+    AgentId,
+    Codec,
+    TaskResult,
+    Telemetry,
+    encode_public,
+    topics,
+)
 from dagon.protocol.transport import Transport
 
 __all__ = ["TelemetrySampler", "TelemetryService", "telemetry_message", "telemetry_service"]
@@ -185,7 +194,7 @@ class TelemetryService:
             doc = await self.sample_once()
             doc["schema"] = SCHEMA_TELEMETRY
             try:
-                await transport.publish(topic, encode_public(doc), qos=0)
+                await transport.publish(topic, encode_public(doc), qos=0, content_type=CONTENT_TYPE_JSON)
                 if codec is not None:
                     message = telemetry_message(doc, running=self._running())
                     await transport.publish(internal, codec.encode(message), qos=0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,40 @@ from _harness import Agents, mosquitto, print_table, rss_mb, workspace
 TARGET_CPU_PERCENT = 1.0
 TARGET_RSS_MB = 40.0
 SETTINGS = (("off (baseline)", "0"), ("5 s", "5"), ("1 s", "1"))
+
+
+# What an idle agent's RSS is made of: modules imported cumulatively, in the order the agent
+# needs them, in a fresh interpreter (shared-library pages count in RSS, as in the table above).
+IMPORT_GROUPS = (
+    ("python + asyncio (ssl, OpenSSL)", "asyncio"),
+    ("msgpack (psutil: loaded by the probe itself)", "msgpack"),
+    ("cryptography (Ed25519 signing)", "cryptography.hazmat.primitives.asymmetric.ed25519"),
+    ("paho-mqtt + aiomqtt", "aiomqtt"),
+    ("aiohttp (data server/client)", "aiohttp.web"),
+    ("dagon.protocol (+ transport)", "dagon.protocol.transport"),
+    ("dagon.agent + CLI", "dagon.agent_cli"),
+)
+_PROBE = """
+import psutil, sys
+p = psutil.Process()
+last = p.memory_info().rss
+print(f"interpreter {last / 2**20:.2f}")
+for label, modules in GROUPS:
+    exec("import " + modules)
+    rss = p.memory_info().rss
+    print(f"{label}\t{(rss - last) / 2**20:.2f}\t{rss / 2**20:.2f}\t{len(sys.modules)}")
+    last = rss
+"""
+
+
+def import_breakdown() -> list[list[object]]:
+    code = f"GROUPS = {IMPORT_GROUPS!r}\n{_PROBE}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    rows: list[list[object]] = []
+    for line in out.splitlines()[1:]:
+        label, delta, total, modules = line.split("\t")
+        rows.append([label, float(delta), float(total), int(modules)])
+    return rows
 
 
 def main() -> int:
@@ -61,6 +96,9 @@ def main() -> int:
     cpu_ok, rss_ok = float(one[1]) <= TARGET_CPU_PERCENT, float(one[2]) <= TARGET_RSS_MB
     print(f"1 s sampling: CPU target {'met' if cpu_ok else 'NOT met'}, RSS target {'met' if rss_ok else 'NOT met'}")
     print(f"sampling cost over the idle baseline at 1 s: {float(one[1]) - float(base_cpu):+.2f}% of one core")
+    print_table(
+        "RSS by import (cumulative, fresh interpreter)", ["imports", "+RSS MB", "RSS MB", "modules"], import_breakdown()
+    )
     return 0
 
 

@@ -182,6 +182,18 @@ def _parser() -> argparse.ArgumentParser:
 
     broker = sub.add_parser("broker", help="run the embedded MQTT broker (development)")
     broker.add_argument("--port", type=int, default=1883)
+
+    watch = sub.add_parser("watch", help="follow a run live: tasks by state, running tasks, agents' CPU/memory/power")
+    watch.add_argument("run")
+    broker_arg(watch)
+    watch.add_argument(
+        "--wait", type=float, default=10.0, metavar="SECONDS",
+        help="give up when no status of the run arrives within SECONDS (default: 10)",
+    )  # fmt: skip
+
+    report = sub.add_parser("report", help="write an HTML report of a run (Gantt chart per agent, energy per task)")
+    report.add_argument("run")
+    report.add_argument("-o", "--output", type=Path, help="HTML file to write (default: report-RUN.html)")
     return p
 
 
@@ -210,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "broker-config": _cmd_broker_config,
         "graph": _cmd_graph,
         "gc": _cmd_gc,
+        "watch": _cmd_watch,
+        "report": _cmd_report,
     }
     if getattr(args, "insecure", None):
         os.environ["DAGON_INSECURE"] = "1"  # reaches the Workflow.run() calls of the script too
@@ -734,6 +748,56 @@ def _cmd_agents(args: argparse.Namespace) -> int:
             r["id"], r["hostname"], r["arch"], str(r["cpus"]), mem, str(r["slots"]), ",".join(r["runtimes"]), labels
         )
     Console().print(table)
+    return 0
+
+
+# -- watch and report ----------------------------------------------------------------
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    broker = _require_broker(args, "dagon watch")
+    try:
+        return asyncio.run(_watch(broker, args.run, wait=args.wait))
+    except KeyboardInterrupt:
+        return 130  # the run goes on: watching is read-only
+
+
+async def _watch(broker: str, run: str, *, wait: float) -> int:
+    import shutil
+
+    from dagon._watch import WatchState, watch
+
+    protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
+    client_id = f"dagon-watch-{os.getpid()}-{os.urandom(2).hex()}"
+    auth = MqttAuth.from_env(os.environ)
+    async with MqttTransport(broker, client_id=client_id, protocol=protocol, auth=auth) as transport:
+        await transport.subscribe(
+            topics.run_status(run), topics.run_events(run), topics.run_task_results(run),
+            topics.all_agent_telemetry_json(),
+        )  # fmt: skip
+
+        async def messages() -> AsyncIterator[tuple[str, bytes]]:
+            async for msg in transport.messages():
+                yield msg.topic, msg.payload
+
+        tty = sys.stdout.isatty()
+        width = shutil.get_terminal_size((100, 24)).columns if tty else 200
+        try:
+            return await watch(messages(), WatchState(run), sys.stdout, tty=tty, width=width, first_status_timeout=wait)
+        except TimeoutError as exc:
+            raise DagonError(f"{exc} on {redact_url(broker)}: check the run id (`dagon runs`) and the broker") from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from dagon._report import load_report, render_html
+
+    report = load_report(dagon_home() / "runs.sqlite", args.run)
+    output: Path = args.output or Path(f"report-{args.run}.html")
+    try:
+        output.write_text(render_html(report), encoding="utf-8")
+    except OSError as exc:
+        raise DagonError(f"cannot write the report to {output}: {exc}") from exc
+    sys.stdout.write(f"{output}\n")
     return 0
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import multiprocessing
 import traceback
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Final, Literal
 
 import msgpack
@@ -91,6 +90,10 @@ class PythonRuntime:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self._executor: Executor
         if pool == "process":
+            # Imported here: an agent with the default thread pool never loads multiprocessing.
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             context = multiprocessing.get_context("forkserver")
             self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
         elif pool == "thread":
