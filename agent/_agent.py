@@ -56,7 +56,7 @@ from dagon.protocol import (
     read_grant,
     topics,
 )
-from dagon.protocol.transport import DataServer, Incoming, Publisher, Transport, Will, push
+from dagon.protocol.transport import Incoming, LazyDataServer, Publisher, Transport, Will
 
 __all__ = ["Agent"]
 
@@ -114,7 +114,7 @@ class Agent:
         )
         self._key = raw_public_key(signer.public_key) if signer is not None else b""
         grant_keys = trust.by_id if trust is not None else None
-        self._data = DataServer(
+        self._data = LazyDataServer(
             authorize=lambda token: read_grant(token, grant_keys),
             locate=self._locate,
             uploads=config.checkpoint_store,
@@ -367,6 +367,8 @@ class Agent:
         try:
             root = self.config.scratch / task_dir_name(message.run, message.task, message.attempt)
             began = time.monotonic()
+            from dagon.protocol.transport import push  # the HTTP client loads on first use
+
             sent = await push(message.url, message.token, root, message.path, tls=self._runner.tls)
             log.info(
                 "agent %s uploaded %s of %s/%s to the relay (%d bytes in %.2f s)",

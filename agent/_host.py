@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import socket
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ import psutil
 
 from dagon.agent._config import AgentConfig
 from dagon.protocol import Capabilities
+from dagon.protocol._version import __version__
 
 __all__ = ["capabilities", "host_id"]
 
@@ -19,10 +19,7 @@ RUNTIMES = ("process", "python")
 
 
 def _version() -> str:
-    try:
-        return importlib.metadata.version("dagon")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return __version__  # not importlib.metadata: that costs an idle agent 1.6 MB
 
 
 def host_id() -> str:

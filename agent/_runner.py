@@ -45,7 +45,7 @@ from dagon.protocol import (
     TaskResult,
     TransportError,
 )
-from dagon.protocol.transport import PullStats, pull
+from dagon.protocol.transport import PullStats
 
 __all__ = ["TaskRunner"]
 
@@ -271,6 +271,8 @@ class TaskRunner:
                     live.bytes += stats.bytes
                     ways.add("over sftp")
                 else:
+                    from dagon.protocol.transport import pull  # the HTTP client loads on first use
+
                     try:
                         await pull(
                             item.url, item.token, dest, concurrency=self._config.max_transfers,

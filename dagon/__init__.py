@@ -7,8 +7,6 @@
 >>> # wf.run()  # blocking; or: async with dagon.connect() as c: await (await c.submit(wf)).wait()
 """
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +34,7 @@ _EXPORTS = {
     "DagonError": "dagon.protocol",
     "ProtocolError": "dagon.protocol",
     "TransportError": "dagon.protocol",
+    "__version__": "dagon.protocol._version",
 }
 
 if TYPE_CHECKING:

@@ -22,10 +22,10 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,12 +33,12 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 from dagon.protocol._errors import DagonError, ProtocolError, TransportError
 from dagon.protocol._grants import Grant, covers
+from dagon.protocol.transport._datatypes import MANIFEST_FILE, PullStats, ServerStats
 
 __all__ = ["MANIFEST_FILE", "DataServer", "PullStats", "covered_files", "pull", "push"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE: Final = "manifest.json"  # under a task's .dagon/: the producer's own manifest
 _CHUNK: Final = 1 << 20
 _BATCH: Final = 8 << 20  # bytes handed to the writer thread at once
 _MAX_LISTED: Final = 10_000
@@ -125,14 +125,6 @@ class _BoundedFile(web.FileResponse):
             return await super().prepare(request)
 
 
-@dataclass
-class ServerStats:
-    requests: int = 0
-    range_requests: int = 0
-    refused: int = 0
-    bytes_uploaded: int = 0
-
-
 class DataServer:
     """Serves attempt directories to holders of grants (an aiohttp app on its own runner).
 
@@ -145,6 +137,7 @@ class DataServer:
             its manifest has arrived, so consumers never see half an upload.
         max_transfers: concurrent requests served; more wait.
         tls: serve HTTPS with this server context (certificate and key loaded).
+        sock: a listening socket to serve on (instead of binding ``host``/``port``).
     """
 
     def __init__(
@@ -157,6 +150,7 @@ class DataServer:
         uploads: bool = False,
         max_transfers: int = 16,
         tls: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self._authorize = authorize
         self._locate = locate
@@ -164,6 +158,7 @@ class DataServer:
         self._port = port
         self._uploads = uploads
         self._tls = tls
+        self._sock = sock
         self._manifest_lock = asyncio.Lock()
         self._limit = asyncio.Semaphore(max_transfers)
         self._runner: web.AppRunner | None = None
@@ -184,7 +179,11 @@ class DataServer:
             app.router.add_put("/v1/manifest", self._put_manifest)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._tls)
+        site: web.BaseSite
+        if self._sock is not None:
+            site = web.SockSite(self._runner, self._sock, ssl_context=self._tls)
+        else:
+            site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._tls)
         await site.start()
         server = site._server  # the bound socket: port 0 becomes the real port
         sockets = getattr(server, "sockets", None) or []
@@ -290,20 +289,6 @@ class DataServer:
 
 
 # -- client ------------------------------------------------------------------------
-
-
-@dataclass
-class PullStats:
-    total: int = 0  # bytes listed for this pull (known once the listing arrived)
-    files: int = 0
-    bytes: int = 0  # bytes received over the network (resumed parts are not counted twice)
-    seconds: float = 0.0
-    retries: int = 0
-    resumed: int = 0
-
-    @property
-    def rate(self) -> float:
-        return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
 
 class _Corrupt(Exception):

@@ -15,20 +15,38 @@ import math
 import random
 import socket
 import ssl
+import sys
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-import aiomqtt
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from dagon.protocol._errors import ConfigError, TransportError
 from dagon.protocol.transport._auth import MqttAuth
 from dagon.protocol.transport._base import Incoming, Will
+
+
+def _import_paho() -> None:
+    """Import paho without dnspython: paho loads ``dns.resolver`` (~10 MB) only for SRV
+    lookups (``connect_srv``), which dagon never makes, whenever dnspython happens to be
+    installed (pymongo brings it). Blocked just for paho's import; later imports of it work."""
+    blocked = "dns.resolver" not in sys.modules
+    if blocked:
+        sys.modules["dns.resolver"] = None  # type: ignore[assignment]  # makes "import dns.resolver" fail
+    try:
+        import paho.mqtt.client  # noqa: F401
+    finally:
+        if blocked and sys.modules.get("dns.resolver", 0) is None:
+            del sys.modules["dns.resolver"]
+
+
+_import_paho()
+
+import aiomqtt  # noqa: E402
+import paho.mqtt.client as paho  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
 
 __all__ = ["BrokerURL", "MqttTransport"]
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import ClientSession, web
 
 from dagon.protocol import Grant, ProtocolError, Signer, TransportError, covers, mint_grant, read_grant
-from dagon.protocol.transport import MANIFEST_FILE, DataServer, pull
+from dagon.protocol.transport import MANIFEST_FILE, DataServer, LazyDataServer, pull
 
 COORDINATOR = Signer.generate()
 KEYS = {COORDINATOR.key_id: COORDINATOR.public_key}
@@ -196,3 +196,31 @@ async def test_persistent_corruption_fails_with_the_file_named(tmp_path: Path) -
     async with serving(tmp_path / "scratch") as server:
         with pytest.raises(TransportError, match=r"out/a\.txt.*differs from the producer's"):
             await pull(server.url, grant("out/a.txt"), tmp_path / "dest", retries=1)
+
+
+async def test_the_lazy_data_server_loads_on_the_first_connection_and_serves(tmp_path: Path) -> None:
+    source = producer(tmp_path / "scratch")
+
+    def locate(g: Grant) -> Path:
+        return tmp_path / "scratch" / g.run / f"{g.task}-{g.attempt}"
+
+    async with LazyDataServer(authorize=lambda t: read_grant(t, KEYS), locate=locate) as server:
+        assert server.url.startswith("http://127.0.0.1:") and not server.loaded
+        stats = await pull(server.url, grant("out"), tmp_path / "dest")
+        assert server.loaded and server.stats.requests == 3
+        again = await pull(server.url, grant("top.txt"), tmp_path / "dest2")  # the same socket, now served
+    assert stats.files == 3 and again.files == 1
+    assert (tmp_path / "dest" / "out" / "sub" / "c.bin").read_bytes() == (source / "out" / "sub" / "c.bin").read_bytes()
+    assert server.stats.requests == 4  # still readable after it closed
+
+
+def test_an_idle_agent_does_not_load_the_http_stack() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dagon.agent_cli, dagon.agent._agent;"
+        "print(sorted(m for m in ('aiohttp', 'dagon.protocol.transport._dataplane') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,3 @@
+"""dagon's version: the one place it is written (pyproject.toml reads it; agents announce it)."""
+
+__version__ = "0.1.0"
