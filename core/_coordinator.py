@@ -460,8 +460,9 @@ class Coordinator:
         await asyncio.to_thread(self.store.reopen, run, self.id)
         if not await self._restore(run, reopen=True):
             raise ValidationError(f"run {run} cannot be resumed (see the coordinator's log)")
-        self._output.touch(run)
-        self._output.event(RunEvent(run, None, RunState.RUNNING.value, None, 0, None, "resumed", time.time()))
+        # Announced like a start: public status and event, listeners (e.g. the MongoDB sink).
+        self._pending.append(RunTransition(run, RunState.RUNNING, "resumed", time.time()))
+        self._wake.set()
         return run
 
     async def _remote_resume(self, run: RunId) -> None:

@@ -238,6 +238,7 @@ class MongoSink(CoordinatorListener):
             doc["energy_joules"] = sum(t.result.energy_joules for t in view.tasks.values() if t.result is not None)
         else:
             doc["started_at"] = transition.at
+            doc["finished_at"] = None  # a resumed run is running again
         self._put(RUNS, view.id, doc)
 
     def task_changed(self, transition: TaskTransition, view: TaskView) -> None:
