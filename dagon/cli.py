@@ -34,6 +34,7 @@ from dagon.protocol import (
     AgentId,
     Announce,
     Codec,
+    ConfigError,
     DagonError,
     Offline,
     ProtocolError,
@@ -365,6 +366,10 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
 
     auth = MqttAuth.from_env(os.environ)
+    expiry = os.environ.get("DAGON_MQTT_SESSION_EXPIRY", "3600")
+    if not expiry.isdigit():
+        raise ConfigError(f"DAGON_MQTT_SESSION_EXPIRY must be a whole number of seconds, got {expiry!r}")
+    session_expiry = int(expiry)
     insecure = insecure_from_env(args.insecure)
     if insecure:
         warn_insecure(log)
@@ -381,7 +386,13 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         try:
             coordinator = Coordinator(
                 connect=lambda will: MqttTransport(
-                    broker, client_id=f"dagon-coordinator-{args.id}", will=will, protocol=protocol, auth=auth
+                    broker,
+                    client_id=f"dagon-coordinator-{args.id}",
+                    will=will,
+                    protocol=protocol,
+                    auth=auth,
+                    # The broker keeps the session (and queues QoS 1 reports) while the connection is down.
+                    session_expiry=session_expiry,
                 ),
                 coordinator_id=args.id,
                 store=store,
