@@ -224,6 +224,7 @@ class Agent:
             self._tg.create_task(self._outbox.run(), name=f"{name}-outbox"),
             self._tg.create_task(self._reannounce_loop(), name=f"{name}-reannounce"),
             self._tg.create_task(self.spool.run(), name=f"{name}-spool"),
+            self._tg.create_task(self.spool.checkpoints(), name=f"{name}-spool-checkpoints"),
             self._tg.create_task(self._redelivery.run(), name=f"{name}-redeliver"),
         ]
         if self.telemetry is not None:
