@@ -184,3 +184,20 @@ async def test_a_full_spool_refuses_new_tasks(hub: MemoryHub, tmp_path: Path) ->
         assert ack.accepted == 0
         assert "spool is full" in ack.rejected[0].reason
         assert agent.completed == 1
+
+
+def test_durability_settings_are_checked_and_the_spool_lives_in_the_home(tmp_path: Path) -> None:
+    from dagon.agent import AgentConfig, load_agent_config
+    from dagon.protocol import ConfigError
+
+    def load(**env: str) -> AgentConfig:
+        return load_agent_config(config_file=None, env={"DAGON_HOME": str(tmp_path), **env}, flags={"id": "edge-1"})
+
+    config = load(DAGON_MQTT_WILL_DELAY="60")
+    assert config.spool_file == tmp_path / "spool-edge-1.sqlite"
+    assert (config.mqtt_session_expiry, config.mqtt_will_delay) == (3600, 60)
+    assert load(DAGON_SPOOL=str(tmp_path / "x.db")).spool_file == tmp_path / "x.db"
+    with pytest.raises(ConfigError, match="cannot exceed mqtt_session_expiry"):
+        load(DAGON_MQTT_SESSION_EXPIRY="10", DAGON_MQTT_WILL_DELAY="60")
+    with pytest.raises(ConfigError, match="mqtt_max_backoff"):
+        load(DAGON_MQTT_MAX_BACKOFF="0")
