@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,9 +23,11 @@ from typing import Any, Self
 from dagon.agent._config import AgentConfig, check_scratch_reachable, data_server_tls
 from dagon.agent._host import capabilities
 from dagon.agent._outbox import Outbox
+from dagon.agent._redeliver import Redelivery
 from dagon.agent._runner import TaskRunner
 from dagon.agent._scratch_gc import delete_runs, delete_tasks
 from dagon.agent._secrets import environ_secrets
+from dagon.agent._spool import ResultSpool
 from dagon.agent._staging import CHECKPOINTS, mark_scratch_root, task_dir_name
 from dagon.agent._telemetry import TelemetryService, telemetry_service
 from dagon.agent.runtimes import PythonRuntime, Runtime
@@ -35,6 +38,7 @@ from dagon.protocol import (
     AssignTasks,
     CancelTasks,
     Codec,
+    ConfigError,
     Control,
     DagonError,
     DeleteData,
@@ -45,6 +49,7 @@ from dagon.protocol import (
     ProtocolError,
     Rejection,
     Rejections,
+    ResultsStored,
     ResultStatus,
     Signer,
     TaskAssignment,
@@ -63,6 +68,7 @@ __all__ = ["Agent"]
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 5.0
+MAX_HELD = 1000  # attempts listed in a heartbeat (beyond: the list is marked incomplete)
 
 
 class Agent:
@@ -131,7 +137,19 @@ class Agent:
         will = Will(topics.agent_status(self.id), self.codec.encode(Offline(agent=self.id, reason="connection lost")))
         self._transport = connect(will)
         self._publisher = Publisher(self._transport)
-        self._outbox = Outbox(agent=self.id, codec=self.codec, publisher=self._publisher)
+        # Results are durable before they are sent and kept until their coordinator stored them.
+        self.spool = ResultSpool(
+            config.spool_file,
+            agent=self.id,
+            max_results=config.spool_max_results,
+            max_bytes=config.spool_max_bytes,
+            resend_after=config.spool_resend_after,
+            max_telemetry=config.telemetry_spool,
+        )
+        self._outbox = Outbox(agent=self.id, codec=self.codec, publisher=self._publisher, spool=self.spool)
+        self._redelivery = Redelivery(
+            spool=self.spool, outbox=self._outbox, transport=self._transport, max_age=config.spool_max_age
+        )
         self._reject = Rejections(log)
         self.rejections: Counter[str] = self._reject.counts
         self._python = PythonRuntime(pool=config.python_pool, workers=config.workers)
@@ -165,6 +183,13 @@ class Agent:
         await asyncio.to_thread(mark_scratch_root, self.config.scratch)
         if self.config.run_as:
             await asyncio.to_thread(check_scratch_reachable, self.config.scratch, self.config.run_as)
+        try:
+            await self.spool.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"cannot open the result spool {self.config.spool_file}: {exc}; fix its directory's permissions"
+                " or set spool_path (DAGON_SPOOL)"
+            ) from exc
         data_url = ""
         if self.config.serve_data:
             await self._data.__aenter__()
@@ -177,6 +202,7 @@ class Agent:
             await self._transport.__aenter__()
         except BaseException:
             await self._data.__aexit__(None, None, None)
+            await self.spool.close()
             raise
         try:
             await self._transport.subscribe(topics.agent_tasks(self.id), topics.agent_control(self.id))
@@ -189,6 +215,7 @@ class Agent:
             await self._close_runtimes()
             await self._transport.__aexit__(None, None, None)
             await self._data.__aexit__(None, None, None)
+            await self.spool.close()
             raise
         name = f"agent-{self.id}"
         self._receiver = self._tg.create_task(self._receive_loop(), name=f"{name}-receive")
@@ -196,11 +223,13 @@ class Agent:
             self._tg.create_task(self._heartbeat_loop(), name=f"{name}-heartbeat"),
             self._tg.create_task(self._outbox.run(), name=f"{name}-outbox"),
             self._tg.create_task(self._reannounce_loop(), name=f"{name}-reannounce"),
+            self._tg.create_task(self.spool.run(), name=f"{name}-spool"),
+            self._tg.create_task(self.spool.checkpoints(), name=f"{name}-spool-checkpoints"),
+            self._tg.create_task(self._redelivery.run(), name=f"{name}-redeliver"),
         ]
         if self.telemetry is not None:
-            self._loops.append(
-                self._tg.create_task(self.telemetry.run(self._transport, self.codec), name=f"{name}-telemetry")
-            )
+            telemetry = self.telemetry.run(self._transport, self.codec, spool=self.spool)
+            self._loops.append(self._tg.create_task(telemetry, name=f"{name}-telemetry"))
         log.info("agent %s online: %d slots, runtimes %s", self.id, self.config.slots, self.capabilities.runtimes)
         return self
 
@@ -272,6 +301,10 @@ class Agent:
         except (TimeoutError, DagonError) as exc:
             log.warning("agent %s: could not publish its offline status: %s", self.id, exc or "timeout")
         await self._close_runtimes()
+        await self.spool.close()
+        if len(self.spool):
+            log.warning("agent %s: %d result(s) not yet acknowledged stay in the spool %s for the next start",
+                        self.id, len(self.spool), self.spool.path)  # fmt: skip
         log.info("agent %s stopped after %d task(s)", self.id, self.completed)
 
     async def _close_runtimes(self) -> None:
@@ -294,19 +327,28 @@ class Agent:
             log.info("re-announcing agent %s after reconnecting", self.id)
             with contextlib.suppress(DagonError):
                 await self._announce()
+            self._redelivery.reconnected()  # the broker may have lost results or their acknowledgements
+            if self.telemetry is not None and self.spool.telemetry_backlog:
+                self.telemetry.wake()  # what was sampled offline goes out now, in order
 
     async def _heartbeat_loop(self) -> None:
         seq = 0
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
             seq += 1
+            held = self.held()
             beat = Heartbeat(
-                agent=self.id, seq=seq, running=self._active, free_slots=max(0, self.config.slots - self._active)
-            )
+                agent=self.id, seq=seq, running=self._active, free_slots=max(0, self.config.slots - self._active),
+                held=tuple(held[:MAX_HELD]), complete=len(held) <= MAX_HELD,
+            )  # fmt: skip
             try:
                 await self._transport.publish(topics.agent_telemetry(self.id), self.codec.encode(beat), qos=0)
             except DagonError as exc:
                 log.warning("agent %s: heartbeat %d not sent: %s", self.id, seq, exc)
+
+    def held(self) -> list[TaskRef]:
+        """Attempts this agent holds: queued, running, or finished and not yet acknowledged."""
+        return list(dict.fromkeys([*self._tasks, *self._outbox.holding(), *self.spool.refs()]))
 
     # -- receiving ---------------------------------------------------------------
 
@@ -329,6 +371,8 @@ class Agent:
         message = self.codec.decode(msg.payload).message
         if msg.topic == topics.agent_tasks(self.id):
             if isinstance(message, AssignTasks):
+                if message.stored:  # acknowledgements riding along (see AssignTasks.stored)
+                    self.spool.acknowledge(message.stored)
                 await self._on_assign(message)
                 return
             if isinstance(message, CancelTasks):
@@ -339,6 +383,9 @@ class Agent:
                 return
             if isinstance(message, DeleteData):
                 await self._on_delete(message)
+                return
+            if isinstance(message, ResultsStored):
+                self.spool.acknowledge(message.tasks)
                 return
         elif msg.topic == topics.agent_control(self.id) and isinstance(message, Control):
             await self._on_control(message)
@@ -390,12 +437,22 @@ class Agent:
             ref = assignment.ref
             if ref in self._tasks:
                 continue  # the same attempt delivered again (QoS 1 is at-least-once)
+            if self.spool.done(ref):
+                # It ran here already: never run it twice; its result (if still unacknowledged) goes again.
+                log.info("agent %s: %s/%s attempt %d already ran here; not running it again",
+                         self.id, ref.run, ref.task, ref.attempt)  # fmt: skip
+                self._redelivery.now(ref)
+                continue
             if assignment.runtime not in self.capabilities.runtimes:
                 reason = f"runtime {assignment.runtime!r} is not available on agent {self.id}"
                 rejected.append(Rejection(task=ref, reason=reason, permanent=True))
                 continue
             if len(self._tasks) >= capacity:
                 reason = f"all {self.config.slots} slots and {self.config.queue_depth} queue places are busy"
+                rejected.append(Rejection(task=ref, reason=reason))
+                continue
+            if self.spool.full:
+                reason = f"its result spool is full ({len(self.spool)} results not yet acknowledged)"
                 rejected.append(Rejection(task=ref, reason=reason))
                 continue
             accepted += 1

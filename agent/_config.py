@@ -37,6 +37,13 @@ file systems), ``heartbeat_interval`` (seconds), ``python_pool`` (thread,
 process), ``python_workers`` (default: as many as slots), ``max_message_size``
 (bytes).
 
+Durability keys (TOML; some also as environment variables; see docs/durability.md):
+``spool_path`` (``DAGON_SPOOL``, default ``<home>/spool-<id>.sqlite``), ``spool_max_results``,
+``spool_max_bytes``, ``spool_resend_after``, ``spool_max_age`` (seconds, 0 = never),
+``telemetry_spool`` (samples), ``mqtt_session_expiry`` (``DAGON_MQTT_SESSION_EXPIRY``, seconds,
+default 3600), ``mqtt_will_delay`` (``DAGON_MQTT_WILL_DELAY``, seconds, default 0) and
+``mqtt_max_backoff`` (``DAGON_MQTT_MAX_BACKOFF``, seconds between reconnect attempts at most, default 30).
+
 Telemetry keys (TOML; some also as environment variables): ``telemetry_interval``
 (``DAGON_TELEMETRY_INTERVAL``, seconds, 0 = off, default 5), ``power_source``
 (``DAGON_POWER_SOURCE``: auto, rapl, hwmon, pmic, mqtt, prometheus, model, off),
@@ -172,9 +179,20 @@ class AgentConfig:
     # Accept uploads of checkpoint tasks' outputs (under <scratch>/.dagon-checkpoints) and serve
     # them: the coordinator stores checkpoints on such an agent instead of its own disk.
     checkpoint_store: bool = False
+    # Durability (see docs/durability.md): the result spool and the MQTT session.
+    spool_path: Path | None = None  # SQLite file of unacknowledged results; None: <home>/spool-<id>.sqlite
+    spool_max_results: int = 10_000  # held results before new tasks are refused (nothing is dropped)
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_resend_after: float = 30.0  # seconds before an unacknowledged result is sent again (then doubling)
+    spool_max_age: float = 7 * 86400.0  # seconds after which an unacknowledged result is dropped, logged; 0 never
+    telemetry_spool: int = 1000  # telemetry samples kept while the broker is unreachable (0: none)
+    mqtt_session_expiry: int = 3600  # seconds the broker keeps our session (queued QoS 1 messages) when cut off
+    mqtt_will_delay: int = 0  # seconds the broker waits for us to come back before our Last Will goes out
+    mqtt_max_backoff: float = 30.0  # cap of the (jittered, doubling) wait between reconnect attempts
 
     def __post_init__(self) -> None:
         _check_telemetry(self)
+        _check_durability(self)
         if not _ID_RE.fullmatch(self.agent_id):
             raise ConfigError(
                 f"agent id {self.agent_id!r} is not valid: use letters, digits, '.', '_' or '-' (max 100),"
@@ -222,6 +240,11 @@ class AgentConfig:
         """Size of the python runtime's worker pool."""
         return self.python_workers or self.slots
 
+    @property
+    def spool_file(self) -> Path:
+        """Where the result spool lives (``spool_path``, else ``<home>/spool-<agent id>.sqlite``)."""
+        return self.spool_path or self.home / f"spool-{self.agent_id}.sqlite"
+
 
 def _check_telemetry(c: AgentConfig) -> None:
     if not c.telemetry_interval >= 0:
@@ -232,6 +255,33 @@ def _check_telemetry(c: AgentConfig) -> None:
         )
     if not 0 <= c.metrics_port <= 65535:
         raise ConfigError(f"metrics_port must be 0 (off) or a TCP port, got {c.metrics_port}")
+
+
+def _check_durability(c: AgentConfig) -> None:
+    if c.spool_max_results < 1 or c.spool_max_bytes < 1024:
+        raise ConfigError(
+            f"spool_max_results must be >= 1 and spool_max_bytes >= 1024, got {c.spool_max_results} and"
+            f" {c.spool_max_bytes}"
+        )
+    if not c.spool_resend_after > 0 or not c.spool_max_age >= 0:
+        raise ConfigError(
+            f"spool_resend_after must be > 0 and spool_max_age >= 0 (0: never) seconds, got {c.spool_resend_after}"
+            f" and {c.spool_max_age}"
+        )
+    if not c.mqtt_max_backoff > 0:
+        raise ConfigError(f"mqtt_max_backoff must be a positive number of seconds, got {c.mqtt_max_backoff}")
+    if c.telemetry_spool < 0:
+        raise ConfigError(f"telemetry_spool must be 0 (keep none) or more samples, got {c.telemetry_spool}")
+    if not 0 <= c.mqtt_session_expiry <= 0xFFFFFFFF or not 0 <= c.mqtt_will_delay <= 0xFFFFFFFF:
+        raise ConfigError(
+            f"mqtt_session_expiry and mqtt_will_delay must be 0 or more seconds, got {c.mqtt_session_expiry} and"
+            f" {c.mqtt_will_delay}"
+        )
+    if c.mqtt_will_delay > c.mqtt_session_expiry:
+        raise ConfigError(
+            f"mqtt_will_delay ({c.mqtt_will_delay} s) cannot exceed mqtt_session_expiry ({c.mqtt_session_expiry} s):"
+            " the broker sends the Last Will when the session ends"
+        )
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -483,6 +533,7 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
     if (value := pick("runtimes", "DAGON_RUNTIMES")) is not None:
         kwargs["runtimes"] = _runtimes(value)
     _load_telemetry(kwargs, pick)
+    _load_durability(kwargs, pick)
     return AgentConfig(**kwargs)
 
 
@@ -515,3 +566,17 @@ def _load_telemetry(kwargs: dict[str, Any], pick: Any) -> None:
                           ("metrics_host", "DAGON_METRICS_HOST")):  # fmt: skip
         if (value := pick(key, env_name)) is not None:
             kwargs[key] = _str(value, key)
+
+
+def _load_durability(kwargs: dict[str, Any], pick: Any) -> None:
+    if (value := pick("spool_path", "DAGON_SPOOL")) is not None:
+        kwargs["spool_path"] = Path(_str(value, "spool_path")).expanduser()
+    for key, env_name in (("spool_max_results", None), ("spool_max_bytes", None), ("telemetry_spool", None),
+                          ("mqtt_session_expiry", "DAGON_MQTT_SESSION_EXPIRY"),
+                          ("mqtt_will_delay", "DAGON_MQTT_WILL_DELAY")):  # fmt: skip
+        if (value := pick(key, env_name)) is not None:
+            kwargs[key] = _int(value, key)
+    for key, env_name in (("spool_resend_after", None), ("spool_max_age", None),
+                          ("mqtt_max_backoff", "DAGON_MQTT_MAX_BACKOFF")):  # fmt: skip
+        if (value := pick(key, env_name)) is not None:
+            kwargs[key] = _float(value, key)

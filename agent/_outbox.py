@@ -21,7 +21,7 @@ import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from dagon.protocol import (
     AgentId,
@@ -29,12 +29,16 @@ from dagon.protocol import (
     Message,
     ProtocolError,
     StartedTask,
+    TaskRef,
     TaskResult,
     TasksFinished,
     TasksStarted,
     topics,
 )
 from dagon.protocol.transport import Publisher
+
+if TYPE_CHECKING:
+    from dagon.agent._spool import ResultSpool
 
 __all__ = ["Outbox"]
 
@@ -51,12 +55,16 @@ class Outbox:
         agent: this agent's id (the ``agent`` field of every report).
         codec: encodes the reports.
         publisher: pipelined publisher on the agent's transport.
+        spool: where results are made durable before they are sent (one transaction
+            per flush); ``None``: results are only sent.
     """
 
-    def __init__(self, *, agent: AgentId, codec: Codec, publisher: Publisher) -> None:
+    def __init__(self, *, agent: AgentId, codec: Codec, publisher: Publisher, spool: ResultSpool | None = None) -> None:
         self._agent = agent
         self._codec = codec
         self._publisher = publisher
+        self._spool = spool
+        self._flushing: list[TaskResult] = []  # results of the flush in progress (being spooled or sent)
         self._started: defaultdict[str, list[StartedTask]] = defaultdict(list)
         self._finished: defaultdict[str, list[TaskResult]] = defaultdict(list)
         self._wake = asyncio.Event()
@@ -99,6 +107,10 @@ class Outbox:
             self._result_ready.clear()
             started, self._started = self._started, defaultdict(list)
             finished, self._finished = self._finished, defaultdict(list)
+            self._flushing = [r for results in finished.values() for r in results]
+            if self._spool is not None and self._flushing:
+                # Durable before it leaves: a result the broker took is never only in memory.
+                await self._spool.put([(c, r) for c, results in finished.items() for r in results])
             for coordinator in started.keys() | finished.keys():
                 inbox = topics.coordinator_inbox(coordinator)
                 starts = started.get(coordinator)
@@ -109,6 +121,18 @@ class Outbox:
                     await self._send(inbox, starts, self._started_message)
                 if finished.get(coordinator):
                     await self._send(inbox, finished[coordinator], self._finished_message)
+            self._flushing = []
+
+    def holding(self) -> list[TaskRef]:
+        """Attempts whose results are queued here or being spooled (not yet in the spool)."""
+        refs = [TaskRef(r.run, r.task, r.attempt) for results in self._finished.values() for r in results]
+        refs.extend(TaskRef(r.run, r.task, r.attempt) for r in self._flushing)
+        return refs
+
+    def result_payloads(self, results: Sequence[TaskResult]) -> list[bytes]:
+        """Freshly encoded ``TasksFinished`` messages carrying ``results`` (new message ids: a resend
+        is a new message, which the coordinator handles and acknowledges again)."""
+        return self._payloads(results, self._finished_message)
 
     def _started_message(self, items: Sequence[StartedTask]) -> Message:
         return TasksStarted(agent=self._agent, tasks=tuple(items))
@@ -117,21 +141,24 @@ class Outbox:
         return TasksFinished(agent=self._agent, results=tuple(items))
 
     async def _send(self, inbox: str, items: Sequence[_R], build: Callable[[Sequence[_R]], Message]) -> None:
+        for payload in self._payloads(items, build):
+            await self._publisher.send(inbox, payload)
+            self.batches += 1
+
+    def _payloads(self, items: Sequence[_R], build: Callable[[Sequence[_R]], Message]) -> list[bytes]:
         try:
-            payload = self._codec.encode(build(items))
+            return [self._codec.encode(build(items))]
         except ProtocolError as exc:
             if exc.reason != "oversize":
-                log.exception("cannot encode a report for %s; %d report(s) dropped", inbox, len(items))
-                return
+                log.exception("cannot encode a report of %d item(s); dropped", len(items))
+                return []
             if len(items) > 1:  # split until every part fits
                 half = len(items) // 2
-                await self._send(inbox, items[:half], build)
-                await self._send(inbox, items[half:], build)
-                return
+                return self._payloads(items[:half], build) + self._payloads(items[half:], build)
             item = items[0]
             if not isinstance(item, TaskResult):  # pragma: no cover - a start report is tiny
-                log.error("start report for %s is over the message size limit", inbox)
-                return
+                log.error("a start report is over the message size limit")
+                return []
             # One result too big on its own (huge manifest): send it without the bulky parts.
             slim = dataclasses.replace(
                 item,
@@ -143,6 +170,4 @@ class Outbox:
             log.warning(
                 "result of %s/%s is over the message size limit; sent without its manifest", item.run, item.task
             )
-            payload = self._codec.encode(TasksFinished(agent=self._agent, results=(slim,)))
-        await self._publisher.send(inbox, payload)
-        self.batches += 1
+            return [self._codec.encode(TasksFinished(agent=self._agent, results=(slim,)))]

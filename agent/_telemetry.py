@@ -21,12 +21,14 @@ from typing import Any
 import psutil
 
 from dagon.agent._config import AgentConfig
+from dagon.agent._spool import ResultSpool
 from dagon.agent.power import EnergyLedger, MqttMeterSource, PowerReading, PowerSource, detect_power_source
 from dagon.protocol import (
     CONTENT_TYPE_JSON,
     SCHEMA_TELEMETRY,
     AgentId,
     Codec,
+    DagonError,
     TaskResult,
     Telemetry,
     encode_public,
@@ -37,6 +39,8 @@ from dagon.protocol.transport import Transport
 __all__ = ["TelemetrySampler", "TelemetryService", "telemetry_message", "telemetry_service"]
 
 log = logging.getLogger(__name__)
+
+PUBLISH_WAIT = 1.0  # seconds a sample waits for the broker before it is spooled instead
 
 
 def _cpu_busy(a: Any, b: Any) -> float:
@@ -137,6 +141,11 @@ class TelemetryService:
         self.last_power: PowerReading | None = None
         self.samples = 0
         self.meter_topic = power.topic if isinstance(power, MqttMeterSource) else ""
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Sample (and deliver what was kept while offline) now rather than at the next interval."""
+        self._wake.set()
 
     def feed(self, topic: str, payload: bytes) -> bool:
         """Take an external meter's message; ``False`` when ``topic`` is not the meter's."""
@@ -182,25 +191,66 @@ class TelemetryService:
             energy_source=energy.source,
         )
 
-    async def run(self, transport: Transport, codec: Codec | None = None) -> None:
+    async def run(self, transport: Transport, codec: Codec | None = None, spool: ResultSpool | None = None) -> None:
         """Sample and publish forever (until cancelled).
 
         With ``codec``, each sample also goes to the coordinators as a signed msgpack
         :class:`~dagon.protocol.Telemetry` on the agent's internal telemetry topic.
+        With a ``spool``, public samples that cannot be published (the broker is unreachable)
+        are kept there and published in order, before newer ones, once it is back.
         """
         topic = topics.agent_telemetry_json(self.agent)
         internal = topics.agent_telemetry(self.agent)
         while True:
             doc = await self.sample_once()
             doc["schema"] = SCHEMA_TELEMETRY
-            try:
-                await transport.publish(topic, encode_public(doc), qos=0, content_type=CONTENT_TYPE_JSON)
-                if codec is not None:
-                    message = telemetry_message(doc, running=self._running())
-                    await transport.publish(internal, codec.encode(message), qos=0)
-            except Exception as exc:
-                log.warning("agent %s: telemetry not published: %s", self.agent, exc)
-            await asyncio.sleep(self.interval)
+            payload = encode_public(doc)
+            if spool is None:
+                try:
+                    await transport.publish(topic, payload, qos=0, content_type=CONTENT_TYPE_JSON)
+                except Exception as exc:
+                    log.warning("agent %s: telemetry not published: %s", self.agent, exc)
+            else:
+                await self._deliver(transport, topic, payload, spool)
+            if codec is not None:
+                message = telemetry_message(doc, running=self._running())
+                try:  # the latest sample is what counts for coordinators: not spooled
+                    async with asyncio.timeout(PUBLISH_WAIT):
+                        await transport.publish(internal, codec.encode(message), qos=0)
+                except Exception as exc:
+                    log.debug("agent %s: telemetry message not sent: %s", self.agent, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _deliver(self, transport: Transport, topic: str, payload: bytes, spool: ResultSpool) -> None:
+        if not spool.telemetry_backlog:
+            if not await _publish(transport, topic, payload, qos=0):
+                await spool.add_telemetry(payload)
+            return
+        await spool.add_telemetry(payload)  # behind the older ones: delivered in order
+        while spool.telemetry_backlog:
+            rows = await spool.telemetry_head(100)
+            last = None
+            for seq, data in rows:
+                if not await _publish(transport, topic, data, qos=1):  # acknowledged: then it may go
+                    break
+                last = seq
+            if last is not None:
+                await spool.telemetry_sent(last)
+            if last is None or last != rows[-1][0]:
+                return  # offline again: the rest waits for the next sample
+
+
+async def _publish(transport: Transport, topic: str, payload: bytes, *, qos: int) -> bool:
+    """Publish unless the broker is unreachable for longer than ``PUBLISH_WAIT``."""
+    try:
+        async with asyncio.timeout(PUBLISH_WAIT):
+            await transport.publish(topic, payload, qos=qos, content_type=CONTENT_TYPE_JSON)
+    except (TimeoutError, DagonError):
+        return False
+    return True
 
 
 def telemetry_message(doc: dict[str, Any], *, running: int = 0) -> Telemetry:

@@ -108,6 +108,10 @@ _MAX_BATCH: Final = 2000  # assignments per message
 
 
 RELAY_KEEP: Final = 600.0  # seconds relayed outputs outlive their run
+# Seconds the attempts of an agent whose Last Will arrived wait for it before running elsewhere:
+# a restarting broker publishes every client's Will at once, and its agents are back within
+# seconds, still running their tasks. A clean shutdown or a heartbeat timeout does not wait.
+DEFAULT_REQUEUE_GRACE: Final = 10.0
 INTERRUPTED: Final = "interrupted"  # stored state of a run whose in-process coordinator stopped
 
 
@@ -137,8 +141,8 @@ class Coordinator:
         coordinator_id: names the inbox topic agents and clients write to.
         store: run store (None: keep nothing on disk).
         heartbeat_ttl: seconds of silence after which an agent counts as lost.
-        requeue_grace: seconds a lost agent's attempts wait for it to come back before they
-            run elsewhere (0: at once; see ``Engine``).
+        requeue_grace: seconds the attempts of an agent lost by its Last Will wait for it to
+            come back before they run elsewhere (0: at once; see ``Engine``).
         publish_results: publish retained per-task JSON results and events.
         max_message_size: limit for decoded messages.
         signer: signs every message to agents (assignments, cancellations, control).
@@ -168,7 +172,7 @@ class Coordinator:
         coordinator_id: str = "main",
         store: Store | None = None,
         heartbeat_ttl: float = 15.0,
-        requeue_grace: float = 0.0,
+        requeue_grace: float = DEFAULT_REQUEUE_GRACE,
         publish_results: bool = True,
         max_message_size: int | None = None,
         engine: Engine | None = None,
@@ -553,6 +557,8 @@ class Coordinator:
                 self._feed(AgentOffline(agent, msg.reason or "offline"))
             elif parts[4] == "telemetry" and isinstance(msg, Heartbeat) and msg.agent == agent:
                 refs = frozenset(msg.held) if msg.complete else None
+                if msg.held:
+                    self._ack_stale(agent, msg.held)
                 self._pending.extend(self.engine.handle(AgentSeen(agent, held=msg.running, refs=refs), time.time()))
                 self._wake.set()
             elif parts[4] == "telemetry" and isinstance(msg, Telemetry) and msg.agent == agent:
@@ -595,6 +601,18 @@ class Coordinator:
         else:
             raise ProtocolError(f"{msg.OP} is not accepted on the coordinator inbox", reason="unexpected")
         self._wake.set()
+
+    def _ack_stale(self, agent: AgentId, held: tuple[TaskRef, ...]) -> None:
+        """Results an agent still holds for attempts of ours that are over (superseded, or the
+        task ended): acknowledge them so its spool lets go (they may be addressed to a
+        coordinator that is gone, e.g. the one of an interrupted ``dagon run``)."""
+        runs = self.engine.runs
+        for ref in held:
+            view = runs[ref.run].tasks.get(ref.task) if ref.run in runs else None
+            if view is not None and (view.attempt != ref.attempt or view.agent != agent):
+                self._stored[agent].append(ref)
+        if self._stored.get(agent):
+            self._wake.set()
 
     def _remember(self, msg_id: str) -> None:
         seen = self._seen_ids

@@ -179,6 +179,7 @@ class Engine(Linking, Recovery):
         self._named: dict[str, RunId] = {}  # workflow name -> its latest run (meta-workflow references)
         self.gc = ScratchGC()  # reference counts of workflow:// consumers, scratch footprints
         self._init_recovery()
+        self._shut_down: set[AgentId] = set()  # agents that said goodbye (not revived by a late heartbeat)
         # Outputs of ``checkpoint`` tasks are copied to durable storage (the coordinator sets
         # this when it has some): they are not regenerated when their agent is lost.
         self.durable_checkpoints = False
@@ -227,6 +228,12 @@ class Engine(Linking, Recovery):
                 agent = self.agents.get(event.agent)
                 if agent is not None:
                     agent.last_seen = now
+                    if not agent.online and agent.id not in self._shut_down:
+                        # Lost by its heartbeat TTL (or Last Will), yet still talking: it is back. It
+                        # does not know it was given up, so it would not announce itself again.
+                        agent.online = True
+                        self._out.append(AgentChanged(agent.id, True, "heard from again"))
+                        self._adopt(agent)
                     if event.refs is not None:
                         if agent.inflight:
                             self._reconcile(agent, event.refs)
@@ -239,7 +246,10 @@ class Engine(Linking, Recovery):
             case AgentAnnounced():
                 self._on_announce(event)
             case AgentOffline():
-                self._agent_lost(event.agent, event.reason)
+                if event.reason == "shutdown":
+                    self._shut_down.add(event.agent)
+                # A clean shutdown will not come back soon; a Last Will may be a broker restart.
+                self._agent_lost(event.agent, event.reason, grace=event.reason != "shutdown")
             case TaskRejected():
                 self._on_rejected(event)
             case Tick():
@@ -293,6 +303,7 @@ class Engine(Linking, Recovery):
         else:
             agent.capabilities = event.capabilities
         agent.last_seen = self._now
+        self._shut_down.discard(event.agent)
         if not agent.online:
             agent.online = True
             self._out.append(AgentChanged(event.agent, True, "announced"))
@@ -380,7 +391,8 @@ class Engine(Linking, Recovery):
         self._orphans_tick()
         for agent in list(self.agents.values()):
             if agent.online and now - agent.last_seen > self.heartbeat_ttl:
-                self._agent_lost(agent.id, f"no heartbeat for {now - agent.last_seen:.0f} s")
+                # silent for the whole TTL already: no further grace
+                self._agent_lost(agent.id, f"no heartbeat for {now - agent.last_seen:.0f} s", grace=False)
 
     # -- scheduling ----------------------------------------------------------
 
@@ -573,13 +585,13 @@ class Engine(Linking, Recovery):
                 else:
                     self._requeue(view, f"assignment never reached agent {agent.id}")
 
-    def _agent_lost(self, agent_id: AgentId, reason: str) -> None:
+    def _agent_lost(self, agent_id: AgentId, reason: str, *, grace: bool = True) -> None:
         agent = self.agents.get(agent_id)
         if agent is None or not agent.online:
             return
         agent.online = False
         self._out.append(AgentChanged(agent_id, False, reason))
-        if self.requeue_grace > 0:
+        if grace and self.requeue_grace > 0:
             self._wait_for_return(agent, reason)
             return
         inflight, agent.inflight = agent.inflight, {}

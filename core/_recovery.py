@@ -165,7 +165,10 @@ class Recovery:
             self._restore_success(view, AgentId(agent), doc or {})
             summary.succeeded += 1
             return True
-        if state in _ACTIVE and agent:
+        # Re-attach only when this coordinator's id ran it (a restart): reports of the attempt go to
+        # that id's inbox. A run taken over (``reopen``) from another coordinator never hears of
+        # them, so its attempts that were under way run again.
+        if state in _ACTIVE and agent and not reopen:
             view.agent = AgentId(agent)
             view.dispatched_at = 0.0  # long ago: if the agent does not hold it, it is lost at once
             view.inherited = True

@@ -65,8 +65,15 @@ class StoreWriter:
     async def commit(self) -> None:
         """Return once everything recorded so far is in the store (group commit)."""
         while True:
-            if self._writing is not None:
-                await asyncio.shield(self._writing)  # ours may be in it, or go into the next one
+            writing = self._writing
+            if writing is not None:
+                # Ours may be in it, or go into the next one. Awaiting a finished future does not
+                # yield, so once it is done give its owner the turn it needs to clear it (a loop
+                # here without a suspension point would never let it).
+                if writing.done():
+                    await asyncio.sleep(0)
+                else:
+                    await asyncio.shield(writing)
                 continue
             if not self._batch:
                 return
@@ -79,11 +86,13 @@ class StoreWriter:
                 else:
                     self._committed()
                     return
-            self._writing = asyncio.ensure_future(self._write(batch))
-            try:
-                await asyncio.shield(self._writing)
-            finally:
-                self._writing = None
+            self._writing = writing = asyncio.ensure_future(self._write(batch))
+            writing.add_done_callback(self._written)
+            await asyncio.shield(writing)
+
+    def _written(self, writing: asyncio.Future[None]) -> None:
+        if self._writing is writing:
+            self._writing = None
 
     def _committed(self) -> None:
         self.commits += 1

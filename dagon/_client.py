@@ -31,7 +31,7 @@ from dagon._remote import RemoteRuns, find_coordinator
 from dagon._settings import broker_from_env, dagon_home, insecure_from_env
 from dagon.agent import host_id
 from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workflow
-from dagon.core._coordinator import new_run_id
+from dagon.core._coordinator import DEFAULT_REQUEUE_GRACE, new_run_id
 from dagon.core._store import RunStore
 from dagon.protocol import (
     CancelRun,
@@ -113,7 +113,7 @@ class Client:
         mqtt_protocol: str | None = None,
         agent_slots: int | None = None,
         heartbeat_ttl: float = 15.0,
-        requeue_grace: float = 0.0,
+        requeue_grace: float = DEFAULT_REQUEUE_GRACE,
         publish_results: bool = True,
         insecure: bool | None = None,
         mqtt_auth: MqttAuth | None = None,
@@ -346,7 +346,7 @@ def connect(
     mqtt_protocol: str | None = None,
     agent_slots: int | None = None,
     heartbeat_ttl: float = 15.0,
-    requeue_grace: float = 0.0,
+    requeue_grace: float = DEFAULT_REQUEUE_GRACE,
     publish_results: bool = True,
     insecure: bool | None = None,
     mqtt_auth: MqttAuth | None = None,
@@ -365,7 +365,7 @@ def connect(
         agent_slots: slots of the embedded agent (default: CPU count).
         heartbeat_ttl: seconds of agent silence before it counts as lost.
         requeue_grace: seconds a lost agent's tasks wait for it to reconnect before they are
-            requeued (default 0: at once).
+            requeued (default 10 s: a restarting broker publishes every agent's Last Will).
         publish_results: publish public JSON task results and events (in-process
             coordinator only; run status is always published).
         insecure: neither sign nor verify messages (development only; default

@@ -100,6 +100,9 @@ async def _serve(config: AgentConfig, *, insecure: bool, orchestrators: list[Run
             will=will,
             protocol=config.mqtt_protocol,
             auth=auth,
+            session_expiry=config.mqtt_session_expiry,
+            will_delay=config.mqtt_will_delay,
+            max_backoff=config.mqtt_max_backoff,
         )
 
     agent = Agent(config=config, connect=connect, runtimes=runtimes, signer=signer, trust=trust, insecure=insecure)

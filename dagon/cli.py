@@ -35,6 +35,7 @@ from dagon.protocol import (
     AgentId,
     Announce,
     Codec,
+    ConfigError,
     DagonError,
     Offline,
     ProtocolError,
@@ -91,8 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     coord.add_argument("--id", default="main", help="coordinator id (default: main)")
     coord.add_argument("--heartbeat-ttl", type=float, default=15.0, help="seconds before a silent agent is lost")
     coord.add_argument(
-        "--requeue-grace", type=float, default=0.0,
-        help="seconds a lost agent's tasks wait for it to reconnect before running elsewhere (default: 0)",
+        "--requeue-grace", type=float, default=10.0,
+        help="seconds the tasks of an agent whose Last Will arrived wait for it to reconnect before running"
+        " elsewhere (default: 10; a restarting broker publishes every agent's Will)",
     )  # fmt: skip
     coord.add_argument("--relay-host", default="127.0.0.1", help="address the data relay binds (default: loopback)")
     coord.add_argument("--relay-port", type=int, default=0, help="data relay port (default: any free one)")
@@ -391,6 +393,10 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
 
     auth = MqttAuth.from_env(os.environ)
+    expiry = os.environ.get("DAGON_MQTT_SESSION_EXPIRY", "3600")
+    if not expiry.isdigit():
+        raise ConfigError(f"DAGON_MQTT_SESSION_EXPIRY must be a whole number of seconds, got {expiry!r}")
+    session_expiry = int(expiry)
     insecure = insecure_from_env(args.insecure)
     if insecure:
         warn_insecure(log)
@@ -408,7 +414,13 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
         try:
             coordinator = Coordinator(
                 connect=lambda will: MqttTransport(
-                    broker, client_id=f"dagon-coordinator-{args.id}", will=will, protocol=protocol, auth=auth
+                    broker,
+                    client_id=f"dagon-coordinator-{args.id}",
+                    will=will,
+                    protocol=protocol,
+                    auth=auth,
+                    # The broker keeps the session (and queues QoS 1 reports) while the connection is down.
+                    session_expiry=session_expiry,
                 ),
                 coordinator_id=args.id,
                 store=store,

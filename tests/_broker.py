@@ -64,10 +64,19 @@ class Mosquitto:
         port: listening port; 0 picks a free one.
         config: use this configuration file as it is (it must listen on ``port``).
         host: address to listen on (only loopback or an address of a namespace bridge the test made).
+        persistence: keep sessions, queued QoS 1 messages and retained messages across a restart
+            (in ``workdir/data/``, saved when the broker stops).
     """
 
     def __init__(
-        self, *, binary: str, workdir: Path, port: int = 0, config: Path | None = None, host: str = "127.0.0.1"
+        self,
+        *,
+        binary: str,
+        workdir: Path,
+        port: int = 0,
+        config: Path | None = None,
+        host: str = "127.0.0.1",
+        persistence: bool = False,
     ) -> None:
         self.binary = binary
         self.host = host
@@ -78,10 +87,18 @@ class Mosquitto:
         self._proc: subprocess.Popen[bytes] | None = None
         if config is not None:
             return
+        store = "persistence false\n"
+        if persistence:
+            (workdir / "data").mkdir(exist_ok=True)
+            store = f"persistence true\npersistence_location {workdir / 'data'}/\n"
+            if os.geteuid() == 0:
+                # Run as root, mosquitto drops to its own user, which cannot write into
+                # pytest's private tmp dirs: keep root (loopback-only test broker).
+                store += "user root\n"
         self.config.write_text(
             f"listener {self.port} {host}\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            f"{store}"
             # The default queue (1000) drops messages for slow subscribers in bursts.
             "max_queued_messages 100000\n"
             # 0 = no limit on outgoing QoS 1/2 messages in flight (default 20);

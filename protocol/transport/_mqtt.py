@@ -145,6 +145,13 @@ class MqttTransport:
         tls_context: TLS settings to use as they are (overrides ``auth``'s files).
         auth: TLS files and credentials (see :class:`MqttAuth`); the URL's
             username/password win over ``auth``'s.
+        session_expiry: MQTT 5 Session Expiry Interval in seconds (0: the session ends with
+            the connection). With a stable ``client_id``, a broker keeps the session — its
+            subscriptions and the QoS 1 messages published to them — this long after a
+            connection drops, and the transport resumes it on reconnect (clean start only on
+            its very first connection). Ignored for MQTT 3.1.1 (always a clean session).
+        will_delay: MQTT 5 Will Delay Interval in seconds: the broker publishes the Last
+            Will only if the client has not come back within it (0: at once).
     """
 
     def __init__(
@@ -160,8 +167,17 @@ class MqttTransport:
         max_backoff: float = 30.0,
         tls_context: ssl.SSLContext | None = None,
         auth: MqttAuth | None = None,
+        session_expiry: int = 0,
+        will_delay: int = 0,
     ) -> None:
         self.url = BrokerURL.parse(url)
+        if not 0 <= session_expiry <= 0xFFFFFFFF or not 0 <= will_delay <= 0xFFFFFFFF:
+            raise ConfigError(
+                f"session_expiry and will_delay must be 0 or more seconds, got {session_expiry} and {will_delay}"
+            )
+        self.session_expiry = session_expiry
+        self.will_delay = will_delay
+        self._session_started = False  # set after the first connection: later ones resume the session
         auth = auth or MqttAuth()
         if auth.uses_tls_files and not self.url.tls:
             raise ConfigError(f"TLS files are configured but the broker URL {self.url} is not mqtts://; use mqtts://")
@@ -195,10 +211,18 @@ class MqttTransport:
     # -- lifecycle ---------------------------------------------------------
 
     def _new_client(self) -> aiomqtt.Client:
+        v5 = self.protocol == "5"
         will = None
         if self._will is not None:
-            will = aiomqtt.Will(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
-        v5 = self.protocol == "5"
+            will_props = None
+            if v5 and self.will_delay:
+                will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+                will_props.WillDelayInterval = self.will_delay
+            will = aiomqtt.Will(self._will.topic, self._will.payload, self._will.qos, self._will.retain, will_props)
+        connect_props = None
+        if v5 and self.session_expiry:
+            connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect_props.SessionExpiryInterval = self.session_expiry
         tls_context = self._tls_context
         if self.url.tls and tls_context is None:
             tls_context = ssl.create_default_context()
@@ -218,7 +242,11 @@ class MqttTransport:
             queue_type=_forwarding_queue(self._queue),
             # Small control messages must not wait for Nagle + delayed ACK (~40 ms each way).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY,
+            # A new paho client per connection: "first only" would start clean every time.
+            # The transport's first connection starts clean (no stale queue from a previous
+            # process); reconnects resume the session the broker kept (session_expiry).
+            clean_start=not self._session_started if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=connect_props,
         )
 
     async def __aenter__(self) -> Self:
@@ -268,6 +296,7 @@ class MqttTransport:
                     self._lost = asyncio.get_running_loop().create_future()
                     if self._filters:
                         await client.subscribe([(f, q) for f, q in self._filters.items()])
+                    self._session_started = True
                     self._connected.set()
                     if not self._first.done():
                         self._first.set_result(None)

@@ -237,3 +237,53 @@ def test_after_the_grace_period_the_attempt_runs_elsewhere() -> None:
     assert again.agent != d.agent and again.assignment.attempt == 2
     finish(engine, d, 34)  # the late result of the first attempt is fenced
     assert view.state is TaskState.DISPATCHED
+
+
+def test_an_agent_given_up_by_its_ttl_that_is_heard_from_again_is_back_online() -> None:
+    engine = Engine(rng=random.Random(1), heartbeat_ttl=10.0)
+    announce(engine, A1, 0)
+    engine.handle(Tick(), 11)
+    assert not engine.agents[A1].online
+    engine.handle(AgentSeen(A1, held=0), 12)  # its heartbeats were only late
+    assert engine.agents[A1].online
+    engine.handle(AgentOffline(A1, "shutdown"), 13)
+    engine.handle(AgentSeen(A1, held=0), 13.1)  # a heartbeat overtaken by the goodbye
+    assert not engine.agents[A1].online
+
+
+_LATE_COMMIT = """
+import asyncio, sys
+from dagon.core._store import RunStore
+from dagon.core._writer import INLINE_MAX, StoreWriter
+
+async def main():
+    store = RunStore(sys.argv[1])
+    w = StoreWriter(store)
+    w.create_run("r", "w", {}, 0.0, {}, "c")
+    for i in range(INLINE_MAX + 10):  # large: written in a worker thread
+        w.transition(("r", f"t{i}", "ready", "dispatched", 1, "a", "placed", 1.0))
+    first = asyncio.ensure_future(w.commit())
+    await asyncio.sleep(0)
+    while not w._writing.done():
+        await asyncio.sleep(0)
+    w.transition(("r", "late", "ready", "dispatched", 1, "a", "placed", 2.0))
+    await w.commit()  # after the write finished, before its owner resumed
+    await first
+    await w.drain()
+    print(len(store.transitions("r")))
+
+asyncio.run(main())
+"""
+
+
+def test_a_commit_arriving_as_a_write_finishes_does_not_livelock(tmp_path: Any) -> None:
+    """A second commit that found the previous write finished but not yet cleared used to spin
+    without yielding, so the write's owner never ran: the coordinator hung at 100 % CPU."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _LATE_COMMIT, str(tmp_path / "runs.sqlite")],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert out.stdout.split() == ["75"]

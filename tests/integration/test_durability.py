@@ -121,7 +121,7 @@ async def test_outputs_lost_with_a_killed_agent_are_regenerated_for_their_consum
         for name in ("one", "two")
     }
     try:
-        async with dagon.connect(mosquitto.url, home=tmp_path / "client", heartbeat_ttl=5) as client:
+        async with dagon.connect(mosquitto.url, home=tmp_path / "client", requeue_grace=2) as client:
             assert client.coordinator is not None
             engine = client.coordinator.engine
             async with asyncio.timeout(20):

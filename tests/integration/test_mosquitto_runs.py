@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _broker import stop_process
+from _broker import MOSQUITTO_MISSING, Mosquitto, missing, mosquitto_binary, stop_process
 from _keys import COORDINATOR, coordinator_security
 
 import dagon
@@ -73,32 +74,59 @@ async def test_demo_on_two_agent_processes_with_public_results(
 
 
 async def test_killed_agent_is_detected_and_its_task_requeued(mosquitto: Any, tmp_path: Path) -> None:
-    victim = start_agent(mosquitto.url, tmp_path, "victim", slots=1)
+    victim = start_agent(mosquitto.url, tmp_path, "victim", slots=4)
     survivor: subprocess.Popen[bytes] | None = None
-    marker = tmp_path / "started"
+    markers = tmp_path / "markers"
+    markers.mkdir()
     try:
-        async with dagon.connect(mosquitto.url, home=tmp_path / "client", heartbeat_ttl=5) as client:
-            assert client.coordinator is not None
+        async with dagon.connect(mosquitto.url, home=tmp_path / "client", requeue_grace=2) as client:
+            coordinator = client.coordinator
+            assert coordinator is not None
             async with asyncio.timeout(20):
-                await client.coordinator.wait_for_agents(1)
+                await coordinator.wait_for_agents(1)
             wf = dagon.Workflow("requeue")
-            wf.shell("job", f"echo $DAGON_ATTEMPT >> {marker}; sleep 1; echo done > out.txt")
+            # Each task appends its attempt number to its own marker: one line per execution.
+            for name in ("slow0", "slow1"):
+                wf.shell(name, f"echo $DAGON_ATTEMPT >> {markers / name}; sleep 1.5; echo done > out.txt")
+            for i in range(3):
+                wf.shell(f"quick{i}", f"echo $DAGON_ATTEMPT >> {markers / f'quick{i}'}")
             run = await client.submit(wf)
             async with asyncio.timeout(10):
-                while not marker.exists():
+                # Kill when the quick tasks are recorded done and both slow ones run.
+                while not (
+                    all((markers / f"slow{i}").exists() for i in range(2))
+                    and all(t.state is TaskState.SUCCEEDED for n, t in coordinator.engine.run(run.id).tasks.items()
+                            if n.startswith("quick"))
+                ):  # fmt: skip
                     await asyncio.sleep(0.05)
             victim.send_signal(signal.SIGKILL)  # no clean shutdown: only the Last Will tells
             victim.wait()
-            survivor = start_agent(mosquitto.url, tmp_path, "survivor", slots=1)
+            survivor = start_agent(mosquitto.url, tmp_path, "survivor", slots=2)
             result = await run.wait()
+            # Every result was acknowledged: nothing stays in the survivor's spool.
+            spool = tmp_path / "survivor" / "spool-survivor.sqlite"
+            async with asyncio.timeout(10):
+                while _spooled(spool):
+                    await asyncio.sleep(0.05)
     finally:
         stop(victim)
         if survivor is not None:
             stop(survivor)
     assert result.ok, result.cause
-    assert result["job"].agent == "survivor"
-    assert result["job"].attempt == 2
-    assert marker.read_text().split() == ["1", "2"]
+    for name in ("slow0", "slow1"):
+        assert (result[name].agent, result[name].attempt) == ("survivor", 2)
+        # The killed attempt 1 (accounted for) and the successful attempt 2, each once.
+        assert (markers / name).read_text().split() == ["1", "2"]
+    for i in range(3):
+        assert result[f"quick{i}"].agent == "victim"
+        assert (markers / f"quick{i}").read_text().split() == ["1"]  # done before the kill: never again
+
+
+def _spooled(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
 
 async def test_failing_task_over_mosquitto(
@@ -140,25 +168,40 @@ async def test_garbage_on_every_topic_over_mosquitto(
     assert all(proc.poll() is None for proc in agents), "an agent died on malformed input"
 
 
-async def test_run_survives_a_broker_restart(mosquitto: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("persistence", [False, True], ids=["in-memory", "persistent"])
+async def test_run_survives_a_broker_restart(tmp_path: Path, persistence: bool) -> None:
+    binary = mosquitto_binary()
+    if binary is None:
+        missing(MOSQUITTO_MISSING)
+    mosquitto = Mosquitto(binary=binary, workdir=tmp_path / "mosquitto", persistence=persistence)
+    mosquitto.start()
     agent = start_agent(mosquitto.url, tmp_path, "steady", slots=2)
+    markers = tmp_path / "markers"
+    markers.mkdir()
     try:
-        async with dagon.connect(mosquitto.url, home=tmp_path / "client") as client:
+        # A stopping Mosquitto publishes every client's Last Will: the agent looks lost. The
+        # requeue grace lets its attempts wait for it to come back instead of running again.
+        async with dagon.connect(mosquitto.url, home=tmp_path / "client", requeue_grace=20) as client:
             assert client.coordinator is not None
             async with asyncio.timeout(20):
                 await client.coordinator.wait_for_agents(1)
             wf = dagon.Workflow("restart")
             for i in range(8):
-                wf.shell(f"t{i}", "sleep 0.5; echo done > out.txt")
+                wf.shell(f"t{i}", f"echo $DAGON_ATTEMPT >> {markers / f't{i}'}; sleep 0.5; echo done > out.txt")
             run = await client.submit(wf)
             await asyncio.sleep(0.8)
-            await asyncio.to_thread(mosquitto.restart)  # loses retained messages and sessions
+            # Without persistence it loses retained messages and sessions; with it, it keeps them.
+            await asyncio.to_thread(mosquitto.restart)
             async with asyncio.timeout(60):
                 result = await run.wait()
     finally:
         stop(agent)
+        mosquitto.stop()
     assert result.ok, {n: t.cause for n, t in result.tasks.items()}
     assert agent.returncode == 0  # the agent rode out the restart and shut down cleanly
+    for i in range(8):
+        # No task's effect happened twice: one execution, the attempt the run recorded.
+        assert (markers / f"t{i}").read_text().split() == [str(result[f"t{i}"].attempt)]
 
 
 async def test_remote_submission_of_an_invalid_workflow_is_rejected_with_the_reason(
