@@ -270,12 +270,22 @@ class Coordinator:
         return self._relay_dir / leaf
 
     def _is_checkpoint(self, run: str, task: str, leaf: Path) -> bool:
-        view = self.engine.runs.get(RunId(run))
-        task_view = view.tasks.get(task) if view is not None else None
-        if task_view is not None:
-            return task_view.spec.checkpoint
+        marked = self._marked_checkpoint(RunId(run), task)
+        if marked is not None:
+            return marked
         assert self._checkpoint_dir is not None
         return (self._checkpoint_dir / leaf).is_dir()  # a run no longer in memory
+
+    def _marked_checkpoint(self, run: RunId, task: str) -> bool | None:
+        """Whether a task of a run in memory is marked ``checkpoint`` (None: no such task)."""
+        view = self.engine.runs.get(run)
+        task_view = view.tasks.get(task) if view is not None else None
+        return task_view.spec.checkpoint if task_view is not None else None
+
+    @property
+    def _own_checkpoints(self) -> bool:
+        """Whether this coordinator keeps checkpoints itself (relay server and directory)."""
+        return self._relay is not None and self._checkpoint_dir is not None
 
     @property
     def relay_url(self) -> str:
@@ -702,19 +712,17 @@ class Coordinator:
 
     def _checkpointed(self, run: RunId, task: str) -> bool:
         """Whether ``task``'s outputs go to checkpoint storage (which then serves them)."""
-        if not self._checkpoint_store_url() and (self._relay is None or self._checkpoint_dir is None):
+        if not self._own_checkpoints and self._checkpoint_store() is None:
             return False
-        view = self.engine.runs.get(run)
-        task_view = view.tasks.get(task) if view is not None else None
-        return task_view is not None and task_view.spec.checkpoint
+        return bool(self._marked_checkpoint(run, task))
 
-    def _checkpoint_store_url(self, exclude: str = "") -> str:
-        """An online agent announcing itself as a checkpoint store (first by id), as ``id url``."""
+    def _checkpoint_store(self, exclude: str = "") -> AgentView | None:
+        """An online agent announcing itself as a checkpoint store (first by id)."""
         for agent in sorted(self.engine.agents.values(), key=lambda a: a.id):
             caps = agent.capabilities
             if agent.online and caps.checkpoint_store and caps.reachable and caps.data_url and agent.id != exclude:
-                return f"{agent.id} {caps.data_url}"
-        return ""
+                return agent
+        return None
 
     def _checkpoint_source(self, run: RunId, task: str, attempt: int) -> str:
         """The URL a checkpoint's copy is served at ("" if there is none)."""
@@ -722,7 +730,7 @@ class Coordinator:
         if holder:  # an agent: only while it is online
             agent = self.engine.agents.get(AgentId(holder))
             return agent.capabilities.data_url if agent is not None and agent.online else ""
-        if holder == "" or (self._relay is not None and self._checkpoint_dir is not None):
+        if holder == "" or self._own_checkpoints:
             return self.relay_url  # the coordinator's own checkpoint storage
         return ""
 
@@ -735,10 +743,10 @@ class Coordinator:
         key = (run, task, view.attempt, "*")
         if agent is None or key in self._uploads_asked:
             return
-        store = self._checkpoint_store_url(exclude=agent)
-        if store:
-            holder, url = store.split(" ", 1)
-        elif self._relay is not None and self._checkpoint_dir is not None:
+        store = self._checkpoint_store(exclude=agent)
+        if store is not None:
+            holder, url = str(store.id), store.capabilities.data_url
+        elif self._own_checkpoints:
             holder, url = "", self.relay_url
         else:
             return
@@ -802,9 +810,7 @@ class Coordinator:
                 self._on_run_transition(cmd)
             elif isinstance(cmd, AgentChanged):
                 log.info("agent %s %s (%s)", cmd.agent, "online" if cmd.online else "offline", cmd.reason)
-                self.engine.durable_checkpoints = bool(
-                    (self._relay is not None and self._checkpoint_dir is not None) or self._checkpoint_store_url()
-                )
+                self.engine.durable_checkpoints = self._own_checkpoints or self._checkpoint_store() is not None
                 self._agents_changed.set()
             elif isinstance(cmd, DeleteScratch):
                 delete[cmd.agent].append(cmd.ref)

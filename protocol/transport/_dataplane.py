@@ -33,7 +33,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 from dagon.protocol._errors import DagonError, ProtocolError, TransportError
 from dagon.protocol._grants import Grant, covers
-from dagon.protocol.transport._datatypes import MANIFEST_FILE, PullStats, ServerStats
+from dagon.protocol.transport._datatypes import MANIFEST_FILE, PullStats, ServerStats, server_url
 
 __all__ = ["MANIFEST_FILE", "DataServer", "PullStats", "covered_files", "pull", "push"]
 
@@ -167,8 +167,7 @@ class DataServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
+        return server_url(self._host, self.port, tls=self._tls is not None)
 
     async def __aenter__(self) -> DataServer:
         app = web.Application(client_max_size=1 << 20, middlewares=[self._count_refusals])

@@ -6,9 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MANIFEST_FILE", "PullStats", "ServerStats"]
+__all__ = ["MANIFEST_FILE", "PullStats", "ServerStats", "server_url"]
 
 MANIFEST_FILE: Final = "manifest.json"  # under a task's .dagon/: the producer's own manifest
+
+
+def server_url(host: str, port: int, *, tls: bool) -> str:
+    """The URL a data server listening on ``host:port`` is reached at."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 @dataclass

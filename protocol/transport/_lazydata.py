@@ -18,7 +18,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from dagon.protocol._errors import TransportError
-from dagon.protocol.transport._datatypes import ServerStats
+from dagon.protocol.transport._datatypes import ServerStats, server_url
 
 if TYPE_CHECKING:
     from dagon.protocol.transport._dataplane import Authorize, DataServer, Locate
@@ -57,8 +57,7 @@ class LazyDataServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
+        return server_url(self._host, self.port, tls=self._tls is not None)
 
     @property
     def loaded(self) -> bool:
