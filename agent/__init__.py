@@ -28,11 +28,11 @@ from dagon.agent.runtimes import (
 )
 
 __all__ = [
+    "Agent",
+    "AgentConfig",
     "ApptainerRuntime",
     "CharliecloudRuntime",
     "DockerRuntime",
-    "Agent",
-    "AgentConfig",
     "Execution",
     "Outcome",
     "Runtime",

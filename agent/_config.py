@@ -5,7 +5,9 @@
 | broker | ``--broker`` | ``DAGON_BROKER`` | ``broker`` | none (required by ``dagon-agent``) |
 | agent id | ``--id`` | ``DAGON_AGENT_ID`` | ``id`` | stable id kept in ``<home>/agent-id`` |
 | scratch root | ``--scratch`` | ``DAGON_SCRATCH`` | ``scratch`` | ``<home>/scratch`` |
+| task directory names | — | ``DAGON_SCRATCH_LAYOUT`` | ``scratch_layout`` | ``run`` (or ``dagonstar``) |
 | labels | ``--labels k=v,…`` | ``DAGON_LABELS`` | ``labels`` (table) | none |
+| more host addresses | ``--addresses a,b`` | ``DAGON_ADDRESSES`` | ``addresses`` (list) | interfaces' only |
 | slots | ``--slots`` | ``DAGON_SLOTS`` | ``slots`` | CPU count |
 | home | — | ``DAGON_HOME`` | ``home`` | ``$XDG_STATE_HOME/dagon`` or ``~/.local/state/dagon`` |
 | MQTT version | — | ``DAGON_MQTT_PROTOCOL`` | ``mqtt_protocol`` | ``"5"`` (``"3.1.1"`` for amqtt) |
@@ -19,6 +21,7 @@
 | CA for peers' data servers | — | ``DAGON_DATA_TLS_CA`` | ``data_tls_ca`` | the system's CAs |
 | own SSH key for SFTP | — | ``DAGON_SSH_KEY`` | ``ssh_key`` | none |
 | trusted SSH host keys | — | ``DAGON_SSH_KNOWN_HOSTS`` | ``ssh_known_hosts`` | ``~/.ssh/known_hosts`` |
+| scratch on ``ip=`` hosts | — | ``DAGON_SSH_SCRATCH`` | ``ssh_scratch`` | ``dagon-scratch`` (under the remote home) |
 | reachable by others | ``--unreachable`` | ``DAGON_REACHABLE`` | ``reachable`` | true (false: via the relay) |
 | keep others' checkpoints | ``--checkpoint-store`` | ``DAGON_CHECKPOINT_STORE`` | ``checkpoint_store`` | false |
 | task user | ``--run-as`` | ``DAGON_RUN_AS`` | ``run_as`` | the agent's own user |
@@ -28,12 +31,16 @@
 Broker TLS and login: ``mqtt_ca``, ``mqtt_cert``, ``mqtt_key``, ``mqtt_username``,
 ``mqtt_password_file`` (environment: the same names upper-cased with a ``DAGON_``
 prefix, e.g. ``DAGON_MQTT_CA``).
-| container runtimes | ``--runtimes docker,…`` | ``DAGON_RUNTIMES`` | ``runtimes`` (list) | ``auto``: detected |
+| runtimes | ``--runtimes docker,slurm,…`` | ``DAGON_RUNTIMES`` | ``runtimes`` (list) | ``auto``: detected containers |
+| sensor devices | ``--devices serial:/dev/ttyACM0,…`` | ``DAGON_DEVICES`` | ``devices`` (list) | the detected |
+| detect devices | — | ``DAGON_DETECT_DEVICES`` | ``detect_devices`` | true (serial, IIO, I²C) |
 
 Further TOML-only keys: ``prefetch`` (assignments queued beyond the slots so a
 slot never idles waiting for the coordinator; default: as many as slots),
-``stage_mode`` (hardlink, symlink, copy; hardlink falls back to copy across
-file systems), ``heartbeat_interval`` (seconds), ``python_pool`` (thread,
+``stage_mode`` (copy: the consumer's own copy, a reflink where the file system has them;
+symlink: a link, for container runtimes only, which bind it read-only — other tasks get a copy;
+hardlink: deprecated, means copy, since a hard link let a consumer change its producer's file),
+``heartbeat_interval`` (seconds), ``python_pool`` (thread,
 process), ``python_workers`` (default: as many as slots), ``max_message_size``
 (bytes).
 
@@ -42,7 +49,9 @@ Durability keys (TOML; some also as environment variables; see docs/durability.m
 ``spool_max_bytes``, ``spool_resend_after``, ``spool_max_age`` (seconds, 0 = never),
 ``telemetry_spool`` (samples), ``mqtt_session_expiry`` (``DAGON_MQTT_SESSION_EXPIRY``, seconds,
 default 3600), ``mqtt_will_delay`` (``DAGON_MQTT_WILL_DELAY``, seconds, default 0) and
-``mqtt_max_backoff`` (``DAGON_MQTT_MAX_BACKOFF``, seconds between reconnect attempts at most, default 30).
+``mqtt_max_backoff`` (``DAGON_MQTT_MAX_BACKOFF``, seconds between reconnect attempts at most, default 30);
+``wait_for_broker`` (``DAGON_WAIT_FOR_BROKER``, ``--no-wait-for-broker``; default true: a broker not up yet
+is retried with that backoff, logged each minute, instead of ending the agent).
 
 Telemetry keys (TOML; some also as environment variables): ``telemetry_interval``
 (``DAGON_TELEMETRY_INTERVAL``, seconds, 0 = off, default 5), ``power_source``
@@ -61,13 +70,14 @@ import re
 import socket
 import ssl
 import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from dagon.agent._layout import LAYOUTS, ScratchLayout
 from dagon.protocol import DEFAULT_MAX_SIZE, NAME_RE, ConfigError
+from dagon.protocol._settings import as_bool, as_float, as_int, as_str, read_toml
 
 __all__ = [
     "AgentConfig",
@@ -101,8 +111,12 @@ class AgentConfig:
         agent_id: unique name of the agent (letters, digits, ``.``, ``_``, ``-``).
         home: state directory (stable agent id, default scratch).
         scratch: root of the task working directories.
+        scratch_layout: how they are named (``dagon.agent._layout``): ``"run"``, or
+            ``"dagonstar"`` (DAGonStar's ``<epoch ms>-<task>``, for its scripts' ``dagon.ini``).
         broker: MQTT broker URL, ``None`` when not configured.
         labels: placement labels announced to coordinators.
+        addresses: addresses of this host to announce besides its interfaces' (e.g. a public
+            address in front of NAT), for tasks placed by host (DAGonStar's ``ip=``).
         slots: tasks run at the same time.
         prefetch: assignments accepted beyond ``slots`` and queued (-1: as many as slots).
         stage_mode: how local inputs are staged (an assignment may override it).
@@ -125,22 +139,31 @@ class AgentConfig:
         host_id: overrides the machine identity: agents with the same one share a
             file system (inputs are linked), others pull over the network.
         serve_data: run the HTTP data server (off: outputs are read over SSH or relayed).
+        inherit_env: process tasks start from the agent's whole environment (minus
+            ``DAGON_SECRET_*``) instead of a minimal one — what the in-process agent of
+            ``dagon run`` does: there the tasks are the user's own, like the script running them.
         ssh_url: ``ssh://user@host:port`` other agents may read this scratch root from over SFTP.
-        ssh_key, ssh_known_hosts: this agent's key for SFTP staging, and the host keys it trusts.
+        ssh_key, ssh_known_hosts: this agent's key for SFTP staging (and the ssh and cloud
+            runtimes), and the host keys it trusts.
+        ssh_scratch: scratch root on hosts the ssh runtime runs tasks on (relative: under
+            the remote home).
         data_tls_cert, data_tls_key: serve the data server over HTTPS with this certificate.
         data_tls_ca: CA bundle that signed peers' data server certificates.
-        runtimes: container runtimes to offer (``docker``, ``charliecloud``,
-            ``apptainer``); ``None`` detects the ones that work here, ``()`` offers none.
+        runtimes: runtimes to offer besides process, python and http (``docker``,
+            ``charliecloud``, ``apptainer``, ``slurm``, ``ssh``, ``cloud``); ``None`` detects
+            the container runtimes that work here, ``()`` offers none.
     """
 
     agent_id: str
     home: Path
     scratch: Path
+    scratch_layout: ScratchLayout = "run"
     broker: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    addresses: tuple[str, ...] = ()
     slots: int = field(default_factory=_cpus)
     prefetch: int = -1
-    stage_mode: StageMode = "hardlink"
+    stage_mode: StageMode = "copy"
     heartbeat_interval: float = 5.0
     python_pool: PythonPool = "thread"
     python_workers: int = 0
@@ -160,9 +183,11 @@ class AgentConfig:
     max_transfers: int = 4
     host_id: str | None = None
     serve_data: bool = True
+    inherit_env: bool = False
     ssh_url: str | None = None
     ssh_key: Path | None = None
     ssh_known_hosts: Path | None = None
+    ssh_scratch: str = "dagon-scratch"
     data_tls_cert: Path | None = None
     data_tls_key: Path | None = None
     data_tls_ca: Path | None = None
@@ -189,6 +214,10 @@ class AgentConfig:
     mqtt_session_expiry: int = 3600  # seconds the broker keeps our session (queued QoS 1 messages) when cut off
     mqtt_will_delay: int = 0  # seconds the broker waits for us to come back before our Last Will goes out
     mqtt_max_backoff: float = 30.0  # cap of the (jittered, doubling) wait between reconnect attempts
+    wait_for_broker: bool = True  # an unreachable broker at start is waited for (False: exit at once)
+    # Sensors (docs/device.md): devices announced besides the detected ones, e.g. "serial:/dev/ttyACM0".
+    devices: tuple[str, ...] = ()
+    detect_devices: bool = True
 
     def __post_init__(self) -> None:
         _check_telemetry(self)
@@ -202,6 +231,8 @@ class AgentConfig:
             raise ConfigError(f"slots must be at least 1, got {self.slots}")
         if self.prefetch < -1:
             raise ConfigError(f"prefetch must be 0 or more (-1: as many as slots), got {self.prefetch}")
+        if self.scratch_layout not in LAYOUTS:
+            raise ConfigError(f"scratch_layout must be one of {', '.join(LAYOUTS)}, got {self.scratch_layout!r}")
         if self.stage_mode not in STAGE_MODES:
             raise ConfigError(f"stage_mode must be one of {', '.join(STAGE_MODES)}, got {self.stage_mode!r}")
         if self.python_pool not in ("thread", "process"):
@@ -336,28 +367,17 @@ def stable_agent_id(home: Path) -> str:
     return new
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a whole number, got {value!r}")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a whole number, got {value!r}") from None
-
-
-def _float(value: Any, what: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number, got {value!r}") from None
-
-
-def _str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{what} must be a string, got {value!r}")
-    return value
+def _addresses(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"addresses must be 'a,b' or a TOML list of strings, got {value!r}")
+    found = tuple(i.strip() for i in items if i.strip())
+    bad = [i for i in found if any(c.isspace() or c in "/@" for c in i)]
+    if bad:
+        raise ConfigError(f"addresses must be IP addresses or host names, got {bad} (write e.g. --addresses 10.0.0.5)")
+    return found
 
 
 def _labels(value: Any) -> dict[str, str]:
@@ -371,31 +391,9 @@ def _labels(value: Any) -> dict[str, str]:
 
 
 def _read_file(config_file: Path) -> dict[str, Any]:
-    try:
-        values = tomllib.loads(Path(config_file).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {config_file} does not exist (check --config)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {config_file} cannot be read: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
     # [kubernetes] and [nomad] tables are read by dagon.agent.runtimes.orchestrator_runtimes.
     known = {f.name for f in fields(AgentConfig)} - {"agent_id"} | {"id", "kubernetes", "nomad"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"config file {config_file}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    return values
-
-
-def _bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return read_toml(config_file, known)
 
 
 def _run_as(name: str) -> str:
@@ -479,29 +477,35 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
         return file_values.get(key)
 
     home_value = pick("home", "DAGON_HOME")
-    home = Path(_str(home_value, "home")).expanduser() if home_value is not None else default_home(env)
+    home = Path(as_str(home_value, "home")).expanduser() if home_value is not None else default_home(env)
     agent_id = pick("id", "DAGON_AGENT_ID")
     scratch = pick("scratch", "DAGON_SCRATCH")
     broker = pick("broker", "DAGON_BROKER")
     kwargs: dict[str, Any] = {
-        "agent_id": _str(agent_id, "agent id") if agent_id is not None else stable_agent_id(home),
+        "agent_id": as_str(agent_id, "agent id") if agent_id is not None else stable_agent_id(home),
         "home": home,
-        "scratch": Path(_str(scratch, "scratch")).expanduser() if scratch is not None else home / "scratch",
-        "broker": _str(broker, "broker") if broker is not None else None,
+        "scratch": Path(as_str(scratch, "scratch")).expanduser() if scratch is not None else home / "scratch",
+        "broker": as_str(broker, "broker") if broker is not None else None,
         "labels": _labels(pick("labels", "DAGON_LABELS")),
+        "addresses": _addresses(pick("addresses", "DAGON_ADDRESSES")),
     }
     for key, env_name in (("slots", "DAGON_SLOTS"), ("python_workers", None), ("max_message_size", None)):
         if (value := pick(key, env_name)) is not None:
-            kwargs[key] = _int(value, key)
+            kwargs[key] = as_int(value, key)
     if (value := pick("prefetch")) is not None:
-        kwargs["prefetch"] = _int(value, "prefetch")
-    for key, env_name in (("stage_mode", None), ("python_pool", None), ("mqtt_protocol", "DAGON_MQTT_PROTOCOL")):
+        kwargs["prefetch"] = as_int(value, "prefetch")
+    for key, env_name in (
+        ("stage_mode", None),
+        ("python_pool", None),
+        ("mqtt_protocol", "DAGON_MQTT_PROTOCOL"),
+        ("scratch_layout", "DAGON_SCRATCH_LAYOUT"),
+    ):
         if (value := pick(key, env_name)) is not None:
-            kwargs[key] = _str(value, key)
+            kwargs[key] = as_str(value, key)
     if (value := pick("heartbeat_interval")) is not None:
-        kwargs["heartbeat_interval"] = _float(value, "heartbeat_interval")
+        kwargs["heartbeat_interval"] = as_float(value, "heartbeat_interval")
     if (value := pick("secrets_file", "DAGON_SECRETS_FILE")) is not None:
-        kwargs["secrets_file"] = Path(_str(value, "secrets_file")).expanduser()
+        kwargs["secrets_file"] = Path(as_str(value, "secrets_file")).expanduser()
     elif (home / "secrets.toml").is_file():
         kwargs["secrets_file"] = home / "secrets.toml"
     for key, env_name in (
@@ -510,28 +514,38 @@ def load_agent_config(*, config_file: Path | None, env: Mapping[str, str], flags
         ("host_id", "DAGON_HOST_ID"),
     ):
         if (value := pick(key, env_name)) is not None:
-            kwargs[key] = _str(value, key)
+            kwargs[key] = as_str(value, key)
     for key, env_name in (("data_port", "DAGON_DATA_PORT"), ("max_transfers", None)):
         if (value := pick(key, env_name)) is not None:
-            kwargs[key] = _int(value, key)
+            kwargs[key] = as_int(value, key)
     if (value := pick("reachable", "DAGON_REACHABLE")) is not None:
-        kwargs["reachable"] = _bool(value, "reachable")
+        kwargs["reachable"] = as_bool(value, "reachable")
     if (value := pick("serve_data", "DAGON_SERVE_DATA")) is not None:
-        kwargs["serve_data"] = _bool(value, "serve_data")
+        kwargs["serve_data"] = as_bool(value, "serve_data")
+    if (value := pick("inherit_env")) is not None:
+        kwargs["inherit_env"] = as_bool(value, "inherit_env")
     if (value := pick("checkpoint_store", "DAGON_CHECKPOINT_STORE")) is not None:
-        kwargs["checkpoint_store"] = _bool(value, "checkpoint_store")
+        kwargs["checkpoint_store"] = as_bool(value, "checkpoint_store")
     if (value := pick("ssh_url", "DAGON_SSH_URL")) is not None:
-        kwargs["ssh_url"] = _str(value, "ssh_url")
+        kwargs["ssh_url"] = as_str(value, "ssh_url")
     for key in ("ssh_key", "ssh_known_hosts", "data_tls_cert", "data_tls_key", "data_tls_ca"):
         if (value := pick(key, f"DAGON_{key.upper()}")) is not None:
-            kwargs[key] = Path(_str(value, key)).expanduser()
+            kwargs[key] = Path(as_str(value, key)).expanduser()
+    if (value := pick("ssh_scratch", "DAGON_SSH_SCRATCH")) is not None:
+        kwargs["ssh_scratch"] = as_str(value, "ssh_scratch")
     if (value := pick("run_as", "DAGON_RUN_AS")) is not None:
-        kwargs["run_as"] = _run_as(_str(value, "run_as"))
+        kwargs["run_as"] = _run_as(as_str(value, "run_as"))
     for key in ("mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_username", "mqtt_password_file"):
         if (value := pick(key, f"DAGON_{key.upper()}")) is not None:
-            kwargs[key] = _str(value, key)
+            kwargs[key] = as_str(value, key)
     if (value := pick("runtimes", "DAGON_RUNTIMES")) is not None:
         kwargs["runtimes"] = _runtimes(value)
+    if (value := pick("devices", "DAGON_DEVICES")) is not None:
+        from dagon.agent.sensors._devices import parse_devices
+
+        kwargs["devices"] = parse_devices(value)
+    if (value := pick("detect_devices", "DAGON_DETECT_DEVICES")) is not None:
+        kwargs["detect_devices"] = as_bool(value, "detect_devices")
     _load_telemetry(kwargs, pick)
     _load_durability(kwargs, pick)
     return AgentConfig(**kwargs)
@@ -558,25 +572,27 @@ def _load_telemetry(kwargs: dict[str, Any], pick: Any) -> None:
     for key, env_name in (("telemetry_interval", "DAGON_TELEMETRY_INTERVAL"), ("power_idle_watts", None),
                           ("power_max_watts", None)):  # fmt: skip
         if (value := pick(key, env_name)) is not None:
-            kwargs[key] = _float(value, key)
+            kwargs[key] = as_float(value, key)
     if (value := pick("metrics_port", "DAGON_METRICS_PORT")) is not None:
-        kwargs["metrics_port"] = _int(value, "metrics_port")
+        kwargs["metrics_port"] = as_int(value, "metrics_port")
     for key, env_name in (("power_source", "DAGON_POWER_SOURCE"), ("power_mqtt_topic", None),
                           ("power_prometheus_url", None), ("power_prometheus_query", None),
                           ("metrics_host", "DAGON_METRICS_HOST")):  # fmt: skip
         if (value := pick(key, env_name)) is not None:
-            kwargs[key] = _str(value, key)
+            kwargs[key] = as_str(value, key)
 
 
 def _load_durability(kwargs: dict[str, Any], pick: Any) -> None:
     if (value := pick("spool_path", "DAGON_SPOOL")) is not None:
-        kwargs["spool_path"] = Path(_str(value, "spool_path")).expanduser()
+        kwargs["spool_path"] = Path(as_str(value, "spool_path")).expanduser()
     for key, env_name in (("spool_max_results", None), ("spool_max_bytes", None), ("telemetry_spool", None),
                           ("mqtt_session_expiry", "DAGON_MQTT_SESSION_EXPIRY"),
                           ("mqtt_will_delay", "DAGON_MQTT_WILL_DELAY")):  # fmt: skip
         if (value := pick(key, env_name)) is not None:
-            kwargs[key] = _int(value, key)
+            kwargs[key] = as_int(value, key)
+    if (value := pick("wait_for_broker", "DAGON_WAIT_FOR_BROKER")) is not None:
+        kwargs["wait_for_broker"] = as_bool(value, "wait_for_broker")
     for key, env_name in (("spool_resend_after", None), ("spool_max_age", None),
                           ("mqtt_max_backoff", "DAGON_MQTT_MAX_BACKOFF")):  # fmt: skip
         if (value := pick(key, env_name)) is not None:
-            kwargs[key] = _float(value, key)
+            kwargs[key] = as_float(value, key)

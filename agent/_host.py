@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import platform
 import socket
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from dagon.agent._config import AgentConfig
+from dagon.agent.sensors._devices import find_devices
 from dagon.protocol import Capabilities
 from dagon.protocol._version import __version__
 
@@ -38,6 +40,23 @@ def host_id() -> str:
     return f"{socket.gethostname()}-{boot}"
 
 
+def interface_addresses() -> tuple[str, ...]:
+    """This host's IPv4 and IPv6 addresses, loopback and link-local ones left out (they name no host)."""
+    found: list[str] = []
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            address = entry.address.split("%", 1)[0]
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                continue
+            if not (ip.is_loopback or ip.is_link_local) and address not in found:
+                found.append(address)
+    return tuple(found)
+
+
 def capabilities(config: AgentConfig, extra_runtimes: Sequence[str] = ()) -> Capabilities:
     """What this agent announces: host facts, runtimes, labels, slots and version."""
     return Capabilities(
@@ -50,7 +69,9 @@ def capabilities(config: AgentConfig, extra_runtimes: Sequence[str] = ()) -> Cap
         # python tasks run inside the agent process, which cannot switch users
         runtimes=(*(r for r in RUNTIMES if not (config.run_as and r == "python")), *extra_runtimes),
         labels=dict(config.labels),
+        addresses=(*config.addresses, *(a for a in interface_addresses() if a not in config.addresses)),
         slots=config.slots,
         prefetch=config.queue_depth,
         version=_version(),
+        devices=find_devices(extra=config.devices) if config.detect_devices else tuple(dict.fromkeys(config.devices)),
     )

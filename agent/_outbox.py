@@ -88,7 +88,7 @@ class Outbox:
         self._wake.set()
         self._result_ready.set()
 
-    async def run(self) -> None:
+    async def publish_loop(self) -> None:
         """Publish queued reports as they come, forever (the agent's outbox loop)."""
         while True:
             await self._wake.wait()

@@ -23,13 +23,14 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from dagon.agent._outbox import Outbox
 from dagon.agent._spool import ResultSpool, SpoolEntry
-from dagon.protocol import TaskRef, topics
+from dagon.protocol import ResultStatus, TaskRef, topics
 from dagon.protocol.transport import Transport
 
-__all__ = ["Redelivery"]
+__all__ = ["Redelivery", "drop_undeliverable"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Redelivery:
             entry.due = 0.0
             self._wake.set()
 
-    async def run(self) -> None:
+    async def resend_loop(self) -> None:
         """Resend due results forever (one of the agent's loops)."""
         while True:
             # New entries are due resend_after from now: never sleep longer than that.
@@ -122,3 +123,21 @@ class Redelivery:
 def _log_failure(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.warning("a re-sent result was not published: %s", fut.exception())
+
+
+def drop_undeliverable(spool: ResultSpool, agent: str, which: Callable[[str], bool], why: str) -> None:
+    """Drop the spooled results addressed to a coordinator ``which`` says can never acknowledge them;
+    a warning names the finished ones lost (cancelled attempts go quietly)."""
+    lost = []
+    for entry in spool.entries():
+        if which(entry.coordinator):
+            cancelled = entry.result.status is ResultStatus.CANCELLED
+            spool.drop(entry, why, quiet=True)
+            if not cancelled:
+                lost.append(f"{entry.result.run}/{entry.result.task}")
+    if lost:
+        logging.getLogger("dagon.agent._agent").warning(  # the agent's own log, where this was always said
+            "agent %s: %d finished result(s) were never acknowledged as stored and are dropped (%s): %s;"
+            " if their run did not record them, 'dagon resume RUN' runs them again",
+            agent, len(lost), why, ", ".join(lost[:10]) + (" …" if len(lost) > 10 else ""),
+        )  # fmt: skip

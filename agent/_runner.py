@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -18,8 +19,11 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Final
 
 from dagon.agent._config import AgentConfig, data_client_tls
+from dagon.agent._layout import make_task_dir, task_dir
+from dagon.agent._lifeline import LIFE_ENV, Lifeline
 from dagon.agent._secrets import SecretError, Secrets
 from dagon.agent._sftp import SshAccess, sftp_pull
 from dagon.agent._staging import (
@@ -29,6 +33,7 @@ from dagon.agent._staging import (
     input_root,
     manifest,
     rewrite_command,
+    rewrite_meta,
     rewrite_value,
     stage_inputs,
     task_dir_name,
@@ -39,11 +44,13 @@ from dagon.protocol import (
     DagonError,
     OutputFile,
     ResultStatus,
+    Signer,
     StageInput,
     StartedTask,
     TaskAssignment,
     TaskResult,
     TransportError,
+    bind_grant,
 )
 from dagon.protocol.transport import PullStats
 
@@ -83,6 +90,21 @@ def _size(n: float) -> str:
 
 
 EMPTY_RUNTIMES: Mapping[str, Runtime] = MappingProxyType({})
+# Runtimes that bind a staged symlink's target read-only into the container (runtimes/_mounts.py):
+# only for them does stage_mode "symlink" stage a link; every other task gets its own copy.
+READ_ONLY_LINKS: Final = frozenset({"docker", "charliecloud", "apptainer"})
+
+# What a process task inherits from the agent's environment: where programs are, the locale
+# and time zone, the terminal type. Nothing else — no broker password, cloud credential or
+# DAGON_* setting of the agent; a task gets its own ``env`` and the secrets it references.
+INHERITED: Final = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR"})
+
+
+def base_environment() -> dict[str, str]:
+    """The part of the agent's environment a process task starts with (see :data:`INHERITED`)."""
+    env = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
+    env.setdefault("PATH", os.defpath)
+    return env
 
 
 class TaskRunner:
@@ -103,8 +125,19 @@ class TaskRunner:
         python: PythonRuntime,
         runtimes: Mapping[str, Runtime] = EMPTY_RUNTIMES,
         secrets: Secrets | None = None,
+        lifeline: Lifeline | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self._config = config
+        # Read once: filtering os.environ per task cost ~70 µs of every shell task (profiled).
+        self._base_env = MappingProxyType(base_environment())
+        self._lifeline = lifeline
+        self._signer = signer  # proves to data servers that this agent holds the grants it presents
+        if config.stage_mode == "hardlink":
+            log.warning(
+                "stage_mode = 'hardlink' is deprecated and stages copies: a hard link let a consumer change its"
+                " producer's output (inputs are reflinked where the file system can, else copied); set 'copy'"
+            )
         self._host_id = host_id
         self._python = python
         self._runtimes = runtimes
@@ -119,21 +152,42 @@ class TaskRunner:
             else None
         )
 
-    def workdir(self, a: TaskAssignment) -> Path | None:
-        """``<scratch>/<run>/<task>-<attempt>``; ``None`` for python tasks without inputs.
+    def bind(self, token: str) -> str:
+        """``token`` with this agent's proof of holding it (data grants are bound to their consumer)."""
+        return bind_grant(token, self._signer) if self._signer is not None and token else token
+
+    async def close_runtimes(self) -> None:
+        """Close the python pool and every runtime (a failing one is logged, the others still closed)."""
+        self._python.close()
+        for runtime in self._runtimes.values():
+            try:
+                await runtime.aclose()
+            except Exception:
+                log.exception("agent %s: closing runtime %r failed", self._config.agent_id, runtime.name)
+
+    async def workdir(self, a: TaskAssignment, now: float) -> Path | None:
+        """``<scratch>/<run>/<task>-<attempt>``, or DAGonStar's ``<scratch>/<epoch ms>-<task>`` (the
+        ``scratch_layout``, see :mod:`dagon.agent._layout`); ``None`` for python tasks without inputs.
 
         Raises:
             StagingError: the run or task name cannot be used as a directory name.
         """
         if a.runtime == "python" and not a.inputs:
             return None
-        return self._config.scratch / task_dir_name(a.run, a.task, a.attempt)
+        if self._config.scratch_layout == "run":
+            return self._config.scratch / task_dir_name(a.run, a.task, a.attempt)
+        return await asyncio.to_thread(
+            make_task_dir, self._config.scratch, a.run, a.task, a.attempt, self._config.scratch_layout, now
+        )
 
     async def run(
-        self, a: TaskAssignment, *, on_start: OnStart, on_finish: OnFinish, on_progress: OnProgress | None = None
-    ) -> None:
+        self, a: TaskAssignment, *, on_start: OnStart, on_finish: OnFinish, on_progress: OnProgress | None = None,
+        resume: bool = False,
+    ) -> None:  # fmt: skip
         """Run ``a``; report its start (once it has a directory) and always its result;
-        long staging reports its progress through ``on_progress``."""
+        long staging reports its progress through ``on_progress``. ``resume``: an earlier
+        agent process staged the inputs and started the work (a detached runtime's job);
+        follow that work instead (see :mod:`dagon.agent._detached`)."""
         started = time.time()
         workdir = ""
         outcome = Outcome(ResultStatus.ERROR, None, error="the agent stopped before the task ended")
@@ -141,10 +195,10 @@ class TaskRunner:
         staging: list[str] = []
         lost: tuple[str, ...] = ()
         try:
-            path = self.workdir(a)
+            path = await self.workdir(a, started)
             workdir = str(path) if path is not None else ""
             on_start(StartedTask(a.run, a.task, a.attempt, started, workdir))
-            outcome, outputs = await self._run(a, path, staging, on_progress)
+            outcome, outputs = await self._run(a, path, staging, on_progress, resume=resume)
         except asyncio.CancelledError:
             outcome = Outcome(ResultStatus.CANCELLED, None, error="cancelled")
             raise
@@ -178,16 +232,28 @@ class TaskRunner:
                 )
             )
 
+    def resumable(self, a: TaskAssignment) -> bool:
+        """Whether an earlier agent process started ``a``'s work in a detached runtime (blocking: a file check)."""
+        runtime = self._runtimes.get(a.runtime)
+        if runtime is None or not runtime.detached or (a.runtime == "python" and not a.inputs):
+            return False
+        path = task_dir(self._config.scratch, a.run, a.task, a.attempt)  # the one it had, either layout
+        meta = path / ".dagon"
+        return runtime.resumable(Execution(a, a.command, path, {}, meta / "stdout", meta / "stderr"))
+
     async def _run(
-        self, a: TaskAssignment, path: Path | None, staging: list[str], on_progress: OnProgress | None = None
-    ) -> tuple[Outcome, tuple[OutputFile, ...]]:
+        self, a: TaskAssignment, path: Path | None, staging: list[str], on_progress: OnProgress | None = None,
+        *, resume: bool = False,
+    ) -> tuple[Outcome, tuple[OutputFile, ...]]:  # fmt: skip
         staged: dict[str, str] = {}
-        if a.inputs:
+        if a.inputs and not resume:  # resumed: staged by the earlier process, which also started the work
             assert path is not None
             local = [i for i in a.inputs if i.source_host == self._host_id]
             remote = [i for i in a.inputs if i.source_host != self._host_id]
             if local:
                 mode = a.stage_mode or self._config.stage_mode
+                if mode == "symlink" and a.runtime not in READ_ONLY_LINKS:
+                    mode = "copy"  # a process could write through the link into its producer's file
                 staged = await asyncio.to_thread(stage_inputs, local, path, host_id=self._host_id, mode=mode)
             if remote:
                 staged.update(await self._pull(remote, path, staging, on_progress))
@@ -198,11 +264,14 @@ class TaskRunner:
         assert path is not None
         shown = rewrite_command(a.command, staged)  # what .dagon/command records: placeholders, not secrets
         used: set[str] = set()
-        command = self._secrets.resolve(shown, used)
+        command = self._secrets.reference(shown, used)  # values travel in the environment, never in argv
         env = self._task_env(a, path, used)
         runtime = self._runtimes.get(a.runtime)
         if runtime is not None:
-            outcome = await runtime.run(await self._execution(a, command, path, env))
+            execution = await self._execution(a, command, path, env)
+            resolve = functools.partial(self._resolve_option, used=used)
+            execution = dataclasses.replace(execution, resolve=resolve)
+            outcome = await (runtime.resume(execution) if resume else runtime.run(execution))
         else:
             outcome = await self._run_process(a, command, path, env, shown)
         if used:
@@ -211,6 +280,10 @@ class TaskRunner:
                 stderr_tail=self._secrets.redact(outcome.stderr_tail, used),
                 error=self._secrets.redact(outcome.error, used),
             )
+            # The captured logs too: `dagon logs` and the dashboard serve them from here.
+            mask = functools.partial(self._secrets.redact, used=frozenset(used))
+            for stream in ("stdout", "stderr"):
+                await asyncio.to_thread(rewrite_meta, path, stream, mask)
         outputs: tuple[OutputFile, ...] = ()
         # Hashing runs in a thread; the cheap emptiness check spares the thread hop
         # for the many tasks that write nothing.
@@ -224,7 +297,7 @@ class TaskRunner:
         """Pull inputs produced on other hosts from their data servers (checksummed, resumable)."""
         began = time.monotonic()
         live = PullStats()  # shared with the pulls: what the progress reports and the summary read
-        reporter = asyncio.create_task(self._report(live, began, on_progress)) if on_progress else None
+        reporter = asyncio.create_task(self._progress_loop(live, began, on_progress)) if on_progress else None
         try:
             return await self._pull_all(items, workdir, staging, live, began)
         finally:
@@ -234,7 +307,7 @@ class TaskRunner:
                     await reporter
 
     @staticmethod
-    async def _report(live: PullStats, began: float, on_progress: OnProgress) -> None:
+    async def _progress_loop(live: PullStats, began: float, on_progress: OnProgress) -> None:
         while True:
             await asyncio.sleep(PROGRESS_EVERY)
             seconds = time.monotonic() - began
@@ -275,14 +348,14 @@ class TaskRunner:
 
                     try:
                         await pull(
-                            item.url, item.token, dest, concurrency=self._config.max_transfers,
+                            item.url, self.bind(item.token), dest, concurrency=self._config.max_transfers,
                             wait_for_upload=wait, stats=live, tls=self._tls,
                         )  # fmt: skip
                     except TransportError as exc:
                         via = f" (via the relay; agent {item.source_agent!r} uploads it there)" if item.relay else ""
                         raise StagingError(
                             f"input {item.ref}{via}: {exc}{_loopback_hint(item)}", lost=item.task
-                        ) from None
+                        ) from exc
                     ways.add("via the coordinator's relay" if item.relay else "over http")
             sources.add(item.source_agent)
             staged[item.ref] = str(dest / item.path)
@@ -297,9 +370,18 @@ class TaskRunner:
         staging.append(note)
         return staged
 
+    def _resolve_option(self, text: str, *, used: set[str]) -> str:
+        try:
+            return self._secrets.resolve(text, used)
+        except SecretError as exc:
+            raise ValueError(str(exc)) from None
+
     def _task_env(self, a: TaskAssignment, path: Path, used: set[str]) -> dict[str, str]:
         env = {key: self._secrets.resolve(value, used) for key, value in a.env.items()}
+        env.update(self._secrets.environment(used))
         env.update(DAGON_RUN=a.run, DAGON_TASK=a.task, DAGON_ATTEMPT=str(a.attempt), DAGON_WORKDIR=str(path))
+        if self._lifeline is not None:  # marks every process of the task as this agent life's
+            env[LIFE_ENV] = self._lifeline.token
         return env
 
     async def _execution(self, a: TaskAssignment, command: str, path: Path, env: dict[str, str]) -> Execution:
@@ -314,7 +396,8 @@ class TaskRunner:
         self, a: TaskAssignment, command: str, path: Path, task_env: dict[str, str], shown: str
     ) -> Outcome:
         meta = path / ".dagon"
-        env = dict(os.environ)
+        # Never a daemon's own environment: it may hold credentials (see AgentConfig.inherit_env).
+        env = dict(os.environ) if self._config.inherit_env else dict(self._base_env)
         env.update(task_env)
         return await run_process(
             command,
@@ -326,4 +409,6 @@ class TaskRunner:
             record=meta / "command",
             record_text=shown,
             run_as=self._run_as,
+            ledger=self._lifeline.ledger if self._lifeline is not None else None,
+            label=f"{a.run}/{a.task}-{a.attempt}",
         )

@@ -1,8 +1,9 @@
 """Really deleting scratch directories the coordinator no longer needs (garbage collection).
 
-Only ``<scratch>/<run>/<task>-<attempt>`` and ``<scratch>/<run>`` are ever removed,
-each name checked as one safe path component; a directory that is a symlink, or
-whose real path is not directly inside the real scratch root, is refused (so a
+Only ``<scratch>/<run>/<task>-<attempt>`` and ``<scratch>/<run>`` are ever removed — or, for
+attempts laid out as DAGonStar does, the ``<scratch>/<epoch ms>-<task>`` their record names
+(``dagon.agent._layout``), with the record — each name checked as one safe path component;
+a directory that is a symlink, or whose real path is not directly inside the real scratch root, is refused (so a
 link planted in the scratch root cannot redirect a deletion elsewhere).
 ``shutil.rmtree`` removes links inside a task directory without following them.
 Blocking: run it in a thread.
@@ -15,7 +16,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from dagon.agent._staging import StagingError, safe_component, task_dir_name
+from dagon.agent._layout import StagingError, forget, indexed, indexed_name, safe_component, task_dir_name
 from dagon.protocol import RunId, TaskRef
 
 __all__ = ["delete_runs", "delete_tasks"]
@@ -44,19 +45,29 @@ def delete_tasks(scratch: Path, refs: Iterable[TaskRef]) -> int:
     removed = 0
     for ref in refs:
         try:
-            path = _checked(scratch, task_dir_name(ref.run, ref.task, ref.attempt))
+            removed += _delete_task(scratch, ref.run, ref.task, ref.attempt)
         except StagingError as exc:
             log.warning("garbage collection: %s", exc)
-            continue
-        if path is None:
-            continue
-        shutil.rmtree(path)
-        removed += 1
-        try:
-            path.parent.rmdir()  # the run's directory, once its last task directory went
-        except OSError:
-            pass
     return removed
+
+
+def _delete_task(scratch: Path, run: str, task: str, attempt: int) -> int:
+    name = indexed_name(scratch, run, task, attempt)
+    if name is not None:  # DAGonStar's layout: the directory its record names, then the record
+        path = _checked(scratch, Path(name))
+        if path is not None:
+            shutil.rmtree(path)
+        forget(scratch, run, task, attempt)
+        return int(path is not None)
+    path = _checked(scratch, task_dir_name(run, task, attempt))
+    if path is None:
+        return 0
+    shutil.rmtree(path)
+    try:
+        path.parent.rmdir()  # the run's directory, once its last task directory went
+    except OSError:
+        pass
+    return 1
 
 
 def delete_runs(scratch: Path, runs: Iterable[RunId]) -> int:
@@ -64,11 +75,13 @@ def delete_runs(scratch: Path, runs: Iterable[RunId]) -> int:
     removed = 0
     for run in runs:
         try:
+            recorded = sum(_delete_task(scratch, run, task, attempt) for task, attempt in indexed(scratch, run))
             path = _checked(scratch, Path(safe_component(run, "run name")))
         except StagingError as exc:
             log.warning("garbage collection: %s", exc)
             continue
         if path is None:
+            removed += recorded > 0  # a run laid out as DAGonStar does has no directory of its own
             continue
         shutil.rmtree(path)
         removed += 1

@@ -14,13 +14,14 @@ import asyncio
 import hashlib
 import json
 import posixpath
+import stat
 import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagon.agent._staging import SCRATCH_MARKER, StagingError
+from dagon.agent._layout import INDEX, SCRATCH_MARKER, StagingError, safe_component
 from dagon.protocol import StageInput, covers
 from dagon.protocol.transport import MANIFEST_FILE, PullStats
 
@@ -42,6 +43,30 @@ def _target(url: str) -> tuple[str, int, str]:
     if parsed.scheme != "ssh" or not parsed.hostname or not parsed.username:
         raise StagingError(f"producer SSH address {url!r} is not ssh://user@host[:port]")
     return parsed.hostname, parsed.port or 22, urllib.parse.unquote(parsed.username)
+
+
+async def _is_remote_task_dir(sftp: Any, root: str, item: StageInput) -> bool:
+    """``root`` is a task directory of a remote scratch root: ``<run>/<task>-<attempt>`` of a marked
+    root, or (DAGonStar's layout) a directory of a marked root that the root's record of exactly
+    this attempt names (see ``dagon.agent._layout``)."""
+    import asyncssh
+
+    parent = posixpath.dirname(root)
+    if await sftp.exists(posixpath.join(posixpath.dirname(parent), SCRATCH_MARKER)):
+        return True
+    if not item.source_run or not await sftp.exists(posixpath.join(parent, SCRATCH_MARKER)):
+        return False
+    run, task = safe_component(item.source_run, "run name"), safe_component(item.task, "task name")
+    record = posixpath.join(parent, INDEX, run, f"{task}-{item.source_attempt}")
+    try:
+        attrs = await sftp.lstat(record)
+        if not attrs.permissions or not stat.S_ISREG(attrs.permissions):
+            return False
+        async with sftp.open(record, "rb") as f:
+            name = (await f.read(512)).decode("utf-8", "replace").strip()
+    except asyncssh.SFTPError:
+        return False
+    return bool(name) and name == posixpath.basename(root)
 
 
 async def sftp_pull(item: StageInput, dest: Path, access: SshAccess | None) -> PullStats:
@@ -69,7 +94,7 @@ async def sftp_pull(item: StageInput, dest: Path, access: SshAccess | None) -> P
             conn.start_sftp_client() as sftp,
         ):  # fmt: skip
             root = await sftp.realpath(item.source_dir)
-            if not await sftp.exists(posixpath.join(posixpath.dirname(posixpath.dirname(root)), SCRATCH_MARKER)):
+            if not await _is_remote_task_dir(sftp, root, item):
                 raise StagingError(
                     f"input {item.ref}: {root} on {host} is not a task directory of a dagon scratch root"
                 )
@@ -82,7 +107,7 @@ async def sftp_pull(item: StageInput, dest: Path, access: SshAccess | None) -> P
             " verify it and add it (e.g. ssh-keyscan, compared with the host's fingerprint) — it is never auto-accepted"
         ) from None
     except (OSError, asyncssh.Error) as exc:
-        raise StagingError(f"input {item.ref}: SFTP from {host}:{port}: {exc}") from None
+        raise StagingError(f"input {item.ref}: SFTP from {host}:{port}: {exc}") from exc
     stats.seconds = time.monotonic() - began
     if not stats.files:
         raise StagingError(f"input {item.ref}: no such file in {item.task}'s output on {host}")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from dagon.agent._private import private_dir, private_file
 from dagon.protocol import AgentId, Codec, DagonError, ProtocolError, TaskRef, TaskResult, TasksFinished
 
 __all__ = ["ResultSpool", "SpoolEntry"]
@@ -128,6 +129,8 @@ class ResultSpool:
         self._acked: list[TaskRef] = []  # acknowledged, row not yet deleted
         self._recent: OrderedDict[TaskRef, None] = OrderedDict()
         self._wake = asyncio.Event()
+        self._empty = asyncio.Event()  # set while no result is held
+        self._empty.set()
         self._seq = 0
         self._telemetry = 0  # rows in the telemetry table
         self._telemetry_dropped = 0
@@ -168,20 +171,23 @@ class ResultSpool:
             self.bytes += entry.size
             self._seq = max(self._seq, seq)
         self._telemetry = telemetry
-        if self._entries or telemetry:
-            log.warning(
+        if self._entries:
+            self._empty.clear()
+        if self._entries or telemetry:  # nothing is lost: they go out (info, not a warning)
+            log.info(
                 "spool %s: %d result(s) not yet acknowledged and %d telemetry sample(s) from before; sending them",
                 self.path, len(self._entries), telemetry,
             )  # fmt: skip
         return len(self._entries)
 
     def _open(self) -> tuple[list[tuple[int, str, bytes, float]], int]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
+        private_file(self.path)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoints(): never inside a commit
+            db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint_loop(): never inside a commit
             db.execute("PRAGMA journal_size_limit=8388608")  # the WAL shrinks back after a burst
             db.executescript(_SCHEMA)
             rows = db.execute("SELECT seq, coordinator, payload, spooled_at FROM results ORDER BY seq").fetchall()
@@ -304,7 +310,7 @@ class ResultSpool:
         if len(self._recent) > RECENT:
             self._recent.popitem(last=False)
 
-    async def run(self) -> None:
+    async def prune_loop(self) -> None:
         """Delete acknowledged rows as acknowledgements come (the spool's writer loop)."""
         while True:
             await self._wake.wait()
@@ -320,7 +326,7 @@ class ResultSpool:
                     log.error("spool %s: cannot delete acknowledged results (%s); retrying later", self.path, exc)
             await asyncio.sleep(0.01)  # coalesce a burst of acknowledgements into one transaction
 
-    async def checkpoints(self) -> None:
+    async def checkpoint_loop(self) -> None:
         """Move the WAL into the database now and then, in a worker thread (commits never do it)."""
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY)
@@ -364,9 +370,10 @@ class ResultSpool:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def drop(self, entry: SpoolEntry, why: str) -> None:
-        """Give up on one result (too old to matter); logged, never silent."""
-        log.warning(
+    def drop(self, entry: SpoolEntry, why: str, *, quiet: bool = False) -> None:
+        """Give up on one result: logged as a warning, unless ``quiet`` (nothing of value is lost)."""
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "spool %s: dropping the result of %s/%s attempt %d for coordinator %s: %s",
             self.path, entry.result.run, entry.result.task, entry.result.attempt, entry.coordinator, why,
         )  # fmt: skip
@@ -374,13 +381,22 @@ class ResultSpool:
             self.bytes -= entry.size
             self._acked.append(entry.ref)
             self._wake.set()
+            self._check_full()
 
     @property
     def full(self) -> bool:
         """True while the spool holds its maximum: the agent accepts no new work."""
         return len(self._entries) >= self.max_results or self.bytes >= self.max_bytes
 
+    async def wait_empty(self) -> None:
+        """Return once no result is held (every one acknowledged or dropped)."""
+        await self._empty.wait()
+
     def _check_full(self) -> None:
+        if self._entries:
+            self._empty.clear()
+        else:
+            self._empty.set()
         full = self.full
         if full and not self.was_full:
             log.error(

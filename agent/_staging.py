@@ -6,17 +6,27 @@ All functions here do blocking filesystem work: the agent calls them through
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from dagon.protocol import REFERENCE_RE, DagonError, OutputFile, StageInput
+from dagon.agent._layout import (
+    SCRATCH_MARKER,
+    StagingError,
+    in_scratch_root,
+    is_task_dir,
+    safe_component,
+    task_dir_name,
+)
+from dagon.protocol import REFERENCE_RE, OutputFile, StageInput
 from dagon.protocol.transport import MANIFEST_FILE
 
 __all__ = [
@@ -24,11 +34,13 @@ __all__ = [
     "SCRATCH_MARKER",
     "StagingError",
     "check_input_path",
+    "clone_or_copy",
     "has_outputs",
     "input_root",
     "manifest",
     "mark_scratch_root",
     "rewrite_command",
+    "rewrite_meta",
     "rewrite_value",
     "safe_component",
     "stage_inputs",
@@ -39,37 +51,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_MANIFEST_FILES: Final = 10_000
-SCRATCH_MARKER: Final = ".dagon-scratch"
 CHECKPOINTS: Final = ".dagon-checkpoints"  # under the scratch root of a checkpoint store: others' checkpoints
 _GLOB_CHARS: Final = frozenset("*?[")
+FICLONE: Final = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int) — share the source's extents
 
 
-class StagingError(DagonError):
-    """An input could not be staged; the message names the reference.
-
-    ``lost``: the producer task whose output is gone or corrupt (not a mistake in the
-    workflow): the coordinator runs it again instead of failing the consumer.
-    """
-
-    def __init__(self, message: str, *, lost: str = "") -> None:
-        super().__init__(message)
-        self.lost = lost
-
-
-def safe_component(name: str, what: str) -> str:
-    """Return ``name`` if it is usable as one path component.
-
-    Raises:
-        StagingError: it is empty, ``.`` or ``..``, or contains ``/`` or NUL.
-    """
-    if not name or name in (".", "..") or "/" in name or "\x00" in name:
-        raise StagingError(f"{what} {name!r} cannot be used as a directory name (no '/', NUL, '.' or '..')")
-    return name
-
-
-def task_dir_name(run: str, task: str, attempt: int) -> Path:
-    """``<run>/<task>-<attempt>``, relative to the scratch root (names checked)."""
-    return Path(safe_component(run, "run name")) / f"{safe_component(task, 'task name')}-{attempt}"
+def _check_producer_dir(item: StageInput, root: Path) -> None:
+    """The reported directory must be the producer attempt's own (``<run>/<task>-<attempt>`` of a
+    scratch root, or the directory the root's record of that attempt names: see
+    :mod:`dagon.agent._layout`). Whatever host another agent claims to share, the only such
+    directory on this machine is one a local agent made for exactly that attempt — never another run's."""
+    if not is_task_dir(Path(item.source_dir), root, item.source_run, item.task, item.source_attempt):
+        raise StagingError(
+            f"input {item.ref}: the producer's directory {item.source_dir} is not the directory of {item.task!r}"
+            f" attempt {item.source_attempt} of run {item.source_run!r}; refusing to stage from it"
+        )
 
 
 def check_input_path(item: StageInput) -> None:
@@ -83,16 +79,51 @@ def _check_relative(path: str, ref: str) -> None:
 
 
 def _link(src: Path, dst: Path, mode: str) -> None:
-    if mode == "symlink":
+    if mode == "symlink":  # only for runtimes that bind the target read-only (see TaskRunner)
         dst.symlink_to(src)
         return
-    if mode == "hardlink":
+    # Every other mode ("copy"; "hardlink" is its deprecated alias) gives the consumer a file of
+    # its own: a hard link or a writable symlink would let it change what its producer and
+    # every other consumer read (one inode: no permission bit protects the other names).
+    if not src.is_file():  # a FIFO would block the copy for ever; sockets and devices are no data
+        raise StagingError(f"{src.name} is not a regular file (a pipe, socket or device); it cannot be staged")
+    clone_or_copy(src, dst)
+
+
+def _copy_data(src: int, dst: int) -> None:
+    """All of ``src`` into ``dst`` in the kernel (copy_file_range), else through user space."""
+    try:
+        while os.copy_file_range(src, dst, 1 << 30):
+            pass
+        return
+    except OSError:  # e.g. an old kernel across file systems; nothing was copied by a failing first call
+        pass
+    os.lseek(src, 0, os.SEEK_SET)
+    os.lseek(dst, 0, os.SEEK_SET)
+    os.ftruncate(dst, 0)
+    while chunk := os.read(src, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+
+
+def clone_or_copy(src: Path, dst: Path) -> bool:
+    """Copy ``src`` to a new file ``dst`` (mode and times kept): a reflink — shared extents,
+    copy-on-write, no data moved — where the file system has them (XFS, Btrfs, bcachefs…),
+    else a copy in the kernel. Returns whether it was a reflink."""
+    with src.open("rb") as fin:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.link(src, dst, follow_symlinks=False)
-            return
-        except OSError:
-            pass  # another filesystem, or links not allowed: fall back to a copy
-    shutil.copy2(src, dst, follow_symlinks=False)
+            try:
+                fcntl.ioctl(fd, FICLONE, fin.fileno())
+                cloned = True
+            except OSError:  # no reflinks here (ext4, tmpfs), or another file system
+                cloned = False
+                _copy_data(fin.fileno(), fd)
+        finally:
+            os.close(fd)
+    shutil.copystat(src, dst)
+    return cloned
 
 
 def _stage_one(src: Path, root: Path, dst: Path, mode: str, ref: str, parents: frozenset[Path] = frozenset()) -> None:
@@ -116,7 +147,10 @@ def mark_scratch_root(scratch: Path) -> None:
     """Mark ``scratch`` as a dagon scratch root: the only places inputs are staged from."""
     marker = scratch / SCRATCH_MARKER
     if not marker.exists():
-        marker.write_text("dagon scratch root: task directories are <run>/<task>-<attempt>\n")
+        marker.write_text(
+            "dagon scratch root: task directories are <run>/<task>-<attempt>, or <epoch ms>-<task>"
+            " recorded in .dagon-index/<run>/<task>-<attempt> (DAGonStar's layout)\n"
+        )
 
 
 def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, mode: str) -> dict[str, str]:
@@ -133,13 +167,14 @@ def stage_inputs(inputs: Iterable[StageInput], workdir: Path, *, host_id: str, m
         root = Path(item.source_dir).resolve()
         if not root.is_dir():
             raise StagingError(f"input {ref}: the producer's directory {root} no longer exists", lost=item.task)
-        if not (root.parent.parent / SCRATCH_MARKER).is_file():
+        if not in_scratch_root(root):
             # The directory comes from the producing agent's report: never read from
             # anywhere but a task directory of a dagon scratch root (e.g. not /etc).
             raise StagingError(
                 f"input {ref}: the producer's directory {root} is not a task directory of a dagon scratch root;"
                 " refusing to stage from it"
             )
+        _check_producer_dir(item, root)
         dest_root = input_root(workdir, item)
         if _GLOB_CHARS & set(item.path):
             matches = sorted(Path(p) for p in glob.glob(glob.escape(str(root)) + "/" + item.path))
@@ -224,7 +259,83 @@ def verify_against_manifest(root: Path, paths: Iterable[Path], ref: str, task: s
 def write_manifest(workdir: Path, outputs: Iterable[OutputFile]) -> None:
     """Keep the manifest next to the outputs: the data server serves the producer's hashes."""
     doc = [{"path": o.path, "size": o.size, "sha256": o.sha256} for o in outputs]
-    (workdir / ".dagon" / MANIFEST_FILE).write_text(json.dumps(doc))
+    write_meta(workdir, MANIFEST_FILE, json.dumps(doc).encode())
+
+
+def _meta_dir(workdir: Path) -> int:
+    """A descriptor of ``workdir/.dagon``, opened without following a link the task may have planted."""
+    try:
+        return os.open(workdir / ".dagon", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (NotADirectoryError, FileNotFoundError) as exc:
+        raise StagingError(
+            f"the task replaced or removed its .dagon directory ({exc.strerror}): dagon writes its own files"
+            " there and never through a link"
+        ) from None
+
+
+def write_meta(workdir: Path, name: str, data: bytes) -> None:
+    """Write ``workdir/.dagon/name`` without following any link the task may have planted.
+
+    A task running as another user (``run_as``) owns its directory and can replace
+    ``.dagon`` or the file with a symlink while the agent (root) still writes there:
+    ``.dagon`` is opened with ``O_NOFOLLOW``, the file is created under a fresh name
+    relative to that descriptor (``O_EXCL``: never an existing file or link) and renamed
+    over ``name`` (a rename replaces the name, it never writes through it).
+
+    Raises:
+        StagingError: ``.dagon`` is not a directory any more (e.g. a symlink).
+    """
+    meta = _meta_dir(workdir)
+    try:
+        tmp = f".{name}.{os.urandom(6).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=meta)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.rename(tmp, name, src_dir_fd=meta, dst_dir_fd=meta)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=meta)
+            raise
+    finally:
+        os.close(meta)
+
+
+def rewrite_meta(workdir: Path, name: str, line: Callable[[str], str]) -> bool:
+    """Rewrite ``workdir/.dagon/name`` one line at a time through ``line`` (e.g. masking secrets in
+    a captured stdout), with :func:`write_meta`'s care for links; a file the task removed is left
+    alone. Returns whether anything changed (the file is replaced only then).
+
+    Raises:
+        StagingError: ``.dagon`` is not a directory any more (e.g. a symlink).
+    """
+    meta = _meta_dir(workdir)
+    try:
+        try:
+            src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=meta)
+        except (FileNotFoundError, OSError):
+            return False
+        tmp = f".{name}.{os.urandom(6).hex()}"
+        changed = False
+        with os.fdopen(src, "r", encoding="utf-8", errors="surrogateescape", newline="") as text:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=meta)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as out:
+                    for old in text:
+                        new = line(old)
+                        changed = changed or new != old
+                        out.write(new)
+                if changed:
+                    os.rename(tmp, name, src_dir_fd=meta, dst_dir_fd=meta)
+                else:
+                    os.unlink(tmp, dir_fd=meta)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=meta)
+                raise
+        return changed
+    finally:
+        os.close(meta)
 
 
 def has_outputs(workdir: Path) -> bool:

@@ -191,7 +191,9 @@ class TelemetryService:
             energy_source=energy.source,
         )
 
-    async def run(self, transport: Transport, codec: Codec | None = None, spool: ResultSpool | None = None) -> None:
+    async def sample_loop(
+        self, transport: Transport, codec: Codec | None = None, spool: ResultSpool | None = None
+    ) -> None:
         """Sample and publish forever (until cancelled).
 
         With ``codec``, each sample also goes to the coordinators as a signed msgpack

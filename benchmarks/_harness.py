@@ -5,6 +5,7 @@ Everything binds to 127.0.0.1 and every process started here is stopped by PID.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -14,13 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
 
-from dagon._keys import coordinator_signer, enroll
+from dagon._keys import add_pin, agent_signer, coordinator_signer, enroll
 from dagon._settings import dagon_home
+from dagon.protocol import raw_public_key
 
 __all__ = ["Agents", "free_port", "mosquitto", "print_table", "rss_mb", "workspace"]
 
@@ -64,19 +66,33 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             proc.wait()
 
 
+STOCK_MOSQUITTO = "listener {port} 127.0.0.1\nallow_anonymous true\n"
+"""What a user writes: a listener and anonymous access, every other option at Mosquitto's default
+(``set_tcp_nodelay false``, ``max_queued_messages 1000``, no persistence)."""
+
+TUNED_MOSQUITTO = STOCK_MOSQUITTO + "max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
+"""The options docs/deployment recommends for a busy broker (``--tuned-broker``)."""
+
+
+def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tuned-broker``: measure against the tuned config instead of the stock one users start with."""
+    parser.add_argument(
+        "--tuned-broker",
+        action="store_true",
+        help="start Mosquitto with set_tcp_nodelay and large queues instead of its stock configuration",
+    )
+
+
 @contextlib.contextmanager
-def mosquitto() -> Iterator[str]:
-    """A real Mosquitto on a free loopback port; yields its mqtt:// URL."""
+def mosquitto(*, tuned: bool = False) -> Iterator[str]:
+    """A real Mosquitto on a free loopback port, stock configuration unless ``tuned``; yields its mqtt:// URL."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not os.path.exists(binary):
         sys.exit("mosquitto is not installed: run .ci/setup (or apt-get install mosquitto)")
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 1000000\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
-        )
+        conf.write_text((TUNED_MOSQUITTO if tuned else STOCK_MOSQUITTO).format(port=port))
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_port(port)
@@ -87,7 +103,9 @@ def mosquitto() -> Iterator[str]:
 
 class Agents:
     """``count`` real ``dagon-agent`` processes, each with its own home and scratch
-    (``separate_hosts``: each also its own host id, so data between them goes over the network)."""
+    (``separate_hosts``: each also its own host id, so data between them goes over the network;
+    ``code``: what ``python -c`` runs instead of ``agent_main()``, given the same arguments;
+    ``env_for(i)``: extra environment of agent ``i``)."""
 
     def __init__(
         self,
@@ -98,6 +116,8 @@ class Agents:
         root: Path,
         extra: Sequence[str] = (),
         separate_hosts: bool = False,
+        code: str | None = None,
+        env_for: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
         self.url = url
         self.count = count
@@ -105,22 +125,29 @@ class Agents:
         self.root = root
         self.extra = list(extra)
         self.separate_hosts = separate_hosts
+        self.code = code or "from dagon.cli import agent_main; raise SystemExit(agent_main())"
+        self.env_for = env_for
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Agents:
         # The benchmark's own coordinator (dagon.connect in this process) signs with
-        # the key in its DAGON_HOME; enroll it with every agent, as an operator would.
+        # the key in its DAGON_HOME; enroll it with every agent and approve every agent's key with
+        # the coordinator, as an operator would (`dagon-agent enroll`, `dagon agents approve`).
         coordinator_home = dagon_home()
         coordinator_signer(coordinator_home)
         for i in range(self.count):
             home = self.root / f"agent{i}"
             home.mkdir(parents=True, exist_ok=True)
             enroll(home, coordinator_home / "keys" / "coordinator.pub")
+            pins = coordinator_home / "keys" / "known_agents"
+            add_pin(pins, self.ids[i], raw_public_key(agent_signer(home).public_key))
             env = dict(os.environ, DAGON_HOME=str(home))
             if self.separate_hosts:
                 env["DAGON_HOST_ID"] = f"bench-host-{i}"
+            if self.env_for is not None:
+                env.update(self.env_for(i))
             cmd = [
-                sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
+                sys.executable, "-c", self.code,
                 "--broker", self.url, "--id", self.ids[i], "--slots", str(self.slots),
                 "--scratch", str(home / "scratch"), *self.extra,
             ]  # fmt: skip

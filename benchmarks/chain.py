@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, mosquitto, print_table, workspace
+from _harness import Agents, add_broker_arguments, mosquitto, print_table, workspace
 
 import dagon
 
@@ -93,8 +93,9 @@ async def measure(url: str, n: int) -> tuple[float, list[float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--links", type=int, default=1000)
+    add_broker_arguments(parser)
     args = parser.parse_args()
-    with mosquitto() as url, workspace() as tmp, Agents(url, 1, slots=4, root=Path(tmp)):
+    with mosquitto(tuned=args.tuned_broker) as url, workspace() as tmp, Agents(url, 1, slots=4, root=Path(tmp)):
         elapsed, links = asyncio.run(measure(url, args.links))
         rtt = sorted(asyncio.run(mqtt_round_trip_ms(url, args.links)))
     links.sort()

@@ -28,7 +28,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, _stop, _wait_port, free_port, mosquitto, print_table, workspace
+from _harness import Agents, _stop, _wait_port, add_broker_arguments, free_port, mosquitto, print_table, workspace
 
 import dagon
 from dagon.core import MongoSink
@@ -85,6 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=3000, help="no-op tasks per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (the best counts)")
+    add_broker_arguments(parser)
     args = parser.parse_args()
     nx_binary = Path(sys.executable).parent / "nx-27017"
     if not os.access(nx_binary, os.X_OK):
@@ -92,7 +93,7 @@ def main() -> int:
     nx_port, dead_port = free_port(), free_port()
     rows = []
     ok = True
-    with mosquitto() as url, workspace() as tmp:
+    with mosquitto(tuned=args.tuned_broker) as url, workspace() as tmp:
         log = (Path(tmp) / "nx.log").open("wb")
         nx = subprocess.Popen(
             [str(nx_binary), "--host", "127.0.0.1", "-p", str(nx_port), "--db", "memory",

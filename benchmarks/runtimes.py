@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
 from _containers import BUSYBOX_IMAGE, Dockerd, busybox_rootfs, charliecloud_binary, dockerd_binary
-from _harness import Agents, mosquitto, print_table, workspace
+from _harness import Agents, add_broker_arguments, mosquitto, print_table, workspace
 
 import dagon
 
@@ -169,11 +169,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--watts-per-core", type=float, default=10.0, help="modelled power of one busy core (W)")
     parser.add_argument("--plot", type=Path, default=Path.home() / ".cache" / "dagon-bench" / "runtimes.svg")
+    add_broker_arguments(parser)
     args = parser.parse_args()
     binary = dockerd_binary()
     if binary is None or charliecloud_binary() is None:
         sys.exit("dockerd/docker, busybox-static or ch-run missing: run .ci/setup")
-    with mosquitto() as url, workspace() as tmp:
+    with mosquitto(tuned=args.tuned_broker) as url, workspace() as tmp:
         root = Path(tmp)
         engine = Dockerd(binary=binary, workdir=root / "dockerd")
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, mosquitto, print_table, rss_mb, workspace
+from _harness import Agents, add_broker_arguments, mosquitto, print_table, rss_mb, workspace
 
 import dagon
 
@@ -66,9 +66,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--slots", type=int, default=64)
+    add_broker_arguments(parser)
     args = parser.parse_args()
     with (
-        mosquitto() as url,
+        mosquitto(tuned=args.tuned_broker) as url,
         workspace() as tmp,
         Agents(url, 2, slots=args.slots, root=Path(tmp)) as agents,
     ):

@@ -1,7 +1,9 @@
 """Staging: one large file from one agent to another through the data server (HTTP, sha256-checked
-on arrival), against `scp` over loopback (OpenSSH, a private sshd) and a local `cp`, in the same run.
+on arrival), against `scp` over loopback (OpenSSH, a private sshd) and a local `cp`, in the same run;
+and on one host: the consumer's own copy (a reflink where the file system has them) against the hard
+link staging used to make (which let a consumer change its producer's file).
 
-    python benchmarks/staging.py [--size-mib 1024]
+    python benchmarks/staging.py [--size-mib 1024] [--local-only]
 
 Targets (issue #3): >= 2x scp throughput and >= 60 % of local cp throughput.
 Everything binds to 127.0.0.1; the private sshd uses its own host key, authorized-keys file and
@@ -24,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, free_port, mosquitto, print_table, workspace
+from _harness import Agents, add_broker_arguments, free_port, mosquitto, print_table, workspace
 
 import dagon
 from dagon.protocol import Grant, Signer, mint_grant, read_grant
@@ -104,6 +106,45 @@ def producer_dir(src: Path, root: Path) -> None:
     (task / ".dagon" / MANIFEST_FILE).write_text(json.dumps([entry]))
 
 
+def local_rows(src: Path, root: Path) -> list[list[object]]:
+    """Same-host staging of ``src``: the old hard link, the consumer's own copy on this file system,
+    and (as root, with mkfs.xfs) the same on a loop-mounted XFS with reflinks."""
+    from dagon.agent._staging import clone_or_copy
+
+    mib = src.stat().st_size >> 20
+    start = time.perf_counter()
+    os.link(src, root / "linked.bin")
+    link_s = time.perf_counter() - start
+    start = time.perf_counter()
+    cloned = clone_or_copy(src, root / "own.bin")
+    own_s = time.perf_counter() - start
+    os.sync()
+    rows: list[list[object]] = [
+        ["same host, before: hard link (consumer could write the producer's file)", f"{link_s:.4f}", "", ""],
+        [f"same host, now: own file ({'reflink' if cloned else 'copy'}, this file system)", f"{own_s:.4f}",
+         f"{mib / own_s:,.0f}", f"{own_s / link_s:,.0f}x the link"],
+    ]  # fmt: skip
+    mkfs = shutil.which("mkfs.xfs") or "/usr/sbin/mkfs.xfs"
+    if os.geteuid() == 0 and os.access(mkfs, os.X_OK):
+        image, mount = root / "xfs.img", root / "xfs"
+        with image.open("wb") as f:
+            f.truncate(max(512, 2 * mib + 64) << 20)
+        subprocess.run([mkfs, "-q", "-m", "reflink=1", str(image)], check=True)
+        mount.mkdir()
+        subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+        try:
+            shutil.copyfile(src, mount / "produced.bin")
+            os.sync()
+            start = time.perf_counter()
+            cloned = clone_or_copy(mount / "produced.bin", mount / "own.bin")
+            xfs_s = time.perf_counter() - start
+        finally:
+            subprocess.run(["umount", str(mount)], check=True)
+        rows.append([f"same host, now: own file ({'reflink' if cloned else 'copy'}, XFS loop mount)",
+                     f"{xfs_s:.4f}", f"{mib / xfs_s:,.0f}", f"{xfs_s / link_s:,.1f}x the link"])  # fmt: skip
+    return rows
+
+
 async def data_path_seconds(root: Path) -> float:
     """The data plane alone: one process, loopback, the producer's manifest already written."""
     signer = Signer.generate()
@@ -115,10 +156,12 @@ async def data_path_seconds(root: Path) -> float:
         return time.perf_counter() - start
 
 
-async def dagon_seconds(url: str, agents: list[str], mib: int) -> tuple[float, str]:
+async def dagon_seconds(url: str, agents: list[str], mib: int) -> tuple[float, str, str]:
     wf = dagon.Workflow("bench-staging")
     # sync: every method starts from a file already on disk (no writeback competing with the copy)
-    wf.shell("produce", f"head -c {mib}M /dev/urandom > big.bin && sync big.bin", agent=agents[0])
+    # fincore (to stderr: its tail comes back with the result) says how much is in the page cache for the pull.
+    cached = "fincore --bytes --noheadings --output RES,SIZE big.bin >&2" if shutil.which("fincore") else "true"
+    wf.shell("produce", f"head -c {mib}M /dev/urandom > big.bin && sync big.bin && {cached}", agent=agents[0])
     wf.shell("consume", "test -s workflow:///produce/big.bin", agent=agents[1])
     async with dagon.connect(url) as client:
         assert client.coordinator is not None
@@ -131,12 +174,29 @@ async def dagon_seconds(url: str, agents: list[str], mib: int) -> tuple[float, s
     match = re.search(r"pulled 1 file\(s\), .* in ([0-9.]+) s", cause)
     if match is None:
         raise SystemExit(f"no pull measured: {cause}")
-    return float(match.group(1)), cause
+    fields = result["produce"].stderr_tail.split()
+    cached = f"{100 * int(fields[0]) / int(fields[1]):.0f} %" if len(fields) == 2 and int(fields[1]) else "unknown"
+    return float(match.group(1)), cause, cached
+
+
+def in_page_cache(path: Path) -> str:
+    """How much of ``path`` is in the page cache (util-linux ``fincore``), e.g. ``"100 %"``."""
+    if shutil.which("fincore") is None:
+        return "unknown (no fincore)"
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES,SIZE", str(path)], capture_output=True, text=True
+    )
+    fields = out.stdout.split()
+    if out.returncode != 0 or len(fields) != 2 or not int(fields[1]):
+        return f"unknown ({out.stderr.strip() or out.stdout.strip()})"
+    return f"{100 * int(fields[0]) / int(fields[1]):.0f} %"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--local-only", action="store_true", help="only the same-host rows")
+    add_broker_arguments(parser)
     args = parser.parse_args()
     mib = args.size_mib
     with workspace() as tmp:
@@ -144,26 +204,45 @@ def main() -> int:
         src = root / "source.bin"
         make_file(src, mib)
         subprocess.run(["sync", str(src)], check=True)
+        (root / "local-work").mkdir()
+        local = local_rows(src, root / "local-work")
+        if args.local_only:
+            print_table(f"staging {mib} MiB on one host", ["method", "seconds", "MiB/s", ""], local)
+            return 0
         # Each method starts with no dirty pages left by the previous one (this VM's disk is the limit).
+        cached = {"cp": in_page_cache(src)}
         cp_s = timed(["cp", str(src), str(root / "cp-copy")])
         (root / "cp-copy").unlink()
         os.sync()
+        cached["scp"] = in_page_cache(src)
         scp_s = scp_seconds(src, root / "ssh")
         shutil.rmtree(root / "ssh", ignore_errors=True)
         producer_dir(src, root / "data-path")
         os.sync()
+        cached["path"] = in_page_cache(next((root / "data-path").rglob("big.bin")))
         path_s = asyncio.run(data_path_seconds(root / "data-path"))
         shutil.rmtree(root / "data-path")
         os.sync()
-        with mosquitto() as url, Agents(url, 2, slots=2, root=root / "agents", separate_hosts=True) as agents:
-            dagon_s, note = asyncio.run(dagon_seconds(url, agents.ids, mib))
+        with (
+            mosquitto(tuned=args.tuned_broker) as url,
+            Agents(url, 2, slots=2, root=root / "agents", separate_hosts=True) as agents,
+        ):
+            dagon_s, note, cached["dagon"] = asyncio.run(dagon_seconds(url, agents.ids, mib))
     rate = mib / dagon_s
-    rows: list[list[object]] = [["dagon data server (HTTP, sha256 verified)", f"{dagon_s:.2f}", f"{rate:,.0f}", ""]]
+    rows: list[list[object]] = [
+        ["dagon data server (HTTP, sha256 verified)", f"{dagon_s:.2f}", f"{rate:,.0f}", "", cached["dagon"]],
+    ]  # fmt: skip
     if scp_s is not None:
-        rows.append(["scp over loopback (OpenSSH)", f"{scp_s:.2f}", f"{mib / scp_s:,.0f}", "same run"])
-    rows.append(["local cp (same file system)", f"{cp_s:.2f}", f"{mib / cp_s:,.0f}", "same run"])
-    rows.append(["data path alone (one process, loopback)", f"{path_s:.2f}", f"{mib / path_s:,.0f}", "same run"])
-    print_table(f"staging {mib} MiB between two agents", ["method", "seconds", "MiB/s", ""], rows)
+        rows.append(["scp over loopback (OpenSSH)", f"{scp_s:.2f}", f"{mib / scp_s:,.0f}", "same run", cached["scp"]])
+    rows.append(["local cp (same file system)", f"{cp_s:.2f}", f"{mib / cp_s:,.0f}", "same run", cached["cp"]])
+    rows.append(["data path alone (one process, loopback)", f"{path_s:.2f}", f"{mib / path_s:,.0f}", "same run",
+                 cached["path"]])  # fmt: skip
+    rows.extend([*row, "-"] for row in local)
+    print_table(
+        f"staging {mib} MiB between two agents",
+        ["method", "seconds", "MiB/s", "", "source in page cache (before)"],
+        rows,
+    )
     verdicts = []
     if scp_s is not None:
         factor = scp_s / dagon_s

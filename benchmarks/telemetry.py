@@ -23,7 +23,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, mosquitto, print_table, rss_mb, workspace
+from _harness import Agents, add_broker_arguments, mosquitto, print_table, rss_mb, workspace
 
 TARGET_CPU_PERCENT = 1.0
 TARGET_RSS_MB = 40.0
@@ -39,7 +39,7 @@ IMPORT_GROUPS = (
     ("paho-mqtt + aiomqtt", "aiomqtt"),
     ("aiohttp (data server/client)", "aiohttp.web"),
     ("dagon.protocol (+ transport)", "dagon.protocol.transport"),
-    ("dagon.agent + CLI", "dagon.agent_cli"),
+    ("dagon.agent + CLI", "dagon.cli._agent"),
 )
 _PROBE = """
 import psutil, sys
@@ -67,8 +67,9 @@ def import_breakdown() -> list[list[object]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=30.0, help="measurement window")
+    add_broker_arguments(parser)
     args = parser.parse_args()
-    with workspace() as tmp, mosquitto() as url, contextlib.ExitStack() as stack:
+    with workspace() as tmp, mosquitto(tuned=args.tuned_broker) as url, contextlib.ExitStack() as stack:
         groups = []
         for i, (label, interval) in enumerate(SETTINGS):
             os.environ["DAGON_TELEMETRY_INTERVAL"] = interval
@@ -80,11 +81,11 @@ def main() -> int:
         start = time.monotonic()
         time.sleep(args.seconds)
         elapsed = time.monotonic() - start
-        rows = []
+        rows: list[tuple[str, float, float]] = []
         for label, p in procs.items():
             cpu = 100 * (sum(p.cpu_times()[:2]) - before[label]) / elapsed
             rss = rss_mb(p.pid)
-            rows.append([label, cpu, rss])
+            rows.append((label, cpu, rss))
     base_cpu = rows[0][1]
     table = [[*r, float(r[1]) - float(base_cpu)] for r in rows]
     print_table(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _harness import Agents, mosquitto, print_table, workspace
+from _harness import Agents, add_broker_arguments, mosquitto, print_table, workspace
 
 import dagon
 
@@ -72,11 +72,12 @@ def main() -> int:
     parser.add_argument("--shell-tasks", type=int, default=2000, help="`true` tasks per run")
     parser.add_argument("--noop-slots", type=int, default=64, help="agent slots for no-op runs")
     parser.add_argument("--shell-slots", type=int, default=4, help="agent slots for shell runs")
+    add_broker_arguments(parser)
     args = parser.parse_args()
 
-    rows = []
+    rows: list[tuple[object, ...]] = []
     ok = True
-    with mosquitto() as url, workspace() as tmp:
+    with mosquitto(tuned=args.tuned_broker) as url, workspace() as tmp:
         for count in (1, 2):
             with Agents(url, count, slots=args.noop_slots, root=Path(tmp) / f"noop{count}"):
                 elapsed = asyncio.run(timed_run(url, noop_workflow(args.tasks), count))

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from dagon.core._errors import ValidationError
-from dagon.core._model import Workflow
+from dagon.core._fit import check_placeable
+from dagon.core._model import Graph, Workflow
 from dagon.core._placement import AgentView
 
-__all__ = ["check_runtimes", "missing_runtimes"]
+if TYPE_CHECKING:
+    from dagon.core._engine import Engine
+
+__all__ = ["admit", "check_runtimes", "missing_runtimes"]
+
+
+def admit(workflow: Workflow, engine: Engine) -> Graph:
+    """Every check a run passes before it is accepted (submitted locally or by a client);
+    returns its graph, raises ValidationError saying what to change.
+
+    The graph includes references to other workflows, which must name a known run. A
+    task whose runtime no online agent offers is an error once any agent is online; one
+    no known agent could ever hold (cpus, memory, labels) is an error as soon as agents
+    are known (see ``check_placeable``).
+    """
+    graph = workflow.graph(external=True)
+    agents = engine.agents.values()
+    if any(a.online for a in agents):
+        check_runtimes(workflow, agents)
+    check_placeable(workflow, agents)  # no-op while no agent is known
+    engine.check_references(workflow, graph)
+    return graph
 
 
 def missing_runtimes(workflow: Workflow, agents: Iterable[AgentView]) -> dict[str, list[str]]:

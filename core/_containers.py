@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from dagon.core._errors import ValidationError
+from dagon.core._options import did_you_mean
 
 __all__ = ["CONTAINER_OPTIONS", "CONTAINER_RUNTIMES", "check_container_options"]
 
@@ -59,9 +60,12 @@ def check_container_options(task: str, runtime: str, options: Mapping[str, Any])
         return
     for key in options:
         if key not in known:
+            # The Task fields wf.container() also takes are valid there too: suggest among both.
+            from dagon.core._model import _CONTAINER_TASK_FIELDS
+
             raise ValidationError(
-                f"task {task!r}: {runtime} does not understand the option {key!r};"
-                f" known options: {', '.join(sorted(known))}",
+                f"task {task!r}: {runtime} does not understand the option {key!r}"
+                f"{did_you_mean(key, known | _CONTAINER_TASK_FIELDS)}; known options: {', '.join(sorted(known))}",
                 tasks=[task],
             )
     for key in ("devices", "volumes", "binds"):

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Mapping
 
+from dagon.core import _linking, _recovery
 from dagon.core._errors import IllegalTransition, RunNotFound, ValidationError
 from dagon.core._events import (
     AgentAnnounced,
@@ -40,99 +41,32 @@ from dagon.core._events import (
     TaskWaiting,
     Tick,
 )
-from dagon.core._fit import Scored, fits_now, locality_of, waiting_reason
-from dagon.core._gc import ScratchGC
-from dagon.core._linking import Linking, producer_of
-from dagon.core._model import Graph, Task, Workflow
-from dagon.core._placement import AgentView, Locality, Placement
-from dagon.core._recovery import Recovery
+from dagon.core._fit import Scored, fits_now, waiting_reason
+from dagon.core._linking import input_hosts, locality, stage_inputs
+from dagon.core._model import Graph, Workflow
+from dagon.core._placement import AgentView, Placement
+from dagon.core._recovery import RecoveryState, RestoreSummary, StoredTask
+from dagon.core._scratch import ScratchGC
+from dagon.core._silence import SilenceWatch
 from dagon.core._states import LEGAL, TERMINAL, RunState, TaskState
+from dagon.core._views import RunView, TaskView
 from dagon.protocol import (
     AgentId,
     ResultStatus,
     RunId,
-    StageInput,
     TaskAssignment,
     TaskName,
     TaskRef,
     TaskResult,
 )
 
-__all__ = ["Engine", "RunView", "TaskView"]
+__all__ = ["Engine"]
 
 _S = TaskState
 _ACTIVE = frozenset({_S.DISPATCHED, _S.RUNNING})
 
 
-class TaskView:
-    """Mutable per-task run state (read-only for callers)."""
-
-    __slots__ = (
-        "agent",
-        "attempt",
-        "cause",
-        "dependents",
-        "dispatched_at",
-        "exit_code",
-        "finished_at",
-        "host",
-        "inherited",
-        "lost",
-        "restored",
-        "result",
-        "run",
-        "spec",
-        "started_at",
-        "state",
-        "waiting",
-        "workdir",
-    )
-
-    def __init__(self, spec: Task, run: RunView) -> None:
-        self.spec = spec
-        self.run = run
-        self.state = _S.PENDING
-        self.waiting = 0
-        self.dependents: list[TaskView] = []
-        self.attempt = 0
-        self.agent: AgentId | None = None
-        self.host = ""
-        self.workdir = ""
-        self.result: TaskResult | None = None  # None also when the result said nothing more (see _keep)
-        self.exit_code: int | None = None
-        self.dispatched_at = 0.0
-        self.cause = ""
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.lost = 0
-        self.restored = False  # its success was read from the run store, not seen by this engine
-        self.inherited = False  # its current attempt was dispatched before this engine started
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-@dataclass(eq=False)
-class RunView:
-    id: RunId
-    workflow: Workflow
-    graph: Graph
-    submitted_at: float
-    tasks: dict[str, TaskView] = field(default_factory=dict)
-    counts: Counter[TaskState] = field(default_factory=Counter)
-    unfinished: int = 0
-    state: RunState = RunState.RUNNING
-    cancelled: bool = False
-    finished_at: float | None = None
-    cause: str = ""
-    # (workflow, task) -> the producing task of another run this run's tasks reference
-    external: dict[tuple[str, str], TaskView] = field(default_factory=dict)
-    # agent -> peak bytes of this run's output manifests in its scratch (see core/_gc.py)
-    scratch_peak: dict[str, int] = field(default_factory=dict)
-
-
-class Engine(Linking, Recovery):
+class Engine:
     """Holds every active run and decides what happens next.
 
     Args:
@@ -178,8 +112,9 @@ class Engine(Linking, Recovery):
         self.ignored_reports = 0
         self._named: dict[str, RunId] = {}  # workflow name -> its latest run (meta-workflow references)
         self.gc = ScratchGC()  # reference counts of workflow:// consumers, scratch footprints
-        self._init_recovery()
+        self._recovery = RecoveryState()  # see dagon.core._recovery
         self._shut_down: set[AgentId] = set()  # agents that said goodbye (not revived by a late heartbeat)
+        self._silence = SilenceWatch()  # the agents' heartbeat deadlines, not scanned on every pass
         # Outputs of ``checkpoint`` tasks are copied to durable storage (the coordinator sets
         # this when it has some): they are not regenerated when their agent is lost.
         self.durable_checkpoints = False
@@ -196,17 +131,45 @@ class Engine(Linking, Recovery):
     def ready_count(self) -> int:
         return len(self._ready)
 
-    def next_deadline(self) -> float | None:
-        """When :class:`Tick` next has something to do (None: nothing pending)."""
+    def next_deadline(self, now: float | None = None) -> float | None:
+        """When :class:`Tick` next has something to do (None: nothing pending). Given ``now``, the
+        agents' heartbeat deadlines may come from a scan up to a second old, and then only early
+        (see :mod:`dagon.core._silence`)."""
         deadline = self._timers[0][0] if self._timers else None
-        due = self.orphans_due
-        if due is not None:
-            deadline = due if deadline is None else min(deadline, due)
-        for agent in self.agents.values():
-            if agent.online:
-                due = agent.last_seen + self.heartbeat_ttl
+        for due in (self._recovery.next_due, self._silence.due(self.agents, self.heartbeat_ttl, now)):
+            if due is not None:
                 deadline = due if deadline is None else min(deadline, due)
         return deadline
+
+    @property
+    def orphans_due(self) -> float | None:
+        """When the first restored or lost agent's attempts stop waiting for it (None: none wait)."""
+        return self._recovery.next_due
+
+    @property
+    def regenerated(self) -> int:
+        """Succeeded tasks run again because their outputs were lost."""
+        return self._recovery.regenerated
+
+    def check_references(self, workflow: Workflow, graph: Graph) -> None:
+        """Raise ValidationError if a reference to another workflow names no known run or task."""
+        _linking.check_references(self, workflow, graph)
+
+    def restore(
+        self,
+        run_id: RunId,
+        workflow: Workflow,
+        graph: Graph,
+        tasks: Mapping[str, StoredTask],
+        *,
+        now: float,
+        keep_scratch: bool = False,
+        reopen: bool = False,
+    ) -> tuple[list[Command], RestoreSummary]:
+        """Rebuild a run from its stored task states (see :func:`dagon.core._recovery.restore`)."""
+        return _recovery.restore(
+            self, run_id, workflow, graph, tasks, now=now, keep_scratch=keep_scratch, reopen=reopen
+        )
 
     def forget(self, run: RunId) -> None:
         """Drop a finished run from memory (its results live in the run store)."""
@@ -214,6 +177,8 @@ class Engine(Linking, Recovery):
         if view is not None and view.state is not RunState.RUNNING:
             del self.runs[run]
             self.gc.forget(run)
+            if self._named.get(view.workflow.name) == run:
+                del self._named[view.workflow.name]
 
     # -- events --------------------------------------------------------------
 
@@ -233,10 +198,10 @@ class Engine(Linking, Recovery):
                         # does not know it was given up, so it would not announce itself again.
                         agent.online = True
                         self._out.append(AgentChanged(agent.id, True, "heard from again"))
-                        self._adopt(agent)
+                        _recovery.adopt(self, agent)
                     if event.refs is not None:
                         if agent.inflight:
-                            self._reconcile(agent, event.refs)
+                            _recovery.reconcile(self, agent, event.refs)
                     elif event.held == 0 and agent.inflight:
                         self._reclaim_lost_assignments(agent)
             case RunSubmitted():
@@ -260,7 +225,7 @@ class Engine(Linking, Recovery):
     def _on_submit(self, event: RunSubmitted) -> None:
         if event.run in self.runs:
             raise ValidationError(f"run {event.run!r} already exists")
-        links = self._resolve_external(event.workflow.name, event.graph)
+        links = _linking.resolve_external(self, event.workflow.name, event.graph)
         run = RunView(id=event.run, workflow=event.workflow, graph=event.graph, submitted_at=self._now)
         tasks = run.tasks
         for name in event.graph.order:
@@ -275,9 +240,9 @@ class Engine(Linking, Recovery):
         self.runs[event.run] = run
         self._named[event.workflow.name] = event.run
         self.gc.submitted(run, keep_scratch=event.keep_scratch)
-        self._out.append(RunTransition(run.id, RunState.RUNNING, "submitted", self._now))
+        self._out.append(RunTransition(run.id, RunState.RUNNING, "submitted", self._now, run))
         if links:
-            self._link_external(run, links)
+            _linking.link_external(self, run, links)
         for name in event.graph.order:
             view = tasks[name]
             if view.waiting == 0 and view.state is _S.PENDING:
@@ -307,7 +272,7 @@ class Engine(Linking, Recovery):
         if not agent.online:
             agent.online = True
             self._out.append(AgentChanged(event.agent, True, "announced"))
-        self._adopt(agent)
+        _recovery.adopt(self, agent)
 
     def _on_started(self, event: TaskStarted) -> None:
         view = self._current(event.ref, event.agent)
@@ -341,7 +306,7 @@ class Engine(Linking, Recovery):
             self._release(view)
             self._out.extend(self.gc.succeeded(view, sum(f.size for f in result.outputs), self._linked))
             return
-        if result.lost_inputs and self._inputs_lost(view, result.lost_inputs, event.agent):
+        if result.lost_inputs and _recovery.inputs_lost(self, view, result.lost_inputs, event.agent):
             return
         if status is ResultStatus.CANCELLED:
             # We did not ask for it (run cancellation moves tasks first), so the
@@ -388,7 +353,7 @@ class Engine(Linking, Recovery):
             _, _, view, attempt = heapq.heappop(self._timers)
             if view.state is _S.RETRY_WAIT and view.attempt == attempt:
                 self._make_ready(view, f"retrying (attempt {attempt + 1})")
-        self._orphans_tick()
+        _recovery.orphans_tick(self)
         for agent in list(self.agents.values()):
             if agent.online and now - agent.last_seen > self.heartbeat_ttl:
                 # silent for the whole TTL already: no further grace
@@ -419,7 +384,7 @@ class Engine(Linking, Recovery):
             if view.state is not _S.READY:
                 continue  # stale queue entry (cancelled or failed meanwhile)
             spec = view.spec
-            hosts = self._input_hosts(view)
+            hosts = input_hosts(view)
             colocated = self._colocated(view)
             key = (spec.runtime, spec.agent, tuple(spec.labels.items()), spec.cpus, spec.memory, spec.arch, colocated)
             if key in unplaceable:
@@ -429,7 +394,7 @@ class Engine(Linking, Recovery):
             fitting = [a for a in available if fits_now(spec, a) and (colocated is None or a.id == colocated)]
             agent = None
             if fitting:
-                agent = self.placement.choose(spec, fitting, input_hosts=hosts, locality=self._locality(view))
+                agent = self.placement.choose(spec, fitting, input_hosts=hosts, locality=locality(view))
             if agent is None:
                 skipped.append(view)
                 unplaceable[key] = self._explain(view)
@@ -444,13 +409,6 @@ class Engine(Linking, Recovery):
         name = view.spec.colocate
         partner = view.run.tasks.get(name) if name else None
         return partner.agent if partner is not None else None
-
-    def _locality(self, view: TaskView) -> Locality | None:
-        refs = view.run.graph.refs_of(view.spec.name)
-        if not refs:
-            return None
-        run = view.run
-        return locality_of(view, ((producer_of(run, r), r.path) for r in refs))
 
     def _explain(self, view: TaskView, *, silent_busy: bool = False, reason: str = "") -> str:
         """Record why a ready task waits; emit a TaskWaiting event when the reason changed.
@@ -476,14 +434,6 @@ class Engine(Linking, Recovery):
                 return True
         return False
 
-    @staticmethod
-    def _input_hosts(view: TaskView) -> frozenset[str]:
-        refs = view.run.graph.refs_of(view.spec.name)
-        if not refs:
-            return frozenset()
-        run = view.run
-        return frozenset(producer_of(run, r).host for r in refs)
-
     def _dispatch(self, view: TaskView, agent: AgentView) -> None:
         view.attempt += 1
         view.inherited = False
@@ -492,23 +442,6 @@ class Engine(Linking, Recovery):
         view.host = agent.capabilities.host_id
         spec = view.spec
         run = view.run
-        inputs = []
-        for ref in run.graph.refs_of(spec.name):
-            producer = producer_of(run, ref)
-            inputs.append(
-                StageInput(
-                    ref=ref.text,
-                    workflow=ref.workflow or run.workflow.name,
-                    task=TaskName(ref.task),
-                    path=ref.path,
-                    source_agent=producer.agent or AgentId(""),
-                    source_host=producer.host,
-                    source_dir=producer.workdir,
-                    source_run=producer.run.id,
-                    source_attempt=producer.attempt,
-                    verify=producer.restored,
-                )
-            )
         assignment = TaskAssignment(
             run=run.id,
             workflow=run.workflow.name,
@@ -520,7 +453,7 @@ class Engine(Linking, Recovery):
             kwargs=dict(spec.kwargs),
             env=dict(spec.env),
             timeout=spec.timeout,
-            inputs=tuple(inputs),
+            inputs=stage_inputs(view),
             outputs=spec.outputs,
             stage_mode=spec.stage_mode,
             cpus=float(spec.cpus),
@@ -544,7 +477,7 @@ class Engine(Linking, Recovery):
 
     def _make_ready(self, view: TaskView, cause: str) -> None:
         if view.spec.map_over:
-            self._expand(view)
+            _linking.expand(self, view)
             return
         self._move(view, _S.READY, cause)
         self._ready.append(view)
@@ -592,13 +525,13 @@ class Engine(Linking, Recovery):
         agent.online = False
         self._out.append(AgentChanged(agent_id, False, reason))
         if grace and self.requeue_grace > 0:
-            self._wait_for_return(agent, reason)
+            _recovery.wait_for_return(self, agent, reason)
             return
         inflight, agent.inflight = agent.inflight, {}
         for ref, view in inflight.items():
             if view.attempt == ref.attempt and view.agent == agent_id and view.state in _ACTIVE:
                 self._requeue(view, f"agent {agent_id} lost ({reason})")
-        self._regenerate_lost_with(agent_id, reason)
+        _recovery.regenerate_lost_with(self, agent_id, reason)
 
     def _move(self, view: TaskView, new: TaskState, cause: str) -> None:
         old = view.state
@@ -609,7 +542,7 @@ class Engine(Linking, Recovery):
         run = view.run
         run.counts[old] -= 1
         run.counts[new] += 1
-        self._out.append(TaskTransition(run.id, view.name, old, new, view.attempt, view.agent, cause, self._now))
+        self._out.append(TaskTransition(run.id, view.name, old, new, view.attempt, view.agent, cause, self._now, view))
         if new in TERMINAL:
             if view.finished_at is None:
                 view.finished_at = self._now
@@ -629,7 +562,7 @@ class Engine(Linking, Recovery):
             failed = [v.name for v in run.tasks.values() if v.state is _S.FAILED]
             run.cause = f"{len(failed)} task(s) failed: {', '.join(failed[:5])}" + ("…" if len(failed) > 5 else "")
         run.finished_at = self._now
-        self._out.append(RunTransition(run.id, run.state, run.cause, self._now))
+        self._out.append(RunTransition(run.id, run.state, run.cause, self._now, run))
 
 
 def _keep(result: TaskResult) -> bool:

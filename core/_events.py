@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dagon.core._model import Graph, Workflow
 from dagon.core._states import RunState, TaskState
 from dagon.protocol import AgentId, Capabilities, Rejection, RunId, TaskAssignment, TaskRef, TaskResult
+
+if TYPE_CHECKING:
+    from dagon.core._views import RunView, TaskView
 
 __all__ = [
     "AgentAnnounced",
@@ -15,6 +19,7 @@ __all__ = [
     "AgentSeen",
     "CancelAttempt",
     "Command",
+    "DeleteScratch",
     "Dispatch",
     "Event",
     "RunCancelRequested",
@@ -24,9 +29,8 @@ __all__ = [
     "TaskRejected",
     "TaskStarted",
     "TaskTransition",
-    "Tick",
-    "DeleteScratch",
     "TaskWaiting",
+    "Tick",
 ]
 
 
@@ -83,6 +87,15 @@ class TaskStarted:
 
 @dataclass(frozen=True, slots=True)
 class TaskFinished:
+    """Engine event: one attempt ended, as ``agent`` reported it.
+
+    The words for a task's end, from the agent to the user:
+    ``agent.runtimes.Outcome`` (what a runtime returns) → ``protocol.TaskResult`` (one
+    attempt's report on the wire) → ``protocol.TasksFinished`` (the wire message carrying
+    a batch of them) → ``TaskFinished`` (this: one of them fed to the engine) →
+    ``core.TaskOutcome`` (what ``RunResult`` tells the user about a task).
+    """
+
     agent: AgentId
     result: TaskResult
 
@@ -129,7 +142,11 @@ class CancelAttempt:
 
 @dataclass(frozen=True, slots=True)
 class TaskTransition:
-    """A task changed state; ``cause`` says why (shown to users and stored)."""
+    """A task changed state; ``cause`` says why (shown to users and stored).
+
+    ``view`` is the engine's task (for the coordinator's own use: results, checkpoints;
+    it keeps changing — listeners get a frozen ``TaskSnapshot`` instead).
+    """
 
     run: RunId
     task: str
@@ -139,14 +156,18 @@ class TaskTransition:
     agent: AgentId | None
     cause: str
     at: float
+    view: TaskView | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class RunTransition:
+    """A run started (``RUNNING``), was resumed, or ended; ``view`` as in :class:`TaskTransition`."""
+
     run: RunId
     new: RunState
     cause: str
     at: float
+    view: RunView | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

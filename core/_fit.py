@@ -34,7 +34,7 @@ from dagon.core._placement import AgentView, Locality, unmet_constraint
 from dagon.protocol import AgentId
 
 if TYPE_CHECKING:
-    from dagon.core._engine import TaskView
+    from dagon.core._views import TaskView
 
 __all__ = ["Locality", "Scored", "check_placeable", "fits_now", "held", "locality_of", "unmet", "waiting_reason"]
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dagon.core._engine import TaskView
+from dagon.core._views import TaskView
 
 if TYPE_CHECKING:
     from dagon.core._coordinator import Coordinator

@@ -17,12 +17,13 @@ from typing import Any, Final
 
 from dagon.core._containers import check_container_options
 from dagon.core._errors import ValidationError
+from dagon.core._options import check_task_options
 from dagon.core._refs import Reference, check_name, check_relative_path, find_references
 from dagon.protocol import ProtocolError, check_plain
 
 __all__ = ["RUNTIMES_BUILTIN", "Graph", "Retry", "Task", "Workflow"]
 
-RUNTIMES_BUILTIN: Final = frozenset({"process", "python"})
+RUNTIMES_BUILTIN: Final = frozenset({"process", "python", "sensor", "actuator"})  # every agent has these
 SPEC_VERSION: Final = 1
 _STAGE_MODES: Final = frozenset({"", "symlink", "hardlink", "copy"})
 # One shared, immutable empty mapping for the (usual) tasks without env, kwargs or
@@ -63,18 +64,24 @@ class Task:
         cpus, memory: resources the task needs (memory in bytes).
         labels: an agent must carry all these labels to run it.
         agent: pin the task to one agent id.
-        stage_mode: how inputs are staged on the same host (symlink, hardlink, copy; "" = agent default).
+        stage_mode: how inputs are staged on the same host: copy (the task's own copy, a reflink where the
+            file system has them), symlink (container runtimes only, bound read-only; others get a copy),
+            hardlink (deprecated: a copy); "" = agent default.
         runtime_options: runtime-specific settings as plain data (e.g. a container's ``image``);
             each runtime documents and validates its own keys.
         map_over: a ``workflow:///PRODUCER/GLOB`` reference: the task is a template expanded
             at run time into one task per file of the producer's output matching the glob
             (see :mod:`dagon.core._patterns`); "" for an ordinary task.
         arch: the agent's machine architecture must be this (e.g. ``x86_64``, ``aarch64``; "" = any).
+        host: run on an agent of this host: one announcing this address (or host name)
+            ("" = any). DAGonStar's ``ip=`` tasks set it.
         colocate: run on the same agent as this task (which becomes a dependency).
         keep: a declared workflow output: its scratch directory is never garbage-collected.
         checkpoint: the task's output is a checkpoint: kept like ``keep``, and copied to the
             coordinator's checkpoint storage when it succeeds, so consumers (and resumed runs)
             still get it after its agent is gone instead of running the task again.
+        device: only an agent that announced this device runs it (e.g. ``serial:/dev/ttyACM0``;
+            set by ``Workflow.sensor``/``actuate`` from the source; "" = any).
     """
 
     name: str
@@ -96,9 +103,11 @@ class Task:
     runtime_options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     map_over: str = ""
     arch: str = ""
+    host: str = ""
     colocate: str | None = None
     keep: bool = False
     checkpoint: bool = False
+    device: str = ""
 
     def __post_init__(self) -> None:
         # Copies keep callers' dicts from changing a validated task; empties share EMPTY.
@@ -124,6 +133,11 @@ class Task:
             )
         if self.cpus <= 0 or self.memory < 0:
             raise ValidationError(f"task {self.name!r}: cpus must be > 0 and memory >= 0", tasks=[self.name])
+        if not isinstance(self.host, str) or any(c.isspace() or c in "/@" for c in self.host):
+            raise ValidationError(
+                f"task {self.name!r}: host must be an address or host name (no spaces, '/' or '@'), got {self.host!r}",
+                tasks=[self.name],
+            )
         if self.stage_mode not in _STAGE_MODES:
             raise ValidationError(
                 f"task {self.name!r}: stage_mode must be one of symlink, hardlink, copy", tasks=[self.name]
@@ -228,9 +242,11 @@ class Task:
                 runtime_options=dict(doc.get("runtime_options", {})),
                 map_over=doc.get("map_over", ""),
                 arch=doc.get("arch", ""),
+                host=doc.get("host", ""),
                 colocate=doc.get("colocate"),
                 keep=bool(doc.get("keep", False)),
                 checkpoint=bool(doc.get("checkpoint", False)),
+                device=str(doc.get("device", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValidationError(f"task {doc.get('name')!r}: invalid spec ({exc})") from exc
@@ -239,7 +255,7 @@ class Task:
 
 _DEFAULT_TASK: Final = Task(name="_", command="_")
 # Placement and garbage-collection options, serialised only when set.
-_PLACEMENT_FIELDS: Final = ("arch", "colocate", "keep", "checkpoint")
+_PLACEMENT_FIELDS: Final = ("arch", "host", "colocate", "keep", "checkpoint", "device")
 # Serialised only when they differ from the default (agent, stage_mode and retry have their own rules).
 _OPTIONAL_FIELDS: Final = (
     "args", "kwargs", "after", "inputs", "outputs", "env", "timeout", "cpus", "memory", "labels", "runtime_options",
@@ -306,6 +322,7 @@ class Workflow:
 
     def shell(self, name: str, command: str, *, after: Iterable[str | Task] = (), **options: Any) -> Task:
         """Add a task running ``command`` with bash in its own scratch directory."""
+        check_task_options(name, options, exclude=("after",))
         return self.add(Task(name=name, command=command, after=_names(after), **options))
 
     def python(
@@ -318,6 +335,7 @@ class Workflow:
         **kwargs: Any,
     ) -> Task:
         """Add a task calling an importable Python function on an agent's worker pool."""
+        check_task_options(name, options or {}, exclude=("runtime", "args", "kwargs", "after"))
         return self.add(
             Task(
                 name=name,
@@ -371,6 +389,75 @@ class Workflow:
                 **fields,
             )
         )
+
+    def http(
+        self, name: str, url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None,
+        body: Any = None, expect: int | Iterable[int] | None = None, **options: Any,
+    ) -> Task:  # fmt: skip
+        """Add a task making one HTTP request; the response body becomes its output file.
+
+        ``body``: a ``workflow://`` reference (that file is sent), a string or JSON data; header
+        values and the URL may hold ``secret://NAME``; ``expect``: the success statuses (default
+        any 2xx). More (``output``, ``retries``, ``backoff``, Task fields): :func:`dagon.core._http.http_task_fields`.
+        """
+        from dagon.core._http import http_task_fields
+
+        fields = http_task_fields(name, url, method=method, headers=headers, body=body, expect=expect, **options)
+        fields["after"] = _names(fields.get("after", ()))
+        return self.add(Task(name=name, **fields))
+
+    def sensor(
+        self,
+        name: str,
+        source: str,
+        *,
+        duration: float,
+        every: float | None = None,
+        parse: Callable[..., Any] | str | None = None,
+        count: int | None = None,
+        **options: Any,
+    ) -> Task:
+        """Add a task recording readings from a device for ``duration`` seconds.
+
+        Readings go to ``readings.jsonl`` in the task's directory (one JSON object per line, for
+        ``workflow:///NAME/readings.jsonl`` consumers) and live, as JSON, to the public topic
+        ``dagon/v1/runs/{run}/tasks/{task}/readings``. The task runs only on an agent that has the
+        device (a placement constraint from the source).
+
+        Args:
+            name: the task's name.
+            source: ``serial:///dev/ttyACM0?baud=9600``, ``iio:///sys/bus/iio/devices/iio:device0``
+                (or ``iio://NAME``), ``i2c://1/0x76?register=0xf7&length=8`` or ``mqtt://TOPIC``.
+            duration: seconds to record.
+            every: seconds between readings of polled sources (iio, i2c; default 1); for serial
+                and mqtt, keep at most one reading per ``every`` seconds (default: all).
+            parse: for serial and mqtt, how a line becomes a reading: ``"arduino"`` (the original
+                DHT11 sketch), ``"json"``, ``"kv"``, ``"raw"`` or an importable callable
+                ``f(line) -> dict | None``; for iio and i2c, a callable ``f(reading) -> dict | None``.
+            count: stop after this many readings (before ``duration`` ends).
+            **options: ``after``, ``timeout``, ``retry``, ``labels``, ``agent``, ``env``, ``keep``, ``arch``.
+        """
+        from dagon.core._sensors import sensor_task_fields
+
+        fields = sensor_task_fields(name, source, duration=duration, every=every, parse=parse, count=count, **options)
+        fields["after"] = _names(fields.get("after", ()))
+        return self.add(Task(name=name, **fields))
+
+    def actuate(self, name: str, target: str, value: str | float, **options: Any) -> Task:
+        """Add a task writing ``value`` once to a device (once per attempt, even if redelivered).
+
+        Args:
+            name: the task's name.
+            target: ``serial:///dev/ttyACM0?baud=9600`` (a line), ``sysfs:///sys/class/leds/led0/brightness``,
+                ``i2c://1/0x20?register=0x01`` (a byte, or a string's bytes) or ``mqtt://TOPIC``.
+            value: what to write (a string or a number).
+            **options: as for :meth:`sensor`.
+        """
+        from dagon.core._sensors import actuator_task_fields
+
+        fields = actuator_task_fields(name, target, value, **options)
+        fields["after"] = _names(fields.get("after", ()))
+        return self.add(Task(name=name, **fields))
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self._tasks.values())

@@ -41,7 +41,7 @@ from dagon.protocol import ConfigError, Telemetry
 if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
 
-    from dagon.core._engine import RunView, TaskView
+    from dagon.core._listeners import RunSnapshot, TaskSnapshot
 
 __all__ = ["MongoSink", "MongoSinkStats", "redact_mongo_url"]
 
@@ -51,7 +51,7 @@ RUNS: Final = "runs"
 TASKS: Final = "tasks"
 TELEMETRY: Final = "telemetry"
 _COLLECTIONS: Final = (RUNS, TASKS, TELEMETRY)
-_INSTALL: Final = "the MongoDB sink needs pymongo: pip install 'dagon[mongo]'"
+_INSTALL: Final = "the MongoDB sink needs pymongo: pip install 'dagon-engine[mongo]'"
 
 
 def redact_mongo_url(url: str) -> str:
@@ -73,7 +73,9 @@ def _load_pymongo() -> Any:
     except ImportError as exc:
         raise ConfigError(_INSTALL) from exc
     if not hasattr(pymongo, "AsyncMongoClient"):
-        raise ConfigError(f"pymongo {pymongo.version} has no AsyncMongoClient; pip install 'dagon[mongo]' (≥ 4.10)")
+        raise ConfigError(
+            f"pymongo {pymongo.version} has no AsyncMongoClient; pip install 'dagon-engine[mongo]' (≥ 4.10)"
+        )
     return pymongo
 
 
@@ -184,7 +186,7 @@ class MongoSink(CoordinatorListener):
             )
         except (self._pymongo.errors.PyMongoError, ValueError, TypeError) as exc:  # bad URI or options; nothing sent
             raise ConfigError(f"--mongo-url {self.where}: {self._describe(exc)}") from None
-        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="mongo-sink")
+        self._loop_task = asyncio.get_running_loop().create_task(self._write_loop(), name="mongo-sink")
         log.info("MongoDB sink writing to %s, database %s", self.where, self.database)
         return self
 
@@ -207,8 +209,10 @@ class MongoSink(CoordinatorListener):
             if self._size:
                 log.warning(
                     "MongoDB sink closing with %d document(s) not written to %s (%s)",
-                    self._size, self.where, self.last_error or "no time left",
-                )  # fmt: skip
+                    self._size,
+                    self.where,
+                    self.last_error or "no time left",
+                )
             if self._client is not None:
                 await self._client.close()
 
@@ -222,35 +226,37 @@ class MongoSink(CoordinatorListener):
 
     # -- listener hooks (synchronous, cheap) -----------------------------------
 
-    def run_changed(self, transition: RunTransition, view: RunView) -> None:
+    def run_changed(self, transition: RunTransition, run: RunSnapshot) -> None:
+        view = run
         doc: dict[str, Any] = {
             "run_id": view.id,
-            "workflow": view.workflow.name,
+            "workflow": view.workflow,
             "state": view.state.value,
             "cause": view.cause or transition.cause,
             "submitted_at": view.submitted_at,
-            "tasks": len(view.tasks),
-            "counts": {state.value: n for state, n in view.counts.items() if n},
+            "tasks": view.tasks,
+            "counts": dict(view.counts),
             "updated_at": transition.at,
         }
         if transition.new in RUN_TERMINAL:
             doc["finished_at"] = view.finished_at if view.finished_at is not None else transition.at
-            doc["energy_joules"] = sum(t.result.energy_joules for t in view.tasks.values() if t.result is not None)
+            doc["energy_joules"] = view.energy_joules
         else:
             doc["started_at"] = transition.at
             doc["finished_at"] = None  # a resumed run is running again
         self._put(RUNS, view.id, doc)
 
-    def task_changed(self, transition: TaskTransition, view: TaskView) -> None:
+    def task_changed(self, transition: TaskTransition, task: TaskSnapshot) -> None:
         t = transition
+        view = task
         doc: dict[str, Any] = {
             "run_id": t.run,
-            "workflow": view.run.workflow.name,
+            "workflow": view.workflow,
             "task": t.task,
             "attempt": t.attempt,
             "state": t.new.value,
             "cause": t.cause[:2000],
-            "runtime": view.spec.runtime,
+            "runtime": view.runtime,
             f"{t.new.value}_at": t.at,
             "updated_at": t.at,
         }
@@ -324,9 +330,11 @@ class MongoSink(CoordinatorListener):
             self._drop_warning = now
             log.warning(
                 "MongoDB sink buffer full (%d documents, %s unreachable): dropping %s; %d dropped so far",
-                self.max_buffer, self.where,
-                "the oldest telemetry" if telemetry else f"new {collection} documents", self.dropped,
-            )  # fmt: skip
+                self.max_buffer,
+                self.where,
+                "the oldest telemetry" if telemetry else f"new {collection} documents",
+                self.dropped,
+            )
         if not telemetry:
             return False
         telemetry.popitem(last=False)
@@ -348,7 +356,7 @@ class MongoSink(CoordinatorListener):
 
     # -- background writer -----------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _write_loop(self) -> None:
         backoff = self.min_backoff
         while True:
             await self._wait_for_work()

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from dagon.core._errors import ValidationError
 from dagon.core._model import Task, Workflow
+from dagon.core._options import check_task_options
 from dagon.core._refs import Reference, find_references
 from dagon.protocol import NAME_RE, REFERENCE_RE
 
@@ -131,6 +132,7 @@ def scatter(
     wf: Workflow, name: str, command: str, items: Iterable[Any], *, after: Iterable[str | Task] = (), **options: Any
 ) -> list[Task]:
     """Map over a list: one task ``NAME_i`` per item, ``{item}`` and ``{index}`` filled in."""
+    check_task_options(name, options, exclude=("after",))
     values = list(items)
     if not values:
         raise ValidationError(f"scatter {name!r}: no items to map over", tasks=[name])
@@ -156,6 +158,7 @@ def sweep(
     Tasks are named ``NAME_k1-v1_k2-v2`` (values made name-safe; the index is used
     if that is not unique); ``{k1}``, ``{k2}``, … and ``{index}`` are filled in.
     """
+    check_task_options(name, options, exclude=("after",))
     if not params:
         raise ValidationError(f"sweep {name!r}: no parameters", tasks=[name])
     keys = list(params)
@@ -182,6 +185,7 @@ def gather(wf: Workflow, name: str, command: str, over: Iterable[str | Task], pa
     For a dynamic map pass the template: ``workflow:///TEMPLATE/PATH`` is widened to
     every copy when the map is expanded.
     """
+    check_task_options(name, options, exclude=("after",))
     producers = _names(over)
     if not producers:
         raise ValidationError(f"gather {name!r}: nothing to gather", tasks=[name])

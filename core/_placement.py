@@ -19,7 +19,7 @@ from dagon.core._model import Task
 from dagon.protocol import AgentId, Capabilities, TaskRef
 
 if TYPE_CHECKING:
-    from dagon.core._engine import TaskView
+    from dagon.core._views import TaskView
 
 __all__ = ["AgentView", "LeastLoaded", "Locality", "Placement", "unmet_constraint"]
 
@@ -50,11 +50,15 @@ def unmet_constraint(task: Task, caps: Capabilities, agent: AgentId) -> str | No
     """Why ``task`` can never run on this agent, or None if it can."""
     if task.agent is not None and task.agent != agent:
         return f"pinned to agent {task.agent!r}"
+    if task.host and task.host not in caps.addresses and task.host != caps.hostname:
+        return f"not at {task.host} (agent is {caps.hostname}: {', '.join(caps.addresses) or 'no address announced'})"
     if task.runtime not in caps.runtimes:
         return f"runtime {task.runtime!r} not available (agent has {', '.join(caps.runtimes)})"
     for key, value in task.labels.items():
         if caps.labels.get(key) != value:
             return f"label {key}={value} missing"
+    if task.device and task.device not in caps.devices:
+        return f"device {task.device} not on it (it has {', '.join(caps.devices) or 'none'})"
     if task.cpus > caps.cpus:
         return f"needs {task.cpus:g} cpus, agent has {caps.cpus}"
     if task.memory and task.memory > caps.memory:

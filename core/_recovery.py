@@ -1,6 +1,7 @@
 """Recovery: resuming runs from the run store, re-attaching to agents, regenerating lost outputs.
 
-A mixin of :class:`~dagon.core.Engine`, sans-IO like it.
+Functions over the state of :class:`~dagon.core.Engine` (and a :class:`RecoveryState` it holds),
+sans-IO like it.
 
 * **Restore** — a restarted coordinator rebuilds each unfinished run from its
   stored spec and every task's last stored state by *replaying* it: the run is
@@ -27,7 +28,7 @@ A mixin of :class:`~dagon.core.Engine`, sans-IO like it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dagon.core._events import Command, RunSubmitted, RunTransition
@@ -36,13 +37,24 @@ from dagon.core._states import RunState, TaskState
 from dagon.protocol import AgentId, OutputFile, ResultStatus, TaskName, TaskRef, TaskResult
 
 if TYPE_CHECKING:
-    from dagon.core._engine import RunView, TaskView
-    from dagon.core._gc import ScratchGC
+    from dagon.core._engine import Engine
     from dagon.core._model import Graph, Workflow
     from dagon.core._placement import AgentView
+    from dagon.core._views import TaskView
     from dagon.protocol import RunId
 
-__all__ = ["Recovery", "RestoreSummary", "StoredTask"]
+__all__ = [
+    "RecoveryState",
+    "RestoreSummary",
+    "StoredTask",
+    "adopt",
+    "inputs_lost",
+    "orphans_tick",
+    "reconcile",
+    "regenerate_lost_with",
+    "restore",
+    "wait_for_return",
+]
 
 _S = TaskState
 _ACTIVE = frozenset({_S.DISPATCHED, _S.RUNNING})
@@ -67,271 +79,263 @@ class RestoreSummary:
         )
 
 
-class Recovery:
-    """Mixed into :class:`~dagon.core.Engine`."""
+@dataclass(slots=True)
+class RecoveryState:
+    """What recovery remembers between events (held by the engine)."""
 
-    runs: dict[RunId, RunView]
-    agents: dict[AgentId, AgentView]
-    heartbeat_ttl: float
-    lost_assignment_grace: float
-    max_lost: int
-    requeue_grace: float
-    durable_checkpoints: bool
-    gc: ScratchGC
-    _out: list[Command]
-    _now: float
-
-    if TYPE_CHECKING:
-
-        def _move(self, view: TaskView, new: TaskState, cause: str) -> None: ...
-        def _make_ready(self, view: TaskView, cause: str) -> None: ...
-        def _fail(self, view: TaskView, cause: str) -> None: ...
-        def _requeue(self, view: TaskView, cause: str) -> None: ...
-        def _on_submit(self, event: RunSubmitted) -> None: ...
-        def _release(self, view: TaskView) -> None: ...
-        def _linked(self, producer: TaskView) -> bool: ...
-
-    def _init_recovery(self) -> None:
-        # attempts waiting for their agent to come back, and until when they wait
-        self._orphans: dict[AgentId, dict[TaskRef, TaskView]] = {}
-        self._orphans_due: dict[AgentId, float] = {}
-        self.regenerated = 0
-        self._lost_reason: dict[AgentId, str] = {}
-
-    # -- restore ---------------------------------------------------------------
-
-    def restore(
-        self,
-        run_id: RunId,
-        workflow: Workflow,
-        graph: Graph,
-        tasks: Mapping[str, StoredTask],
-        *,
-        now: float,
-        keep_scratch: bool = False,
-        reopen: bool = False,
-    ) -> tuple[list[Command], RestoreSummary]:
-        """Rebuild a run from its stored task states (see the module docstring).
-
-        ``reopen``: ``dagon resume``: tasks that failed or were cancelled run again, with
-        attempt numbers continuing from the stored ones.
-
-        Returns the commands to execute (the run's end, if every task had in fact
-        ended) and a summary. Raises ValidationError if the spec no longer resolves.
-        """
-        self._now = now
-        saved, self._out = self._out, []
-        summary = RestoreSummary()
-        try:
-            self._on_submit(RunSubmitted(run_id, workflow, graph, keep_scratch=keep_scratch))
-            run = self.runs[run_id]
-            for view in run.tasks.values():  # attempt numbers never repeat, whatever state a task is in
-                stored = tasks.get(view.name)
-                if stored is not None:
-                    view.attempt = max(view.attempt, stored[1])
-            applied: set[str] = set()
-            progress = True
-            while progress:
-                progress = False
-                for view in list(run.tasks.values()):
-                    if view.state is not _S.READY or view.name in applied:
-                        continue
-                    applied.add(view.name)
-                    stored = tasks.get(view.name)
-                    if stored is not None and self._apply(view, stored, reopen, summary):
-                        progress = True
-            summary.to_run = run.counts[_S.READY]
-            if run.cause == "" and run.state is RunState.RUNNING:
-                run.cause = "resumed"
-        finally:
-            restored, self._out = self._out, saved
-        # Task transitions replayed here are already in the store; only the run's end (if all
-        # tasks had ended before the restart) is new.
-        out: list[Command] = [c for c in restored if isinstance(c, RunTransition) and c.new is not RunState.RUNNING]
-        for agent in list(self._orphans):
-            known = self.agents.get(agent)
-            if known is not None and known.online:
-                self._adopt(known)  # already back (e.g. announced before this run was resumed)
-            else:
-                self._orphans_due.setdefault(agent, now + self.heartbeat_ttl)
-        return out, summary
-
-    def _apply(self, view: TaskView, stored: StoredTask, reopen: bool, summary: RestoreSummary) -> bool:
-        """Give a ready task its stored outcome; True if that changed anything."""
-        state_name, attempt, agent, cause, doc = stored
-        state = TaskState(state_name)
-        view.attempt = max(view.attempt, attempt)
-        if state is _S.SUCCEEDED and agent:
-            self._restore_success(view, AgentId(agent), doc or {})
-            summary.succeeded += 1
-            return True
-        # Re-attach only when this coordinator's id ran it (a restart): reports of the attempt go to
-        # that id's inbox. A run taken over (``reopen``) from another coordinator never hears of
-        # them, so its attempts that were under way run again.
-        if state in _ACTIVE and agent and not reopen:
-            view.agent = AgentId(agent)
-            view.dispatched_at = 0.0  # long ago: if the agent does not hold it, it is lost at once
-            view.inherited = True
-            self._move(view, _S.DISPATCHED, cause)
-            if state is _S.RUNNING:
-                self._move(view, _S.RUNNING, cause)
-            ref = TaskRef(view.run.id, TaskName(view.name), view.attempt)
-            self._orphans.setdefault(AgentId(agent), {})[ref] = view
-            summary.reattached += 1
-            return True
-        if reopen:
-            return False  # failed, cancelled or never placed: runs (again)
-        if state is _S.FAILED:
-            self._fail(view, cause)
-            summary.ended += 1
-            return True
-        if state is _S.CANCELLED:
-            self._move(view, _S.CANCELLED, cause)
-            summary.ended += 1
-            return True
-        return False
-
-    def _restore_success(self, view: TaskView, agent: AgentId, doc: dict[str, Any]) -> None:
-        run = view.run
-        view.agent = agent
-        view.host = str(doc.get("host") or "")
-        view.workdir = str(doc.get("workdir") or "")
-        view.exit_code = doc.get("exit_code")
-        finished = self._now
-        view.started_at = finished - float(doc.get("duration") or 0.0)
-        view.finished_at = finished
-        energy = doc.get("energy") or {}
-        outputs = tuple(
-            OutputFile(str(o["path"]), int(o["size"]), str(o["sha256"]))
-            for o in doc.get("outputs") or ()
-            if isinstance(o, dict)
-        )
-        view.result = TaskResult(
-            run.id, TaskName(view.name), view.attempt, ResultStatus.SUCCEEDED, view.exit_code,
-            view.started_at, finished, cpu_time=float(doc.get("cpu_time") or 0.0),
-            max_rss=int(doc.get("max_rss") or 0), workdir=view.workdir, outputs=outputs, value=doc.get("value"),
-            energy_joules=float(energy.get("joules") or 0.0), power_watts=float(energy.get("watts") or 0.0),
-            energy_measured=bool(energy.get("measured")), energy_source=str(energy.get("source") or ""),
-        )  # fmt: skip
-        view.restored = True
-        self._move(view, _S.DISPATCHED, "restored")
-        self._move(view, _S.SUCCEEDED, str(doc.get("cause") or "restored"))
-        self._release(view)
-        self.gc.succeeded(view, sum(o.size for o in outputs), self._linked)  # deletions were sent before
-
-    # -- re-attach ---------------------------------------------------------------
-
-    def _adopt(self, agent: AgentView) -> None:
-        """The agent is back: its restored attempts are in flight on it again."""
-        orphans = self._orphans.pop(agent.id, None)
-        self._orphans_due.pop(agent.id, None)
-        self._lost_reason.pop(agent.id, None)  # back in time: its outputs were not lost either
-        if not orphans:
-            return
-        for ref, view in orphans.items():
-            if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent.id:
-                agent.inflight[ref] = view
-
-    def _reconcile(self, agent: AgentView, held: frozenset[TaskRef]) -> None:
-        """Requeue in-flight attempts the agent says it does not hold (past the assignment grace)."""
-        cutoff = self._now - self.lost_assignment_grace
-        for ref, view in list(agent.inflight.items()):
-            if ref in held or view.dispatched_at >= cutoff:
-                continue
-            del agent.inflight[ref]
-            if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent.id:
-                self._requeue(view, f"agent {agent.id} does not hold attempt {ref.attempt} (lost)")
-
-    def _wait_for_return(self, agent: AgentView, reason: str) -> None:
-        """The agent is lost; its attempts wait ``requeue_grace`` seconds for it to come back
-        (a Wi-Fi drop) before they run elsewhere — its results meanwhile are accepted."""
-        inflight, agent.inflight = agent.inflight, {}
-        self._orphans.setdefault(agent.id, {}).update(inflight)
-        self._orphans_due[agent.id] = self._now + self.requeue_grace
-        self._lost_reason[agent.id] = reason
-
-    def _orphans_tick(self) -> None:
-        now = self._now
-        expired = [agent for agent, due in self._orphans_due.items() if due <= now]
-        for agent in expired:
-            del self._orphans_due[agent]
-            refs = self._orphans.pop(agent, {})
-            reason = self._lost_reason.pop(agent, "")
-            if reason:
-                why = f"agent {agent} lost ({reason}) and not back within {self.requeue_grace:.0f} s"
-            else:  # restored after a coordinator restart
-                why = f"agent {agent} did not come back within {self.heartbeat_ttl:.0f} s"
-            for ref, view in refs.items():
-                if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent:
-                    self._requeue(view, why)
-            if reason:
-                self._regenerate_lost_with(agent, reason)
+    # attempts waiting for their agent to come back, and until when they wait
+    orphans: dict[AgentId, dict[TaskRef, TaskView]] = field(default_factory=dict)
+    due: dict[AgentId, float] = field(default_factory=dict)
+    lost_reason: dict[AgentId, str] = field(default_factory=dict)
+    regenerated: int = 0  # succeeded tasks run again because their outputs were lost
 
     @property
-    def orphans_due(self) -> float | None:
-        return min(self._orphans_due.values(), default=None)
+    def next_due(self) -> float | None:
+        return min(self.due.values(), default=None)
 
-    # -- regenerate ----------------------------------------------------------------
 
-    def _regenerate_lost_with(self, agent: AgentId, reason: str) -> None:
-        """Outputs that lived only on ``agent`` and that pending consumers need: run their producers again.
+# -- restore ---------------------------------------------------------------
 
-        Outputs on a host another online agent shares stay reachable (staged locally there); a
-        consumer placed elsewhere that then cannot pull them reports them lost (``_inputs_lost``).
-        """
-        lost = self.agents.get(agent)
-        host = lost.capabilities.host_id if lost is not None else ""
-        if host and any(a.online and a.capabilities.host_id == host for a in self.agents.values()):
-            return
-        for run in self.runs.values():
-            if run.state is not RunState.RUNNING:
-                continue
+
+def restore(
+    engine: Engine,
+    run_id: RunId,
+    workflow: Workflow,
+    graph: Graph,
+    tasks: Mapping[str, StoredTask],
+    *,
+    now: float,
+    keep_scratch: bool = False,
+    reopen: bool = False,
+) -> tuple[list[Command], RestoreSummary]:
+    """Rebuild a run from its stored task states (see the module docstring).
+
+    ``reopen``: ``dagon resume``: tasks that failed or were cancelled run again, with
+    attempt numbers continuing from the stored ones.
+
+    Returns the commands to execute (the run's end, if every task had in fact
+    ended) and a summary. Raises ValidationError if the spec no longer resolves.
+    """
+    engine._now = now
+    saved, engine._out = engine._out, []
+    summary = RestoreSummary()
+    try:
+        engine._on_submit(RunSubmitted(run_id, workflow, graph, keep_scratch=keep_scratch))
+        run = engine.runs[run_id]
+        for view in run.tasks.values():  # attempt numbers never repeat, whatever state a task is in
+            stored = tasks.get(view.name)
+            if stored is not None:
+                view.attempt = max(view.attempt, stored[1])
+        applied: set[str] = set()
+        progress = True
+        while progress:
+            progress = False
             for view in list(run.tasks.values()):
-                if (
-                    view.state is _S.SUCCEEDED
-                    and view.agent == agent
-                    and not (view.spec.checkpoint and self.durable_checkpoints)
-                    and any(c.state in (_S.PENDING, _S.READY) and c.run is run for c in view.dependents)
-                ):
-                    self._regenerate(view, f"its outputs were lost with agent {agent} ({reason})")
+                if view.state is not _S.READY or view.name in applied:
+                    continue
+                applied.add(view.name)
+                stored = tasks.get(view.name)
+                if stored is not None and _apply(engine, view, stored, reopen, summary):
+                    progress = True
+        summary.to_run = run.counts[_S.READY]
+        if run.cause == "" and run.state is RunState.RUNNING:
+            run.cause = "resumed"
+    finally:
+        restored, engine._out = engine._out, saved
+    # Task transitions replayed here are already in the store; only the run's end (if all
+    # tasks had ended before the restart) is new.
+    out: list[Command] = [c for c in restored if isinstance(c, RunTransition) and c.new is not RunState.RUNNING]
+    for agent in list(engine._recovery.orphans):
+        known = engine.agents.get(agent)
+        if known is not None and known.online:
+            adopt(engine, known)  # already back (e.g. announced before this run was resumed)
+        else:
+            engine._recovery.due.setdefault(agent, now + engine.heartbeat_ttl)
+    return out, summary
 
-    def _regenerate(self, producer: TaskView, cause: str) -> bool:
-        """Run a succeeded task again; its unfinished consumers wait for the new attempt."""
-        if producer.state is not _S.SUCCEEDED or producer.run.state is not RunState.RUNNING:
-            return False
-        run = producer.run
-        run.unfinished += 1  # leaves a terminal state
-        self.regenerated += 1
-        for child in producer.dependents:
-            if child.state is _S.READY:
-                self._move(child, _S.PENDING, f"waiting for {producer.name!r} to be regenerated")
-            if child.state is _S.PENDING:
-                child.waiting += 1
-        producer.result = None
-        producer.finished_at = None
-        producer.restored = False
-        self._make_ready(producer, cause)
+
+def _apply(engine: Engine, view: TaskView, stored: StoredTask, reopen: bool, summary: RestoreSummary) -> bool:
+    """Give a ready task its stored outcome; True if that changed anything."""
+    state_name, attempt, agent, cause, doc = stored
+    state = TaskState(state_name)
+    view.attempt = max(view.attempt, attempt)
+    if state is _S.SUCCEEDED and agent:
+        _restore_success(engine, view, AgentId(agent), doc or {})
+        summary.succeeded += 1
         return True
-
-    def _inputs_lost(self, view: TaskView, lost: tuple[str, ...], agent: AgentId) -> bool:
-        """A consumer could not stage outputs of ``lost``: regenerate them and let it wait.
-
-        Returns False (the failure stands) when none of them can be regenerated.
-        """
-        run = view.run
-        producers = [run.tasks[name] for name in lost if name in run.tasks]
-        deps = run.graph.deps.get(view.name, frozenset())
-        redo = [p for p in producers if p.state is _S.SUCCEEDED and p.name in deps and _produced(view, p)]
-        if not redo:
-            return False
-        view.lost += 1
-        if view.lost > self.max_lost:
-            return False
-        cause = f"inputs from {', '.join(repr(p.name) for p in redo)} were missing or corrupt on {agent}"
-        self._move(view, _S.PENDING, cause)
-        for producer in redo:
-            self._regenerate(producer, f"regenerating outputs {view.name!r} could not stage")
+    # Re-attach only when this coordinator's id ran it (a restart): reports of the attempt go to
+    # that id's inbox. A run taken over (``reopen``) from another coordinator never hears of
+    # them, so its attempts that were under way run again.
+    if state in _ACTIVE and agent and not reopen:
+        view.agent = AgentId(agent)
+        view.dispatched_at = 0.0  # long ago: if the agent does not hold it, it is lost at once
+        view.inherited = True
+        engine._move(view, _S.DISPATCHED, cause)
+        if state is _S.RUNNING:
+            engine._move(view, _S.RUNNING, cause)
+        ref = TaskRef(view.run.id, TaskName(view.name), view.attempt)
+        engine._recovery.orphans.setdefault(AgentId(agent), {})[ref] = view
+        summary.reattached += 1
         return True
+    if reopen:
+        return False  # failed, cancelled or never placed: runs (again)
+    if state is _S.FAILED:
+        engine._fail(view, cause)
+        summary.ended += 1
+        return True
+    if state is _S.CANCELLED:
+        engine._move(view, _S.CANCELLED, cause)
+        summary.ended += 1
+        return True
+    return False
+
+
+def _restore_success(engine: Engine, view: TaskView, agent: AgentId, doc: dict[str, Any]) -> None:
+    run = view.run
+    view.agent = agent
+    view.host = str(doc.get("host") or "")
+    view.workdir = str(doc.get("workdir") or "")
+    view.exit_code = doc.get("exit_code")
+    finished = engine._now
+    view.started_at = finished - float(doc.get("duration") or 0.0)
+    view.finished_at = finished
+    energy = doc.get("energy") or {}
+    outputs = tuple(
+        OutputFile(str(o["path"]), int(o["size"]), str(o["sha256"]))
+        for o in doc.get("outputs") or ()
+        if isinstance(o, dict)
+    )
+    view.result = TaskResult(
+        run.id, TaskName(view.name), view.attempt, ResultStatus.SUCCEEDED, view.exit_code,
+        view.started_at, finished, cpu_time=float(doc.get("cpu_time") or 0.0),
+        max_rss=int(doc.get("max_rss") or 0), workdir=view.workdir, outputs=outputs, value=doc.get("value"),
+        energy_joules=float(energy.get("joules") or 0.0), power_watts=float(energy.get("watts") or 0.0),
+        energy_measured=bool(energy.get("measured")), energy_source=str(energy.get("source") or ""),
+    )  # fmt: skip
+    view.restored = True
+    engine._move(view, _S.DISPATCHED, "restored")
+    engine._move(view, _S.SUCCEEDED, str(doc.get("cause") or "restored"))
+    engine._release(view)
+    engine.gc.succeeded(view, sum(o.size for o in outputs), engine._linked)  # deletions were sent before
+
+
+# -- re-attach ---------------------------------------------------------------
+
+
+def adopt(engine: Engine, agent: AgentView) -> None:
+    """The agent is back: its restored attempts are in flight on it again."""
+    orphans = engine._recovery.orphans.pop(agent.id, None)
+    engine._recovery.due.pop(agent.id, None)
+    engine._recovery.lost_reason.pop(agent.id, None)  # back in time: its outputs were not lost either
+    if not orphans:
+        return
+    for ref, view in orphans.items():
+        if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent.id:
+            agent.inflight[ref] = view
+
+
+def reconcile(engine: Engine, agent: AgentView, held: frozenset[TaskRef]) -> None:
+    """Requeue in-flight attempts the agent says it does not hold (past the assignment grace)."""
+    cutoff = engine._now - engine.lost_assignment_grace
+    for ref, view in list(agent.inflight.items()):
+        if ref in held or view.dispatched_at >= cutoff:
+            continue
+        del agent.inflight[ref]
+        if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent.id:
+            engine._requeue(view, f"agent {agent.id} does not hold attempt {ref.attempt} (lost)")
+
+
+def wait_for_return(engine: Engine, agent: AgentView, reason: str) -> None:
+    """The agent is lost; its attempts wait ``requeue_grace`` seconds for it to come back
+    (a Wi-Fi drop) before they run elsewhere — its results meanwhile are accepted."""
+    inflight, agent.inflight = agent.inflight, {}
+    engine._recovery.orphans.setdefault(agent.id, {}).update(inflight)
+    engine._recovery.due[agent.id] = engine._now + engine.requeue_grace
+    engine._recovery.lost_reason[agent.id] = reason
+
+
+def orphans_tick(engine: Engine) -> None:
+    now = engine._now
+    expired = [agent for agent, due in engine._recovery.due.items() if due <= now]
+    for agent in expired:
+        del engine._recovery.due[agent]
+        refs = engine._recovery.orphans.pop(agent, {})
+        reason = engine._recovery.lost_reason.pop(agent, "")
+        if reason:
+            why = f"agent {agent} lost ({reason}) and not back within {engine.requeue_grace:.0f} s"
+        else:  # restored after a coordinator restart
+            why = f"agent {agent} did not come back within {engine.heartbeat_ttl:.0f} s"
+        for ref, view in refs.items():
+            if view.state in _ACTIVE and view.attempt == ref.attempt and view.agent == agent:
+                engine._requeue(view, why)
+        if reason:
+            regenerate_lost_with(engine, agent, reason)
+
+
+# -- regenerate ----------------------------------------------------------------
+
+
+def regenerate_lost_with(engine: Engine, agent: AgentId, reason: str) -> None:
+    """Outputs that lived only on ``agent`` and that pending consumers need: run their producers again.
+
+    Outputs on a host another online agent shares stay reachable (staged locally there); a
+    consumer placed elsewhere that then cannot pull them reports them lost (``_inputs_lost``).
+    """
+    lost = engine.agents.get(agent)
+    host = lost.capabilities.host_id if lost is not None else ""
+    if host and any(a.online and a.capabilities.host_id == host for a in engine.agents.values()):
+        return
+    for run in engine.runs.values():
+        if run.state is not RunState.RUNNING:
+            continue
+        for view in list(run.tasks.values()):
+            if (
+                view.state is _S.SUCCEEDED
+                and view.agent == agent
+                and not (view.spec.checkpoint and engine.durable_checkpoints)
+                and any(c.state in (_S.PENDING, _S.READY) and c.run is run for c in view.dependents)
+            ):
+                _regenerate(engine, view, f"its outputs were lost with agent {agent} ({reason})")
+
+
+def _regenerate(engine: Engine, producer: TaskView, cause: str) -> bool:
+    """Run a succeeded task again; its unfinished consumers wait for the new attempt."""
+    if producer.state is not _S.SUCCEEDED or producer.run.state is not RunState.RUNNING:
+        return False
+    run = producer.run
+    run.unfinished += 1  # leaves a terminal state
+    engine._recovery.regenerated += 1
+    for child in producer.dependents:
+        if child.state is _S.READY:
+            engine._move(child, _S.PENDING, f"waiting for {producer.name!r} to be regenerated")
+        if child.state is _S.PENDING:
+            child.waiting += 1
+    producer.result = None
+    producer.finished_at = None
+    producer.restored = False
+    engine._make_ready(producer, cause)
+    return True
+
+
+def inputs_lost(engine: Engine, view: TaskView, lost: tuple[str, ...], agent: AgentId) -> bool:
+    """A consumer could not stage outputs of ``lost``: regenerate them and let it wait.
+
+    Returns False (the failure stands) when none of them can be regenerated.
+    """
+    run = view.run
+    producers = [run.tasks[name] for name in lost if name in run.tasks]
+    deps = run.graph.deps.get(view.name, frozenset())
+    redo = [p for p in producers if p.state is _S.SUCCEEDED and p.name in deps and _produced(view, p)]
+    if not redo:
+        return False
+    view.lost += 1
+    if view.lost > engine.max_lost:
+        return False
+    cause = f"inputs from {', '.join(repr(p.name) for p in redo)} were missing or corrupt on {agent}"
+    engine._move(view, _S.PENDING, cause)
+    for producer in redo:
+        _regenerate(engine, producer, f"regenerating outputs {view.name!r} could not stage")
+    return True
 
 
 def _produced(consumer: TaskView, producer: TaskView) -> bool:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dagon.core._engine import RunView, TaskView
+from dagon.core._attempts import SHOWN_IN_STATUS, PastAttempt
 from dagon.core._errors import TaskFailed
 from dagon.core._states import TERMINAL, RunState, TaskState
+from dagon.core._views import RunView, TaskView
 from dagon.protocol import SCHEMA_RUN_STATUS, SCHEMA_TASK_RESULT, OutputFile
 
-__all__ = ["RunEvent", "RunResult", "TaskOutcome", "run_status_doc", "task_result_doc"]
+if TYPE_CHECKING:
+    from dagon.core._store import StoredRun
+
+__all__ = ["RunEvent", "RunResult", "TaskOutcome", "run_status_doc", "stored_status_doc", "task_result_doc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,12 @@ def _duration(view: TaskView) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class TaskOutcome:
-    """How a task ended (or where it is, for a run still in progress)."""
+    """How a task ended (or where it is, for a run still in progress): what users read in a
+    :class:`RunResult`, built from the engine's view and the agent's last ``TaskResult``.
+
+    ``retries``: the attempts before the last one and why each did not count (the latest
+    :data:`~dagon.core._attempts.KEPT_PER_TASK`); empty when the task ran once.
+    """
 
     name: str
     state: TaskState
@@ -84,6 +93,7 @@ class TaskOutcome:
     error: str = ""
     cause: str = ""
     value: Any = None
+    retries: tuple[PastAttempt, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -114,6 +124,7 @@ class TaskOutcome:
             error=result.error if result else "",
             cause=view.cause,
             value=result.value if result else None,
+            retries=tuple(view.run.retries.get(view.name, ())),
         )
 
     @classmethod
@@ -133,6 +144,7 @@ class TaskOutcome:
             error=str(doc.get("error") or ""),
             cause=str(doc.get("cause") or ""),
             value=doc.get("value"),
+            retries=tuple(PastAttempt.from_doc(p) for p in doc.get("retries") or ()),
         )
 
 
@@ -201,7 +213,9 @@ class RunResult:
         )
 
 
-def run_status_doc(view: RunView, *, coordinator: str) -> dict[str, Any]:
+def run_status_doc(view: RunView, *, coordinator: str, results_retained: bool = True) -> dict[str, Any]:
+    """The public status of a run; ``results_retained``: its per-task results are retained on the
+    broker (false once the run left the coordinator's memory: they were cleared)."""
     return {
         "schema": SCHEMA_RUN_STATUS,
         "run": view.id,
@@ -214,6 +228,44 @@ def run_status_doc(view: RunView, *, coordinator: str) -> dict[str, Any]:
         "submitted_at": view.submitted_at,
         "finished_at": view.finished_at,
         "scratch_peak": dict(view.scratch_peak),
+        "results_retained": results_retained,
+        "retried_tasks": len(view.retries),
+        "retried": [_retried_doc(view.tasks[name]) for name in list(view.retries)[-SHOWN_IN_STATUS:]],
+    }
+
+
+def stored_status_doc(stored: StoredRun, *, coordinator: str) -> dict[str, Any]:
+    """The public status of a run that ended, from the run store (a restarted coordinator
+    publishes it again); its per-task results are not said to be retained."""
+    counts: dict[str, int] = {}
+    for state, *_ in stored.tasks.values():
+        counts[state] = counts.get(state, 0) + 1
+    record = stored.record
+    return {
+        "schema": SCHEMA_RUN_STATUS,
+        "run": record.id,
+        "workflow": record.workflow,
+        "coordinator": coordinator,
+        "state": record.state,
+        "cause": record.cause,
+        "tasks": len(stored.spec.get("tasks", ())) or len(stored.tasks),
+        "counts": counts,
+        "submitted_at": record.submitted_at,
+        "finished_at": record.finished_at,
+        "results_retained": False,
+        "retried_tasks": len({row[1] for row in stored.retried}),
+    }
+
+
+def _retried_doc(view: TaskView) -> dict[str, Any]:
+    """A task that ran (or was placed) more than once: where it is now, and its earlier attempts."""
+    return {
+        "name": view.name,
+        "state": view.state.value,
+        "attempt": view.attempt,
+        "agent": view.agent,
+        "cause": view.cause,
+        "retries": [past.to_doc() for past in view.run.retries.get(view.name, ())],
     }
 
 
@@ -240,6 +292,7 @@ def task_result_doc(view: TaskView) -> dict[str, Any]:
         "cause": out.cause,
         "value": out.value,
         "energy": _energy_doc(view),
+        "retries": [past.to_doc() for past in out.retries],
     }
 
 

@@ -9,14 +9,16 @@ serialised by the coordinator's single persist loop).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["RunRecord", "RunStore", "Store", "StoredRun", "TaskRecord"]
+__all__ = ["RunRecord", "RunStore", "Store", "StoredRun", "TaskRecord", "TaskRow", "Transition"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -83,6 +85,8 @@ class StoredRun:
     options: dict[str, Any]
     # task -> (state, attempt, agent, cause, result document or None)
     tasks: dict[str, tuple[str, int, str | None, str, dict[str, Any] | None]]
+    # the transitions that sent an active attempt back (retries: see dagon.core._attempts), in order
+    retried: list[Transition] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -108,6 +112,7 @@ class Store(Protocol):
         runs: Iterable[tuple[str, str, str, float | None]] = (),
     ) -> None: ...
     def unfinished_runs(self, coordinator: str) -> list[str]: ...
+    def ended_since(self, coordinator: str, since: float) -> list[str]: ...
     def load(self, run: str) -> StoredRun | None: ...
     def reopen(self, run: str, coordinator: str) -> None: ...
     def get_run(self, run: str) -> RunRecord | None: ...
@@ -133,12 +138,24 @@ Transition = tuple[str, str, str, str, int, str | None, str, float]
 TaskRow = tuple[str, str, str, int, str | None, str, str | None]
 
 
+def _private_db(path: Path) -> None:
+    """Create the store's directory 0700 when missing and the file 0600 (SQLite gives its WAL and
+    shared-memory files the same mode): it holds every command and result."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            path.chmod(0o600)
+
+
 class RunStore:
     """SQLite-backed store. ``path`` may be ``":memory:"`` for tests."""
 
     def __init__(self, path: str | Path) -> None:
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_db(Path(path))
         self.path = str(path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
@@ -201,6 +218,17 @@ class RunStore:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def ended_since(self, coordinator: str, since: float) -> list[str]:
+        """Ids of ``coordinator``'s runs that ended at ``since`` or later (oldest first): a restarted
+        coordinator publishes their final status again (its last life may have died between
+        storing an end and publishing it)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM runs WHERE state!='running' AND coordinator=? AND finished_at>=? ORDER BY finished_at",
+                (coordinator, since),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def load(self, run: str) -> StoredRun | None:
         """A run's spec and each task's latest state (from its last transition and stored result)."""
         with self._lock:
@@ -216,6 +244,11 @@ class RunStore:
                 (run,),
             ).fetchall()
             results = self._db.execute("SELECT name, state, attempt, result FROM tasks WHERE run=?", (run,)).fetchall()
+            retried = self._db.execute(
+                "SELECT * FROM transitions WHERE run=? AND old IN ('dispatched', 'running')"
+                " AND new IN ('ready', 'retry_wait', 'pending') ORDER BY rowid",
+                (run,),
+            ).fetchall()
         tasks: dict[str, tuple[str, int, str | None, str, dict[str, Any] | None]] = {
             task: (state, attempt, agent, cause, None) for task, state, attempt, agent, cause in last
         }
@@ -225,7 +258,7 @@ class RunStore:
                 doc = json.loads(result) if result else None
                 tasks[name] = (state, attempt, old[2] if old else None, old[3] if old else "", doc)
         record = RunRecord(*row[:6])
-        return StoredRun(record, json.loads(row[6]), json.loads(row[7] or "{}"), tasks)
+        return StoredRun(record, json.loads(row[6]), json.loads(row[7] or "{}"), tasks, retried)
 
     def reopen(self, run: str, coordinator: str) -> None:
         """Mark a run as running again under ``coordinator`` (``dagon resume``)."""

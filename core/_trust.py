@@ -1,18 +1,28 @@
-"""Whose signatures the coordinator accepts: pinned agent keys and client keys.
+"""Whose signatures the coordinator accepts: enrolled agent keys and client keys.
 
+* Agents are admitted only when enrolled. An agent id is enrolled by a line of
+  ``known_agents`` binding it to one key (``dagon keys trust-agent ID agent.pub``, or
+  ``dagon agents approve ID`` after comparing the fingerprint the agent announced); the
+  agent key of the coordinator's own ``DAGON_HOME`` is enrolled for every id (one user
+  on one machine needs no setup). There is no trust on first use: a stranger's announce
+  is refused before anything in it is decoded, and leaves nothing behind.
 * Reports from agent ``X`` (status, heartbeats, started/finished, acks) must come
-  from sender ``agent/X`` and be signed by the key pinned for ``X``.
-* An agent's key is pinned the first time it announces itself (trust on first use,
-  like OpenSSH's ``accept-new``), unless ``accept_new_agents`` is off, in which case
-  only keys enrolled beforehand are accepted. A pinned agent that comes back with a
-  different key is refused until the operator removes the old pin.
-* Run submissions and cancellations must be signed by a client key: the
+  from sender ``agent/X`` and be signed by the key enrolled for ``X``.
+* Run submissions, cancellations and resumes must be signed by a client key: the
   coordinator's own (same user, same machine) or one enrolled for a client.
+
+The key is chosen from the key id alone (:meth:`CoordinatorTrust.key`), so the
+signature is checked over the raw bytes before the envelope is decoded; the
+sender/message binding is checked afterwards (:meth:`CoordinatorTrust.admit`).
+An unknown key id, and a client key, re-read the enrolments at most once a second
+(an operator may have just approved an agent, or run ``dagon keys trust-client`` —
+or removed a client key); a flood of strangers costs two ``stat`` calls a second.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
@@ -20,15 +30,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dagon.protocol import (
     AgentId,
-    Announce,
     CancelRun,
     Envelope,
     KeyRing,
+    LogsRequest,
     ProtocolError,
+    ResumeRun,
     SubmitRun,
     fingerprint,
+    key_fingerprint,
     key_id,
     parse_public_key,
+    raw_public_key,
 )
 
 __all__ = ["CoordinatorTrust"]
@@ -36,6 +49,9 @@ __all__ = ["CoordinatorTrust"]
 log = logging.getLogger(__name__)
 
 OnPin = Callable[[AgentId, bytes], None]
+Reload = Callable[[], Mapping[str, bytes] | None]
+ReloadClients = Callable[[], Iterable[Ed25519PublicKey] | None]
+RELOAD_EVERY = 1.0  # seconds between re-reads of the enrolment file for unknown keys
 
 
 class _Pin(NamedTuple):
@@ -52,11 +68,15 @@ class CoordinatorTrust:
     """The coordinator's :class:`~dagon.protocol.Trust` policy.
 
     Args:
-        clients: keys allowed to submit and cancel runs.
-        pinned: agent id → raw public key, known from earlier runs or enrolment.
-        accept_new_agents: pin the key of an agent seen for the first time.
-        on_pin: called with each newly pinned key (to persist it).
-        pins_file: where pins live, named in error messages.
+        clients: keys allowed to submit, cancel and resume runs.
+        pinned: agent id → raw public key enrolled for it (``known_agents``).
+        agent_keys: keys enrolled for any agent id (the agent key of the coordinator's own home).
+        reload: returns the current enrolments (``None``: unchanged); called for an unknown key
+            at most once every :data:`RELOAD_EVERY` seconds.
+        reload_clients: returns the current client keys (``None``: unchanged); called like
+            ``reload``, and for a client key too (a removed one is refused from then on).
+        on_pin: called with each newly enrolled key (to persist it).
+        pins_file: where enrolments live, named in error messages.
     """
 
     def __init__(
@@ -64,21 +84,75 @@ class CoordinatorTrust:
         *,
         clients: Iterable[Ed25519PublicKey],
         pinned: Mapping[str, bytes] | None = None,
-        accept_new_agents: bool = True,
+        agent_keys: Iterable[Ed25519PublicKey] = (),
+        reload: Reload | None = None,
+        reload_clients: ReloadClients | None = None,
         on_pin: OnPin | None = None,
         pins_file: str = "the coordinator's known_agents file",
     ) -> None:
         self._clients = KeyRing(clients, what="client")
-        # Parsed once: every report from an agent is verified against its pin.
-        self._pins = {agent: _Pin.of(raw) for agent, raw in (pinned or {}).items()}
-        self._accept_new = accept_new_agents
+        self._any_id = {key_id(k): k for k in agent_keys}
+        self._pins: dict[str, _Pin] = {}
+        self._by_kid: dict[str, Ed25519PublicKey] = {}
+        self._set_pins(pinned or {})
+        self._reload = reload
+        self._reload_clients = reload_clients
+        self._reloaded = 0.0
         self._on_pin = on_pin
         self._pins_file = pins_file
+        self._holders: dict[str, bytes] = {}  # agent -> the home key it signs with (keys enrolled for any id)
 
-    def key_for(self, kid: str, envelope: Envelope) -> Ed25519PublicKey:
+    def _set_pins(self, pinned: Mapping[str, bytes]) -> None:
+        pins = {agent: _Pin.of(raw) for agent, raw in pinned.items()}
+        self._pins.update(pins)
+        self._by_kid = {pin.kid: pin.key for pin in self._pins.values()}
+
+    def _refresh(self) -> None:
+        """Re-read the enrolments (at most once every :data:`RELOAD_EVERY` seconds)."""
+        if time.monotonic() - self._reloaded < RELOAD_EVERY:
+            return
+        self._reloaded = time.monotonic()
+        if self._reload is not None:
+            fresh = self._reload()
+            if fresh is not None:
+                self._set_pins(fresh)
+        if self._reload_clients is not None:
+            clients = self._reload_clients()
+            if clients is not None:
+                ring = KeyRing(clients, what="client")
+                added = ring.by_id.keys() - self._clients.by_id.keys()
+                removed = self._clients.by_id.keys() - ring.by_id.keys()
+                for kid in sorted(added):
+                    log.info("client key %s is trusted from now on", fingerprint(ring.by_id[kid]))
+                for kid in sorted(removed):
+                    log.info("client key %s is no longer trusted", fingerprint(self._clients.by_id[kid]))
+                self._clients = ring
+
+    def key(self, kid: str) -> Ed25519PublicKey:
+        found = self._by_kid.get(kid) or self._any_id.get(kid)
+        if found is not None:
+            return found
+        self._refresh()
+        found = self._by_kid.get(kid)
+        if found is not None:
+            return found
+        if kid in self._clients:
+            return self._clients.key(kid)
+        raise ProtocolError(
+            f"message signed by key {key_fingerprint(kid)}, which is neither an enrolled agent's nor a client's:"
+            " a client is trusted with `dagon keys trust-client client.pub`, an agent admitted with"
+            f" `dagon agents approve ID` or `dagon keys trust-agent ID agent.pub` ({self._pins_file})",
+            reason="untrusted",
+        )
+
+    def admit(self, kid: str, envelope: Envelope) -> None:
         msg = envelope.message
-        if isinstance(msg, SubmitRun | CancelRun):
-            return self._clients.key_for(kid, envelope)
+        if isinstance(msg, SubmitRun | CancelRun | ResumeRun | LogsRequest):
+            if kid not in self._clients:
+                raise ProtocolError(
+                    f"{msg.OP} is signed by key {key_fingerprint(kid)}, which is not a client key", reason="untrusted"
+                )
+            return
         agent = getattr(msg, "agent", None)
         if not isinstance(agent, str):
             raise ProtocolError(f"{msg.OP} is not a message the coordinator accepts signed", reason="untrusted")
@@ -90,35 +164,48 @@ class CoordinatorTrust:
         if pin is not None:
             if pin.kid != kid:
                 raise ProtocolError(
-                    f"agent {agent!r} signed {msg.OP} with key {kid}, not with its pinned key {fingerprint(pin.raw)};"
+                    f"agent {agent!r} signed {msg.OP} with key {key_fingerprint(kid)}, not with its enrolled key"
+                    f" {fingerprint(pin.raw)};"
                     f" if the agent was reinstalled on purpose, remove its line from {self._pins_file}",
                     reason="untrusted",
                 )
-            return pin.key
-        if isinstance(msg, Announce) and msg.key and self._accept_new:
-            if key_id(msg.key) != kid:
-                raise ProtocolError(f"agent {agent!r} announced one key and signed with another", reason="untrusted")
-            try:
-                return parse_public_key(msg.key, source=f"agent {agent!r}'s announced key")
-            except ValueError as exc:
-                raise ProtocolError(str(exc), reason="untrusted") from None
-        if isinstance(msg, Announce):
-            raise ProtocolError(
-                f"agent {agent!r} (key {kid}) is not enrolled and this coordinator accepts no new agents;"
-                " enrol its key with `dagon keys trust-agent`",
-                reason="untrusted",
-            )
-        raise ProtocolError(f"{msg.OP} from agent {agent!r}, which has not announced its key", reason="untrusted")
+            return
+        if kid in self._any_id:
+            self._holders[agent] = raw_public_key(self._any_id[kid])
+            return
+        raise ProtocolError(
+            f"agent {agent!r} is not enrolled with key {key_fingerprint(kid)}:"
+            f" approve it with `dagon agents approve {agent}`",
+            reason="untrusted",
+        )
+
+    def client_key(self, kid: str) -> bytes:
+        """The raw public key of client key ``kid`` (``b""``: not a client key)."""
+        key = self._clients.by_id.get(kid)
+        return raw_public_key(key) if key is not None else b""
 
     def pin(self, agent: AgentId, raw: bytes) -> None:
-        """Remember ``agent``'s key after its announce verified (no-op when already pinned)."""
-        if agent in self._pins or not raw:
+        """Enrol ``agent`` with key ``raw`` (no-op when it is enrolled already, or its key is one
+        enrolled for every id)."""
+        if agent in self._pins or not raw or key_id(raw) in self._any_id:
             return
-        self._pins[agent] = _Pin.of(raw)
-        log.info("pinned the key of new agent %s: %s", agent, fingerprint(raw))
+        self._set_pins({agent: raw})
+        log.info("enrolled agent %s: %s", agent, fingerprint(raw))
         if self._on_pin is not None:
             self._on_pin(agent, raw)
 
     def pinned(self, agent: str) -> bytes | None:
         pin = self._pins.get(agent)
-        return pin.raw if pin is not None else None
+        if pin is not None:
+            return pin.raw
+        return None
+
+    def key_of(self, agent: str) -> bytes:
+        """The raw key ``agent`` signs with (its enrolment, or the home key it was seen using); ``b""``
+        when unknown. Data grants for the agent are bound to it."""
+        pin = self._pins.get(agent)
+        return pin.raw if pin is not None else self._holders.get(agent, b"")
+
+    def enrolled_for_any(self) -> list[bytes]:
+        """Raw keys enrolled for every agent id."""
+        return [raw_public_key(k) for k in self._any_id.values()]

@@ -16,11 +16,11 @@ _EXPORTS = {
     "Client": "dagon._client",
     "RunHandle": "dagon._client",
     "connect": "dagon._client",
-    "DataMover": "dagon._compat_types",
-    "StagerMover": "dagon._compat_types",
-    "Status": "dagon._compat_types",
+    "DataMover": "dagon._dagonstar._types",
+    "StagerMover": "dagon._dagonstar._types",
+    "Status": "dagon._dagonstar._types",
     "MetaWorkflow": "dagon._meta",
-    "Workflow": "dagon._workflow",
+    "Workflow": "dagon._dagonstar",
     "Retry": "dagon.core",
     "RunEvent": "dagon.core",
     "RunResult": "dagon.core",
@@ -39,9 +39,9 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from dagon._client import Client, RunHandle, connect
-    from dagon._compat_types import DataMover, StagerMover, Status
+    from dagon._dagonstar import Workflow
+    from dagon._dagonstar._types import DataMover, StagerMover, Status
     from dagon._meta import MetaWorkflow
-    from dagon._workflow import Workflow
     from dagon.core import (
         Retry,
         RunEvent,

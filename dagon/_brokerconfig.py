@@ -5,11 +5,16 @@ the certificate's common name as the username (``use_identity_as_username``) and
 the ACL confines each identity:
 
 * an agent (CN = its agent id) reads only its own ``tasks`` and ``control``
-  topics and writes only its own ``status`` and ``telemetry`` topics and the
-  coordinator inboxes — it cannot publish as another agent;
+  topics and writes only its own ``status`` and ``telemetry`` topics (and its public
+  JSON telemetry), the coordinator inboxes and sensor readings — it cannot publish
+  as another agent;
 * a coordinator (CN ``coordinator:ID``) reads and writes everything under ``dagon/``;
-* a client (CN ``client:NAME``) submits to coordinator inboxes and reads the public
-  run, coordinator and agent status topics.
+* a client (CN ``client:NAME``) submits to coordinator inboxes, reads every public
+  JSON document (``dagon/v1/#``), the agents' signed announces (to approve them) and the
+  coordinators' signed answers to clients.
+
+Public JSON lives under ``dagon/v1/``, the signed msgpack protocol under
+``dagon/wire/v1/`` (see ``dagon.protocol.topics``).
 
 Running it again in the same directory keeps the CA and existing certificates and
 adds the identities that are new, so agents can be added later.
@@ -138,19 +143,21 @@ def _acl(coordinators: Iterable[str], clients: Iterable[str]) -> str:
     for name in clients:
         lines += [
             f"user client:{name}",
-            "topic write dagon/v1/coordinator/+/inbox",
-            "topic read dagon/v1/coordinator/+/status",
-            "topic read dagon/v1/runs/#",
-            "topic read dagon/v1/agents/+/status",
+            "topic write dagon/wire/v1/coordinator/+/inbox",
+            "topic read dagon/wire/v1/agents/+/status",
+            "topic read dagon/wire/v1/clients/+/answers",  # the coordinators' signed answers (any client id)
+            "topic read dagon/v1/#",
             "",
         ]
     lines += [
         "# every agent: its certificate's common name is its agent id (%u)",
-        "pattern read dagon/v1/agents/%u/tasks",
-        "pattern read dagon/v1/agents/%u/control",
-        "pattern write dagon/v1/agents/%u/status",
-        "pattern write dagon/v1/agents/%u/telemetry",
-        "pattern write dagon/v1/coordinator/+/inbox",
+        "pattern read dagon/wire/v1/agents/%u/tasks",
+        "pattern read dagon/wire/v1/agents/%u/control",
+        "pattern write dagon/wire/v1/agents/%u/status",
+        "pattern write dagon/wire/v1/agents/%u/telemetry",
+        "pattern write dagon/wire/v1/coordinator/+/inbox",
+        "pattern write dagon/v1/agents/%u/telemetry/json",
+        "pattern write dagon/v1/runs/+/tasks/+/readings",
         "",
     ]
     return "\n".join(lines)
@@ -203,6 +210,8 @@ def generate_broker_config(
         "allow_anonymous false\n"
         f"acl_file {acl}\n"
         "max_queued_messages 100000\n"
+        "# small control messages leave at once (dagon's clients also acknowledge at once, see docs/broker.md)\n"
+        "set_tcp_nodelay true\n"
         "# durable sessions across broker restarts: persistence true + persistence_location (writable by mosquitto)\n"
         "persistence false\n"
     )

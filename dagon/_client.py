@@ -17,47 +17,34 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from dagon._keys import client_signer, coordinator_signer, coordinator_trust, warn_insecure
-from dagon._remote import RemoteRuns, find_coordinator
-from dagon._settings import broker_from_env, dagon_home, insecure_from_env
-from dagon.agent import host_id
-from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workflow
-from dagon.core._coordinator import DEFAULT_REQUEUE_GRACE, new_run_id
-from dagon.core._store import RunStore
-from dagon.protocol import (
-    CancelRun,
-    Codec,
-    DagonError,
-    ResumeRun,
-    RunId,
-    Signer,
-    SubmitRun,
-    TransportError,
-    topics,
+from dagon._keys import (
+    client_public_key_file,
+    client_signer,
+    client_trust,
+    coordinator_signer,
+    coordinator_trust,
+    warn_insecure,
 )
-from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will, covered_files, pull
+from dagon._remote import DEFAULT_ANSWER_TIMEOUT, ClientIdentity, RemoteRuns, find_coordinator
+from dagon._runs import LocalRuns, Runs
+from dagon._settings import broker_from_env, dagon_home, insecure_from_env
+from dagon.agent._private import private_dir
+from dagon.core import Coordinator, CoordinatorTrust, RunEvent, RunResult, Workflow
+from dagon.core._config import env_mqtt_protocol, run_store_path
+from dagon.core._coordinator import DEFAULT_REQUEUE_GRACE
+from dagon.core._retention import DEFAULT_KEEP_FINISHED, DEFAULT_KEEP_FINISHED_TASKS, Retention
+from dagon.core._store import RunStore
+from dagon.protocol import Codec, DagonError, KeyRing, RunId, Signer, fingerprint
+from dagon.protocol.transport import MqttAuth, MqttTransport, Transport, Will
 
 __all__ = ["Client", "RunHandle", "connect"]
-
-
-def _copy_covered(root: Path, scope: str, dest: Path) -> None:
-    """Copy the regular files of ``root`` that ``scope`` covers (as staging would) into ``dest``."""
-    found = False
-    for rel in covered_files(root, scope):
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, dest / rel)
-        found = True
-    if not found:
-        raise DagonError(f"nothing in {root} matches {scope!r}")
 
 
 log = logging.getLogger(__name__)
@@ -118,19 +105,28 @@ class Client:
         insecure: bool | None = None,
         mqtt_auth: MqttAuth | None = None,
         agent_scratch: Path | None = None,
+        agent_scratch_layout: str = "run",
         keep_scratch: bool = False,
+        keep_finished: float = DEFAULT_KEEP_FINISHED,
+        keep_finished_tasks: int = DEFAULT_KEEP_FINISHED_TASKS,
+        answer_timeout: float = DEFAULT_ANSWER_TIMEOUT,
     ) -> None:
+        if answer_timeout <= 0:
+            raise DagonError(f"answer_timeout must be a positive number of seconds, got {answer_timeout}")
+        self.answer_timeout = answer_timeout
         self.home = home or dagon_home()
+        self._keep_finished = (keep_finished, keep_finished_tasks)
         self.keep_scratch = keep_scratch
         self.insecure = insecure_from_env(insecure)
         self._auth = mqtt_auth
         self._agent_scratch = agent_scratch
+        self._agent_scratch_layout = agent_scratch_layout
         self.broker = broker_from_env(broker)
         if coordinator is not None and self.broker is None:
             raise DagonError("a standalone coordinator needs a broker: pass broker= or set DAGON_BROKER")
         self.coordinator_id = coordinator
         self.embedded = self.broker is None
-        self._protocol = mqtt_protocol or ("3.1.1" if self.embedded else os.environ.get("DAGON_MQTT_PROTOCOL", "5"))
+        self._protocol = mqtt_protocol or ("3.1.1" if self.embedded else env_mqtt_protocol(os.environ))
         self._agent_slots = agent_slots
         self._heartbeat_ttl = heartbeat_ttl
         self._requeue_grace = requeue_grace
@@ -138,8 +134,7 @@ class Client:
         self._stack = AsyncExitStack()
         self.coordinator: Coordinator | None = None
         self._transport: Transport | None = None
-        self._remote: RemoteRuns | None = None
-        self._codec: Codec | None = None
+        self._runs: Runs | None = None
         self._reader: asyncio.Task[None] | None = None
         self.url = ""
 
@@ -172,8 +167,8 @@ class Client:
         if self.insecure:
             warn_insecure(log)
         if self.coordinator_id is None:
-            self.home.mkdir(parents=True, exist_ok=True)
-            store = RunStore(self.home / "runs.sqlite")
+            await asyncio.to_thread(private_dir, self.home)
+            store = RunStore(run_store_path(self.home))
             self._stack.callback(store.close)
             coordinator_id = f"client-{suffix}"
             signer, trust = await asyncio.to_thread(self._coordinator_keys)
@@ -190,35 +185,60 @@ class Client:
                     insecure=self.insecure,
                     relay_dir=self.home / "relay",
                     ephemeral=True,
+                    retention=Retention(keep_for=self._keep_finished[0], max_tasks=self._keep_finished[1]),
                 )
             )
             if self.embedded:
-                from dagon._local import start_embedded_agent
+                from dagon._local import drain, start_embedded_agent
 
-                await start_embedded_agent(
+                agent = await start_embedded_agent(
                     self._stack,
                     url=self.url,
                     home=self.home,
                     slots=self._agent_slots,
+                    coordinator=coordinator_id,
                     insecure=self.insecure,
                     scratch=self._agent_scratch,
+                    scratch_layout=self._agent_scratch_layout,
                 )
-                # Closed in reverse: the coordinator detaches before the agent above shuts down.
+                # Closed in reverse: the last acknowledgements arrive, then the coordinator
+                # detaches, then the agent above shuts down.
                 self._stack.push_async_callback(self.coordinator.detach)
+                self._stack.push_async_callback(drain, agent)
                 async with asyncio.timeout(30):
                     await self.coordinator.wait_for_agents(1)
+            self._runs = LocalRuns(self.coordinator)
             return
         transport = MqttTransport(
             self.url, client_id=f"dagon-client-{suffix}", protocol=self._protocol, auth=self._auth
         )
         self._transport = await self._stack.enter_async_context(transport)
-        if self.coordinator_id == "auto":
-            self.coordinator_id = await find_coordinator(transport, transport.messages())
-        signer = None if self.insecure else await asyncio.to_thread(client_signer, self.home)
-        self._codec = Codec(sender=f"client/{suffix}", signer=signer)
-        self._remote = RemoteRuns(transport)
-        self._reader = asyncio.create_task(self._read(), name="dagon-client-reader")
+        wanted = None if self.coordinator_id == "auto" else self.coordinator_id
+        offline: list[str] = []
+        self.coordinator_id = await find_coordinator(
+            transport, transport.messages(), wanted=wanted, wanted_wait=self.answer_timeout, broker=self.url,
+            offline=offline,
+        )  # fmt: skip
+        client_key: Signer | None = None
+        answers: KeyRing | None = None
+        identity = ClientIdentity(reply_to=suffix)
+        if not self.insecure:
+            own, answers = await asyncio.to_thread(self._client_keys)
+            pub = await asyncio.to_thread(client_public_key_file, self.home)
+            identity = ClientIdentity(suffix, own.key_id, fingerprint(own.public_key), str(pub))
+            client_key = own
+        codec = Codec(sender=f"client/{suffix}", signer=client_key, trust=answers)
+        remote = RemoteRuns(
+            transport, codec, self.coordinator_id, identity=identity, broker=self.url,
+            answer_timeout=self.answer_timeout, offline=bool(offline),
+        )  # fmt: skip
+        self._runs = remote
+        self._reader = asyncio.create_task(self._read_loop(remote), name="dagon-client-reader")
         self._stack.push_async_callback(self._stop_reader)
+        await remote.open()
+
+    def _client_keys(self) -> tuple[Signer, KeyRing]:
+        return client_signer(self.home), client_trust(self.home)
 
     def _coordinator_keys(self) -> tuple[Signer | None, CoordinatorTrust | None]:
         if self.insecure:
@@ -226,49 +246,28 @@ class Client:
         return coordinator_signer(self.home), coordinator_trust(self.home)
 
     async def _stop_reader(self) -> None:
+        if isinstance(self._runs, RemoteRuns):
+            await self._runs.aclose()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
-    async def _read(self) -> None:
-        assert self._transport is not None and self._remote is not None
+    async def _read_loop(self, remote: RemoteRuns) -> None:
+        assert self._transport is not None
         async for msg in self._transport.messages():
-            self._remote.on_message(msg.topic, msg.payload)
+            remote.on_message(msg.topic, msg.payload)
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stack.__aexit__(et, e, tb)
 
-    async def _fetch(self, run: RunId, task: str, path: str, dest: Path) -> Path:
-        coordinator = self.coordinator
-        if coordinator is None:
-            raise DagonError(
-                "fetching outputs needs the coordinator in this process (dagon.connect without coordinator=);"
-                " a standalone coordinator's outputs are fetched on its machine"
-            )
-        result = await self._wait(run)
-        outcome = result[task]
-        if not outcome.ok or outcome.agent is None:
-            raise DagonError(f"task {task!r} of run {run} did not succeed ({outcome.state.value}): nothing to fetch")
-        source = coordinator.output_source(run, task, outcome.attempt, outcome.agent, path)
-        local = Path(outcome.workdir)
-        here = os.environ.get("DAGON_HOST_ID") or host_id()
-        if source.source_host == here and await asyncio.to_thread(local.is_dir):
-            await asyncio.to_thread(_copy_covered, local, path, dest)
-            return dest
-        if not source.url:
-            raise DagonError(f"the output of {task!r} cannot be reached: agent {outcome.agent} serves no data")
-        if source.url.startswith("ssh://"):
-            raise DagonError(
-                f"the output of {task!r} is reachable only over SSH ({source.url}{outcome.workdir}): copy it from there"
-            )
-        try:
-            await pull(source.url, source.token, dest, wait_for_upload=300.0 if source.relay else 0.0)
-        except TransportError as exc:
-            raise DagonError(f"fetching {path} of {task!r}: {exc}") from None
-        return dest
+    @property
+    def runs(self) -> Runs:
+        if self._runs is None:
+            raise DagonError("the client is not connected: use 'async with dagon.connect(...) as client'")
+        return self._runs
 
     # -- API -----------------------------------------------------------------
 
@@ -279,16 +278,7 @@ class Client:
             keep_scratch: garbage-collect nothing of this run (default: the client's setting).
         """
         keep = self.keep_scratch if keep_scratch is None else keep_scratch
-        if self.coordinator is not None:
-            run = await self.coordinator.submit(workflow, keep_scratch=keep)
-            return RunHandle(self, run, workflow.name)
-        assert self._transport is not None and self._remote is not None and self._codec is not None
-        workflow.graph(external=True)  # validate locally: fail before anything is sent
-        run = new_run_id(workflow.name)
-        await self._remote.track(run)
-        assert self.coordinator_id is not None
-        payload = self._codec.encode(SubmitRun(run=run, workflow=workflow.to_dict(), keep_scratch=keep))
-        await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
+        run = await self.runs.submit(workflow, keep_scratch=keep)
         return RunHandle(self, run, workflow.name)
 
     async def resume(self, run: str) -> RunHandle:
@@ -298,44 +288,24 @@ class Client:
         ``dagon run``, or one that failed); with ``coordinator=``, the standalone
         coordinator resumes a run of its own store.
         """
-        if self.coordinator is not None:
-            resumed = await self.coordinator.resume(RunId(run))
-            return RunHandle(self, resumed, self.coordinator.engine.run(resumed).workflow.name)
-        assert self._transport is not None and self._remote is not None and self._codec is not None
-        assert self.coordinator_id is not None
-        await self._remote.track(RunId(run), since=time.time())
-        payload = self._codec.encode(ResumeRun(run=RunId(run)))
-        await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
-        return RunHandle(self, RunId(run), "")
+        resumed, workflow = await self.runs.resume(RunId(run))
+        return RunHandle(self, resumed, workflow)
 
     async def attach(self, run: str) -> RunHandle:
         """A handle on an existing run (remote mode: followed on its public topics)."""
-        if self.coordinator is not None:
-            view = self.coordinator.engine.run(RunId(run))
-            return RunHandle(self, RunId(run), view.workflow.name)
-        assert self._remote is not None
-        await self._remote.track(RunId(run))
-        return RunHandle(self, RunId(run), "")
+        return RunHandle(self, RunId(run), await self.runs.attach(RunId(run)))
 
     def _events(self, run: RunId) -> AsyncIterator[RunEvent]:
-        if self.coordinator is not None:
-            return self.coordinator.events(run)
-        assert self._remote is not None
-        return self._remote.events(run)
+        return self.runs.events(run)
 
     async def _wait(self, run: RunId) -> RunResult:
-        if self.coordinator is not None:
-            return await self.coordinator.wait(run)
-        assert self._remote is not None
-        return await self._remote.wait(run)
+        return await self.runs.wait(run)
 
     async def _cancel(self, run: RunId, reason: str) -> None:
-        if self.coordinator is not None:
-            await self.coordinator.cancel(run, reason)
-            return
-        assert self._transport is not None and self._codec is not None and self.coordinator_id is not None
-        payload = self._codec.encode(CancelRun(run=run, reason=reason))
-        await self._transport.publish(topics.coordinator_inbox(self.coordinator_id), payload)
+        await self.runs.cancel(run, reason)
+
+    async def _fetch(self, run: RunId, task: str, path: str, dest: Path) -> Path:
+        return await self.runs.fetch(run, task, path, dest)
 
 
 def connect(
@@ -351,7 +321,11 @@ def connect(
     insecure: bool | None = None,
     mqtt_auth: MqttAuth | None = None,
     agent_scratch: Path | None = None,
+    agent_scratch_layout: str = "run",
     keep_scratch: bool = False,
+    keep_finished: float = DEFAULT_KEEP_FINISHED,
+    keep_finished_tasks: int = DEFAULT_KEEP_FINISHED_TASKS,
+    answer_timeout: float = DEFAULT_ANSWER_TIMEOUT,
 ) -> Client:
     """Connect to dagon; use as ``async with dagon.connect(...) as client``.
 
@@ -374,8 +348,18 @@ def connect(
         mqtt_auth: TLS files and credentials for the broker (default: from the
             ``DAGON_MQTT_*`` environment variables).
         agent_scratch: scratch root of the embedded agent (default ``$DAGON_HOME/scratch``).
+        agent_scratch_layout: how the embedded agent names task directories: ``"run"``
+            (``<run>/<task>-<attempt>``) or ``"dagonstar"`` (DAGonStar's ``<epoch ms>-<task>``).
         keep_scratch: runs submitted through this client keep every task directory
             (no garbage collection of intermediate outputs).
+        keep_finished, keep_finished_tasks: how long a finished run stays in the in-process
+            coordinator's memory (seconds) and how many tasks of finished runs it keeps at most;
+            then the run is answered from the run store and its retained task results are cleared
+            from the broker (docs/mqtt-topics.md).
+        answer_timeout: with ``coordinator=``, seconds to wait for the coordinator's answer to a
+            submission, cancellation or resumption (and for a named coordinator to be seen):
+            ``submit`` returns once the run is accepted (stored), and raises ``RunRejected``
+            with the reason when it is refused, ``NoAnswer`` when nobody answers in time.
     """
     return Client(
         broker=broker,
@@ -389,5 +373,9 @@ def connect(
         insecure=insecure,
         mqtt_auth=mqtt_auth,
         agent_scratch=agent_scratch,
+        agent_scratch_layout=agent_scratch_layout,
         keep_scratch=keep_scratch,
+        keep_finished=keep_finished,
+        keep_finished_tasks=keep_finished_tasks,
+        answer_timeout=answer_timeout,
     )

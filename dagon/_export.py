@@ -23,7 +23,7 @@ from typing import Any, Final
 from dagon.core import Reference, Workflow
 from dagon.protocol import REFERENCE_RE
 
-__all__ = ["FORMATS", "to_cwl", "to_dot", "to_mermaid"]
+__all__ = ["FORMATS", "export", "to_cwl", "to_dot", "to_mermaid"]
 
 FORMATS: Final = ("mermaid", "dot", "cwl")
 _GLOB: Final = re.compile(r"[*?\[]")

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from dagon._keys import coordinator_signer
+from dagon.core._config import run_store_path
 from dagon.core._store import RunStore
 from dagon.protocol import Announce, Codec, DeleteData, ProtocolError, RunId, topics
 from dagon.protocol.transport import MqttAuth, MqttTransport
@@ -26,7 +27,7 @@ __all__ = ["finished_runs", "send_gc"]
 
 def finished_runs(home: Path) -> list[RunId]:
     """Every run of the coordinator's store at ``home`` that is no longer running."""
-    path = home / "runs.sqlite"
+    path = run_store_path(home)
     if not path.exists():
         return []
     store = RunStore(path)
@@ -44,8 +45,13 @@ async def send_gc(
     *,
     coordinator_id: str = "main",
     insecure: bool = False,
+    protocol: str = "5",
+    auth: MqttAuth | None = None,
 ) -> list[str]:
-    """Send ``DeleteData(runs=runs)`` to each agent announced in ``retained``; returns their ids."""
+    """Send ``DeleteData(runs=runs)`` to each agent announced in ``retained``; returns their ids.
+
+    ``protocol`` and ``auth`` say how to reach the broker (MQTT version, TLS files and login).
+    """
     reader = Codec(sender="cli")
     agents: list[str] = []
     for _, payload in retained:
@@ -59,9 +65,8 @@ async def send_gc(
         return []
     signer = None if insecure else coordinator_signer(home)
     codec = Codec(sender=f"coordinator/{coordinator_id}", signer=signer)
-    protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
     client_id = f"dagon-gc-{os.getpid()}-{os.urandom(2).hex()}"
-    async with MqttTransport(broker, client_id=client_id, protocol=protocol, auth=MqttAuth.from_env(os.environ)) as t:
+    async with MqttTransport(broker, client_id=client_id, protocol=protocol, auth=auth) as t:
         for agent in agents:
-            await t.publish(topics.agent_tasks(agent), codec.encode(DeleteData(runs=tuple(runs))))
+            await t.publish(topics.agent_tasks(agent), codec.encode(DeleteData(runs=tuple(runs)), to=f"agent/{agent}"))
     return agents

@@ -3,10 +3,12 @@
 Honoured: ``[batch] scratch_dir_base`` (where the embedded agent's scratch
 directories go), ``run_base`` (a per-run subdirectory: a ``strftime`` pattern in
 which ``__MILLIS__`` is replaced by the epoch in milliseconds), ``remove_dir``
-(delete intermediate scratch directories after a run), ``threads`` (the
-embedded agent's slots) and ``[slurm] partition`` (default partition of SLURM
-tasks). Every other section — ``[dagon_service]``, cloud credentials
-(``[ec2]``, ``[gce]``, …), Python ``logging.config`` sections — is kept as data
+(delete intermediate scratch directories after a run) and ``[slurm] partition``
+(default partition of SLURM tasks). ``[batch] threads`` is DAGonStar's number of
+parallel staging transfers: it is validated and otherwise unused (agents stage a
+task's inputs concurrently; how many tasks run at once is each agent's slots).
+Every other section — ``[dagon_service]``, cloud credentials (``[ec2]``,
+``[gce]``, …), Python ``logging.config`` sections — is kept as data
 and otherwise ignored: reading the file never reconfigures logging (pass
 ``configure_logging=True`` to ``Workflow`` for that) and its values are never
 logged (cloud sections hold secrets). A missing file means the defaults.
@@ -42,7 +44,7 @@ class DagonIni:
         scratch_dir_base: root of scratch directories on this machine (None: dagon's default).
         run_base: per-run subdirectory pattern ("" = none).
         remove_dir: delete intermediate scratch directories once the run is over.
-        threads: slots of the embedded agent (None: one per CPU).
+        threads: DAGonStar's staging parallelism (validated, unused: agents stage concurrently).
         slurm_partition: default partition of SLURM tasks ("" = the cluster's default).
         sections: every section as plain strings (values never logged).
     """
@@ -83,7 +85,7 @@ def _bool(section: str, key: str, value: str) -> bool:
     raise ConfigError(f"[{section}] {key} must be True or False, got {value!r}")
 
 
-def load_ini(config: Mapping[str, Mapping[str, Any]] | None = None, config_file: str | Path = "dagon.ini") -> DagonIni:
+def load_ini(config: Mapping[str, Any] | None = None, config_file: str | Path = "dagon.ini") -> DagonIni:
     """Settings from ``config`` (a dict of sections) or else ``config_file`` (missing: defaults).
 
     Raises:
@@ -91,7 +93,17 @@ def load_ini(config: Mapping[str, Mapping[str, Any]] | None = None, config_file:
     """
     path: Path | None = None
     if config is not None:
-        sections = {str(s): {str(k): str(v) for k, v in dict(opts).items()} for s, opts in dict(config).items()}
+        config = dict(config)
+        nested = [isinstance(v, Mapping) for v in config.values()]
+        if nested and not any(nested):
+            config = {"batch": config}  # DAGonStar scripts pass the [batch] settings flat
+        elif not all(nested):
+            flat = sorted(str(k) for k, v in config.items() if not isinstance(v, Mapping))
+            raise ConfigError(
+                f"config mixes sections and settings ({', '.join(flat)}): pass either {{'batch': {{...}}, ...}}"
+                " or only [batch] settings such as {'scratch_dir_base': ..., 'remove_dir': False}"
+            )
+        sections = {str(s): {str(k): str(v) for k, v in dict(opts).items()} for s, opts in config.items()}
     else:
         candidate = Path(config_file)
         if not candidate.is_file():
@@ -117,7 +129,7 @@ def load_ini(config: Mapping[str, Mapping[str, Any]] | None = None, config_file:
             raise ConfigError(f"[batch] threads must be at least 1, got {threads}")
     return DagonIni(
         path=path,
-        scratch_dir_base=Path(base).expanduser() if base else None,
+        scratch_dir_base=Path(base).expanduser().absolute() if base else None,  # relative: to the cwd, as in DAGonStar
         run_base=batch.get("run_base", "").strip(),
         remove_dir=_bool("batch", "remove_dir", batch.get("remove_dir", "False")),
         threads=threads,

@@ -23,7 +23,7 @@ def serve_metrics(registry: object, *, port: int, host: str = "127.0.0.1") -> It
     try:
         from prometheus_client import start_http_server
     except ImportError as exc:
-        raise ConfigError("--metrics-port needs prometheus-client: pip install 'dagon[metrics]'") from exc
+        raise ConfigError("--metrics-port needs prometheus-client: pip install 'dagon-engine[metrics]'") from exc
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)  # type: ignore[arg-type]
     except OSError as exc:

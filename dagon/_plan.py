@@ -16,18 +16,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from dagon.core import Workflow, unmet_constraint
+from dagon.core._config import env_mqtt_protocol
 from dagon.core._model import RUNTIMES_BUILTIN
 from dagon.protocol import AgentId, Announce, Capabilities, Codec, DagonError, ProtocolError, topics
 from dagon.protocol.transport import MqttTransport, redact_url
 
-__all__ = ["agents_on", "plan_text"]
+__all__ = ["agents_on", "lookup_agents", "plan_text"]
 
 Agents = Sequence[tuple[str, Capabilities]]
 
 
 async def agents_on(broker: str, *, quiet: float = 0.5, limit: float = 3.0) -> list[tuple[str, Capabilities]]:
     """The online agents of ``broker``, from their retained status (read-only)."""
-    protocol = os.environ.get("DAGON_MQTT_PROTOCOL", "5")
+    protocol = env_mqtt_protocol(os.environ)
     codec = Codec(sender="dry-run")
     found: dict[str, Capabilities] = {}
     client_id = f"dagon-dry-run-{os.getpid()}-{os.urandom(2).hex()}"
@@ -90,6 +91,8 @@ def _where(task: Any, *, broker: str | None, agents: Agents | None = None) -> st
         return f"NO online agent can run it now ({why})"
     if task.agent:
         where = f"agent {task.agent}"
+    elif task.host:
+        where = f"the agent at {task.host} (with none online there: over SSH, the 'ssh' runtime)"
     elif broker:
         where = f"any agent of {redact_url(broker)} offering runtime {task.runtime!r}"
     else:
@@ -98,6 +101,8 @@ def _where(task: Any, *, broker: str | None, agents: Agents | None = None) -> st
             where += f" (needs runtime {task.runtime!r} installed on it)"
     if task.labels:
         where += " with " + ",".join(f"{k}={v}" for k, v in task.labels.items())
+    if task.device:
+        where += f" that has device {task.device}"
     return where
 
 
@@ -120,7 +125,8 @@ def plan_text(workflow: Workflow, *, broker: str | None = None, agents: Agents |
     scratch = getattr(getattr(workflow, "ini", None), "scratch_dir_base", None)
     if scratch is not None and not broker:
         run_base = workflow.ini.run_base  # type: ignore[attr-defined]
-        lines.append(f"  scratch directories under {scratch}" + (f"/{run_base}" if run_base else ""))
+        where = f"{scratch}/{run_base}" if run_base else str(scratch)
+        lines.append(f"  scratch directories under {where}, named <epoch ms>-<task> as DAGonStar names them")
     for name in graph.order:
         task = workflow[name]
         deps = ", ".join(sorted(graph.deps[name])) or "-"

@@ -17,10 +17,12 @@ from dagon.core._states import TERMINAL
 __all__ = ["follow", "summary_table"]
 
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+EVENTS_CATCH_UP = 2.0  # seconds the progress view waits for the last events once the run ended
 
 
 async def follow(handle: RunHandle, *, total: int, console: Console) -> RunResult:
-    """Show a progress bar (done/running/failed) until the run ends; return its result."""
+    """Show a progress bar (done/running/failed) until the run ends; return its result (which
+    carries the attempts that were retried and why, ``TaskOutcome.retries``, however it is awaited)."""
     counts: Counter[str] = Counter()
     states: dict[str, str] = {}
     with Progress(
@@ -54,6 +56,9 @@ async def follow(handle: RunHandle, *, total: int, console: Console) -> RunResul
         watcher = asyncio.create_task(watch())
         try:
             result = await handle.wait()
+            # The event stream ends with the run: let it catch up (bounded) before reading it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watcher), EVENTS_CATCH_UP)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -83,6 +88,9 @@ def summary_table(result: RunResult, *, max_rows: int = 50) -> Table:
     for outcome in ordered[:max_rows]:
         colour = colours.get(outcome.state, "white")
         details = "" if outcome.ok else outcome.reason()
+        if outcome.retries:  # what ran before the attempt shown, and why it did not count
+            again = "; ".join(str(r) for r in outcome.retries)
+            details = f"{details} — retried: {again}" if details else f"retried: {again}"
         table.add_row(
             outcome.name,
             f"[{colour}]{outcome.state.value}[/]",

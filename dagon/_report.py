@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from dagon.protocol import DagonError
 
-__all__ = ["Attempt", "RunReport", "TaskRow", "load_report", "render_html"]
+__all__ = ["Attempt", "AttemptBars", "RunReport", "TaskRow", "axis_ticks", "load_report", "power_source", "render_html"]
 
 # How an attempt ended → bar colour. "retried": the attempt failed and a new one followed.
 STATE_COLOURS: Final = {
@@ -42,9 +43,12 @@ _ENDS: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One bar of the Gantt chart: a task attempt on an agent, from ``start`` to ``end``."""
+class Attempt(NamedTuple):
+    """One bar of the Gantt chart: a task attempt on an agent, from ``start`` to ``end``.
+
+    A named tuple: the dashboard makes two per task attempt while a run goes, and a tuple is
+    built several times faster than a frozen dataclass.
+    """
 
     task: str
     attempt: int
@@ -175,33 +179,56 @@ def _task_row(record: Sequence[Any], runtimes: dict[str, str]) -> TaskRow:
     )
 
 
-def attempts_from(transitions: Iterable[Sequence[Any]], *, end: float, running: bool = False) -> list[Attempt]:
-    """Bars from stored transitions ``(task, old, new, attempt, agent, at)``.
+class AttemptBars:
+    """Gantt bars built transition by transition (``dagon report`` at once, the dashboard live).
 
     An attempt starts when its task enters ``running`` and ends at the task's next transition
     out of ``running``. A short task's start and finish may reach the coordinator together, so
     its task goes from ``dispatched`` straight to an outcome: that bar starts at the dispatch.
+    """
+
+    __slots__ = ("_dispatched", "_open")
+
+    def __init__(self) -> None:
+        self._open: dict[str, Attempt] = {}
+        self._dispatched: dict[str, tuple[int, str, float]] = {}  # task -> (attempt, agent, since)
+
+    def feed(self, task: str, old: str, new: str, attempt: int, agent: str | None, at: float) -> Attempt | None:
+        """Take one transition; returns the bar it opened (state ``running``) or closed, if any."""
+        if new == "dispatched":
+            self._dispatched[task] = (int(attempt), agent or "?", float(at))
+        elif new == "running" and old != "running":
+            self._dispatched.pop(task, None)
+            bar = self._open[task] = Attempt(task, int(attempt), agent or "?", float(at), float(at), "running")
+            return bar
+        elif old == "running" and task in self._open:
+            bar = self._open.pop(task)
+            state = _ENDS.get(new, "retried" if new in ("ready", "pending", "dispatched") else "lost")
+            return Attempt(bar.task, bar.attempt, bar.agent, bar.start, max(bar.start, float(at)), state)
+        elif old == "dispatched" and task in self._dispatched:
+            n, by, since = self._dispatched.pop(task)
+            if new in ("succeeded", "failed", "retry_wait"):  # the agent reported an outcome
+                return Attempt(task, n, by, since, max(since, float(at)), _ENDS[new])
+        return None
+
+    def still_open(self) -> list[Attempt]:
+        """Bars started and not ended yet."""
+        return list(self._open.values())
+
+
+def attempts_from(transitions: Iterable[Sequence[Any]], *, end: float, running: bool = False) -> list[Attempt]:
+    """Bars from stored transitions ``(task, old, new, attempt, agent, at)`` (see :class:`AttemptBars`).
+
     One still open when the history ends is ``running`` if the run is, otherwise ``lost`` (its
     end was never recorded), drawn up to ``end``.
     """
-    open_: dict[str, Attempt] = {}
-    dispatched: dict[str, Attempt] = {}
+    tracker = AttemptBars()
     bars: list[Attempt] = []
     for task, old, new, attempt, agent, at in transitions:
-        if new == "dispatched":
-            dispatched[task] = Attempt(task, int(attempt), agent or "?", float(at), float(at), "running")
-        elif new == "running" and old != "running":
-            dispatched.pop(task, None)
-            open_[task] = Attempt(task, int(attempt), agent or "?", float(at), float(at), "running")
-        elif old == "running" and task in open_:
-            bar = open_.pop(task)
-            state = _ENDS.get(new, "retried" if new in ("ready", "pending", "dispatched") else "lost")
-            bars.append(Attempt(bar.task, bar.attempt, bar.agent, bar.start, max(bar.start, float(at)), state))
-        elif old == "dispatched" and task in dispatched:
-            bar = dispatched.pop(task)
-            if new in ("succeeded", "failed", "retry_wait"):  # the agent reported an outcome
-                bars.append(Attempt(bar.task, bar.attempt, bar.agent, bar.start, max(bar.start, float(at)), _ENDS[new]))
-    for bar in open_.values():
+        bar = tracker.feed(task, old, new, attempt, agent, at)
+        if bar is not None and bar.state != "running":
+            bars.append(bar)
+    for bar in tracker.still_open():
         state = "running" if running else "lost"
         bars.append(Attempt(bar.task, bar.attempt, bar.agent, bar.start, max(bar.start, end), state))
     bars.sort(key=lambda b: (b.start, b.task))
@@ -280,25 +307,50 @@ def gantt_svg(report: RunReport) -> str:
             f'<rect x="0" y="{y}" width="{width}" height="{lane_height}" fill="{fill}"/>'
             f'<text x="4" y="{y + lane_height / 2 + 4:.1f}">{_e(agent)}</text></g>'
         )
+    # A task's last attempt says the duration the table says (the agent's measure of the attempt,
+    # same rounding); an earlier attempt has only the coordinator's view of it.
+    table = {(t.name, t.attempt): t.duration for t in report.tasks if t.duration is not None}
     for lane, agent in enumerate(lanes):
         rows, _ = packed[lane]
         for a, row in rows.items():
             x = LABEL_WIDTH + (a.start - origin) * scale
             w = max(1.0, (a.end - a.start) * scale)
             y = tops[lane] + LANE_PAD + row * BAR_ROW + 2
-            tip = f"{a.task} (attempt {a.attempt}) on {a.agent}: {a.state}, {a.end - a.start:.3f} s"
+            took = table.get((a.task, a.attempt), a.end - a.start)
+            tip = f"{a.task} (attempt {a.attempt}) on {a.agent}: {a.state}, {took:.3f} s"
             parts.append(
                 f'<rect class="bar" data-task="{_e(a.task)}" data-attempt="{a.attempt}" data-agent="{_e(agent)}"'
                 f' data-lane="{lane}" data-state="{a.state}" x="{x:.2f}" y="{y}" width="{w:.2f}"'
                 f' height="{BAR_ROW - 4}" rx="2" fill="{STATE_COLOURS[a.state]}"><title>{_e(tip)}</title></rect>'
             )
     axis_y = chart_height + 14
-    for k in range(6):
-        t = span * k / 5
+    for t, label in axis_ticks(span):
         x = LABEL_WIDTH + t * scale
-        parts.append(f'<text x="{x:.1f}" y="{axis_y}" text-anchor="middle">{t:.1f} s</text>')
+        parts.append(f'<text class="tick" x="{x:.1f}" y="{axis_y}" text-anchor="middle">{label}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def axis_ticks(span: float, *, most: int = 6) -> list[tuple[float, str]]:
+    """Ticks from 0 to ``span`` seconds: a 1-2-5 step giving at most ``most`` of them, each label
+    with as many decimals as the step needs — so no two labels read the same (``0.0 s, 0.0 s``)."""
+    raw = span / max(1, most - 1)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    count = int(span / step + 1e-9)
+    return [(k * step, f"{k * step:.{decimals}f} s") for k in range(count + 1)]
+
+
+def power_source(source: str, measured: bool | None) -> str:
+    """How a power or energy figure was obtained: ``rapl, measured``, ``modelled`` (the CPU model,
+    whose name is ``model``), ``mqtt, modelled`` …; the bare ``source`` when nobody said."""
+    if measured is None:
+        return source
+    how = "measured" if measured else "modelled"
+    if not source or (source == "model" and not measured):
+        return how
+    return f"{source}, {how}"
 
 
 def _totals(rows: Sequence[TaskRow], key: str) -> list[tuple[str, int, float, float | None, float | None]]:
@@ -322,7 +374,6 @@ def render_html(report: RunReport) -> str:
     """The whole page (UTF-8 text, no external resources)."""
     rows = []
     for t in report.tasks:
-        energy_note = "" if t.energy_measured is None else (" measured" if t.energy_measured else " modelled")
         rows.append(
             f'<tr class="task" data-task="{_e(t.name)}" data-state="{_e(t.state)}">'
             f"<td>{_e(t.name)}</td><td class='state-{_e(t.state)}'>{_e(t.state)}</td>"
@@ -332,7 +383,7 @@ def render_html(report: RunReport) -> str:
             f"<td class='num' data-joules='{'' if t.energy_joules is None else repr(t.energy_joules)}'>"
             f"{_e(_num(t.energy_joules, '.3f'))}</td>"
             f"<td class='num' data-watts='{'' if t.watts is None else repr(t.watts)}'>{_e(_num(t.watts, '.2f'))}</td>"
-            f"<td>{_e((t.energy_source + energy_note).strip())}</td><td>{_e(t.cause[:200])}</td></tr>"
+            f"<td>{_e(power_source(t.energy_source, t.energy_measured))}</td><td>{_e(t.cause[:200])}</td></tr>"
         )
     totals = []
     for key in ("runtime", "agent"):

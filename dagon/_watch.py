@@ -20,12 +20,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
+from dagon._report import power_source
 from dagon.protocol import (
     SCHEMA_EVENTS,
     SCHEMA_RUN_STATUS,
     SCHEMA_TASK_RESULT,
     SCHEMA_TELEMETRY,
-    ProtocolError,
     decode_public,
     topics,
 )
@@ -94,7 +94,7 @@ class WatchState:
                 self._result(decode_public(payload, schema=SCHEMA_TASK_RESULT))
             else:
                 return False
-        except (ProtocolError, KeyError, TypeError, ValueError):
+        except Exception:  # anyone may publish there: one bad document must not end the watch
             return False
         return True
 
@@ -123,6 +123,9 @@ class WatchState:
 
     def _note(self, task: str, state: str, agent: str | None, cause: str) -> None:
         where = f" on {agent}" if agent else ""
+        # The coordinator's cause often names the agent already ("exit code 0 on fog-1; pulled …"):
+        # say it once, where this line always says it.
+        cause = cause.replace(where, "", 1) if where else cause
         why = f": {cause}" if cause and state not in ("dispatched", "running") else ""
         self.notes.append(f"{task} {state}{where}{why}"[:200])
 
@@ -220,8 +223,8 @@ def render(state: WatchState, now: float, *, width: int = 100) -> list[str]:
             power = doc.get("power")
             watts = "power n/a"
             if isinstance(power, dict) and power.get("watts") is not None:
-                kind = "" if power.get("measured") else " modelled"
-                watts = f"{float(power['watts']):.1f} W ({power.get('source', '?')}{kind})"
+                how = power_source(str(power.get("source") or ""), bool(power.get("measured")))
+                watts = f"{float(power['watts']):.1f} W ({how})"
             mem = f"mem {_size(float(doc.get('memory_used', 0)))}/{_size(float(doc.get('memory_total', 0)))}"
             age = now - float(doc.get("ts") or now)
             stale = f"  (seen {_elapsed(age)} ago)" if age > 30 else ""

@@ -2,7 +2,13 @@
 
 Typed messages grouped by direction, the versioned msgpack codec with strict
 decoding, MQTT topic builders, the public JSON encoding and message authentication
-(Ed25519 signatures, freshness, replay protection).
+(Ed25519 signatures, freshness, replay protection; ``_auth``), data-plane grants.
+
+All I/O of the contract is in the subpackage :mod:`dagon.protocol.transport`: broker
+transports (with broker login, ``transport/_login``), the typed ``Channel``, and the
+HTTP data plane (``DataServer``, ``pull``, ``push``). The data plane lives there, not
+in ``agent/`` or ``core/``, because both sides speak it — agents serve and pull, the
+coordinator's relay serves — and it is the other half of this package's grants.
 """
 
 from dagon.protocol import _topics as topics
@@ -14,6 +20,7 @@ from dagon.protocol._auth import (
     Signer,
     Trust,
     fingerprint,
+    key_fingerprint,
     key_id,
     parse_public_key,
     private_key_from_pem,
@@ -23,11 +30,12 @@ from dagon.protocol._auth import (
 )
 from dagon.protocol._codec import DEFAULT_MAX_SIZE, PROTOCOL_VERSION, Codec, Envelope, check_plain, new_message_id
 from dagon.protocol._errors import ConfigError, DagonError, ProtocolError, TransportError
-from dagon.protocol._grants import DEFAULT_GRANT_TTL, Grant, covers, mint_grant, read_grant
+from dagon.protocol._grants import DEFAULT_GRANT_TTL, Grant, bind_grant, covers, mint_grant, read_grant
 from dagon.protocol._messages import (
     Ack,
     AgentId,
     Announce,
+    Answer,
     AssignTasks,
     CancelRun,
     CancelTasks,
@@ -35,7 +43,9 @@ from dagon.protocol._messages import (
     Control,
     DeleteData,
     FromAgent,
+    FromCoordinator,
     Heartbeat,
+    LogsRequest,
     Message,
     Offline,
     OutputFile,
@@ -43,6 +53,7 @@ from dagon.protocol._messages import (
     ResultsStored,
     ResultStatus,
     ResumeRun,
+    RevokeGrants,
     RunId,
     StageInput,
     StartedTask,
@@ -55,14 +66,18 @@ from dagon.protocol._messages import (
     TasksFinished,
     TasksStarted,
     Telemetry,
+    TimeAnswer,
+    TimeQuery,
     ToAgent,
     ToCoordinator,
     UploadOutputs,
 )
 from dagon.protocol._public import (
     CONTENT_TYPE_JSON,
+    SCHEMA_AGENT_STATUS,
     SCHEMA_COORDINATOR,
     SCHEMA_EVENTS,
+    SCHEMA_READING,
     SCHEMA_RUN_STATUS,
     SCHEMA_TASK_RESULT,
     SCHEMA_TELEMETRY,
@@ -71,39 +86,29 @@ from dagon.protocol._public import (
 )
 from dagon.protocol._refsyntax import NAME_RE, REFERENCE_RE
 from dagon.protocol._rejections import Rejections
+from dagon.protocol._sensors import SENSOR_SCHEMES, SensorSource, parse_source
 
 __all__ = [
-    "DEFAULT_GRANT_TTL",
-    "Grant",
-    "covers",
-    "mint_grant",
-    "read_grant",
     "ACTING_OPS",
-    "DEFAULT_FRESHNESS",
-    "KeyRing",
-    "ReplayGuard",
-    "Signer",
-    "Trust",
-    "fingerprint",
-    "key_id",
-    "parse_public_key",
-    "private_key_from_pem",
-    "private_key_to_pem",
-    "public_key_line",
-    "raw_public_key",
     "CONTENT_TYPE_JSON",
+    "DEFAULT_FRESHNESS",
+    "DEFAULT_GRANT_TTL",
     "DEFAULT_MAX_SIZE",
     "NAME_RE",
-    "REFERENCE_RE",
     "PROTOCOL_VERSION",
+    "REFERENCE_RE",
+    "SCHEMA_AGENT_STATUS",
     "SCHEMA_COORDINATOR",
     "SCHEMA_EVENTS",
+    "SCHEMA_READING",
     "SCHEMA_RUN_STATUS",
     "SCHEMA_TASK_RESULT",
     "SCHEMA_TELEMETRY",
+    "SENSOR_SCHEMES",
     "Ack",
     "AgentId",
     "Announce",
+    "Answer",
     "AssignTasks",
     "CancelRun",
     "CancelTasks",
@@ -112,19 +117,28 @@ __all__ = [
     "ConfigError",
     "Control",
     "DagonError",
+    "DeleteData",
     "Envelope",
     "FromAgent",
+    "FromCoordinator",
+    "Grant",
     "Heartbeat",
+    "KeyRing",
+    "LogsRequest",
     "Message",
     "Offline",
     "OutputFile",
     "ProtocolError",
     "Rejection",
     "Rejections",
+    "ReplayGuard",
     "ResultStatus",
     "ResultsStored",
     "ResumeRun",
+    "RevokeGrants",
     "RunId",
+    "SensorSource",
+    "Signer",
     "StageInput",
     "StartedTask",
     "SubmitRun",
@@ -135,15 +149,30 @@ __all__ = [
     "TaskResult",
     "TasksFinished",
     "TasksStarted",
+    "Telemetry",
+    "TimeAnswer",
+    "TimeQuery",
     "ToAgent",
     "ToCoordinator",
     "TransportError",
+    "Trust",
     "UploadOutputs",
-    "DeleteData",
+    "bind_grant",
     "check_plain",
+    "covers",
     "decode_public",
     "encode_public",
+    "fingerprint",
+    "key_fingerprint",
+    "key_id",
+    "mint_grant",
     "new_message_id",
+    "parse_public_key",
+    "parse_source",
+    "private_key_from_pem",
+    "private_key_to_pem",
+    "public_key_line",
+    "raw_public_key",
+    "read_grant",
     "topics",
-    "Telemetry",
 ]

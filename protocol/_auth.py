@@ -40,12 +40,14 @@ __all__ = [
     "Signer",
     "Trust",
     "fingerprint",
+    "key_fingerprint",
     "key_id",
     "parse_public_key",
     "private_key_from_pem",
     "private_key_to_pem",
     "public_key_line",
     "raw_public_key",
+    "verify",
 ]
 
 # Messages that make their receiver act (run, cancel, control, submit): these must
@@ -53,7 +55,7 @@ __all__ = [
 # a valid signature — a replayed report is ignored by attempt fencing, and a
 # retained announce or Last Will is old by nature.
 ACTING_OPS: Final = frozenset(
-    {"assign", "cancel", "control", "upload", "submit", "cancel_run", "delete", "stored", "resume"}
+    {"assign", "cancel", "control", "upload", "submit", "cancel_run", "delete", "stored", "resume", "revoke", "logs"}
 )
 DEFAULT_FRESHNESS: Final = 120.0  # seconds of clock difference accepted either way
 _KEY_TYPE: Final = "ed25519"
@@ -73,6 +75,21 @@ def fingerprint(key: Ed25519PublicKey | bytes) -> str:
     """``SHA256:<base64>`` of the raw public key, the form people compare (as OpenSSH shows it)."""
     raw = key if isinstance(key, bytes) else raw_public_key(key)
     return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
+
+
+def key_fingerprint(kid: str) -> str:
+    """The start of the :func:`fingerprint` of the key with id ``kid`` (all a receiver knows of a key
+    it does not have), e.g. ``SHA256:q3Xk8Jw2Ab…``: the one format people compare keys in.
+
+    The id is the first 8 bytes of the key's SHA-256; their base64 fixes the first 10 characters.
+    """
+    try:
+        head = bytes.fromhex(kid)[:8]
+    except ValueError:
+        return f"key id {kid[:16]!r}"
+    if len(head) < 8:
+        return f"key id {kid!r}"
+    return "SHA256:" + base64.b64encode(head).decode()[:10] + "…"
 
 
 def public_key_line(key: Ed25519PublicKey, comment: str = "") -> str:
@@ -141,12 +158,16 @@ class Signer:
 class Trust(Protocol):
     """A receiver's policy: which key may have signed this message.
 
-    ``key_for`` returns the public key that must verify the signature, or raises
-    :class:`ProtocolError` (reason ``"untrusted"``) saying why the signer is not
-    accepted for this message. It sees the decoded envelope (sender, message).
+    Checked in two steps so that nothing from a message is decoded before its
+    signature holds: ``key`` names the public key for a key id alone (raising
+    :class:`ProtocolError` with reason ``"untrusted"`` for a key this side does not
+    know); after the signature verified and the envelope was decoded, ``admit``
+    decides whether that key may say this (sender, message), raising the same way.
     """
 
-    def key_for(self, kid: str, envelope: Envelope) -> Ed25519PublicKey: ...
+    def key(self, kid: str) -> Ed25519PublicKey: ...
+
+    def admit(self, kid: str, envelope: Envelope) -> None: ...
 
 
 class KeyRing:
@@ -170,15 +191,18 @@ class KeyRing:
     def __contains__(self, kid: object) -> bool:
         return kid in self._keys
 
-    def key_for(self, kid: str, envelope: Envelope) -> Ed25519PublicKey:
-        key = self._keys.get(kid)
-        if key is None:
+    def key(self, kid: str) -> Ed25519PublicKey:
+        found = self._keys.get(kid)
+        if found is None:
             raise ProtocolError(
-                f"{envelope.message.OP} from {envelope.src!r} is signed by key {kid}, which is not one of the"
-                f" {len(self._keys)} {self._what} key(s)",
+                f"message signed by key {key_fingerprint(kid)}, which is not one of the {len(self._keys)}"
+                f" {self._what} key(s)",
                 reason="untrusted",
             )
-        return key
+        return found
+
+    def admit(self, kid: str, envelope: Envelope) -> None:
+        return None
 
 
 def verify(key: Ed25519PublicKey, signature: bytes, data: bytes, *, what: str) -> None:
@@ -200,7 +224,12 @@ class ReplayGuard:
     """
 
     def __init__(
-        self, *, window: float = DEFAULT_FRESHNESS, capacity: int = 200_000, clock: Callable[[], float] = time.time
+        self,
+        *,
+        window: float = DEFAULT_FRESHNESS,
+        capacity: int = 200_000,
+        clock: Callable[[], float] = time.time,
+        on_accept: Callable[[str, float], None] | None = None,
     ) -> None:
         if window <= 0 or capacity <= 0:
             raise ValueError("the freshness window and the replay cache capacity must be positive")
@@ -209,6 +238,14 @@ class ReplayGuard:
         self._clock = clock
         self._seen: OrderedDict[str, float] = OrderedDict()  # id -> ts, in arrival order
         self._floor = 0.0  # timestamps at or below this were (or could have been) dropped
+        self._on_accept = on_accept  # persists each accepted id (replay protection across restarts)
+
+    def seed(self, entries: Iterable[tuple[str, float]], *, floor: float = 0.0) -> None:
+        """Remember ids accepted before (by an earlier process, read back from disk); with ``floor``,
+        nothing at or below that timestamp is accepted (what the record could not vouch for)."""
+        for nonce, ts in sorted(entries, key=lambda e: e[1]):
+            self._seen[nonce] = ts
+        self._floor = max(self._floor, floor)
 
     def check(self, nonce: str, ts: float, *, what: str) -> None:
         now = self._clock()
@@ -223,6 +260,8 @@ class ReplayGuard:
             raise ProtocolError(f"{what}: older than the replay cache can vouch for", reason="expired")
         if nonce in self._seen:
             raise ProtocolError(f"{what}: message id {nonce} was already accepted (replay)", reason="replayed")
+        if self._on_accept is not None:
+            self._on_accept(nonce, ts)  # before acting on it: a crash right after must not forget it
         self._seen[nonce] = ts
         if len(self._seen) > self.capacity:
             _, dropped = self._seen.popitem(last=False)

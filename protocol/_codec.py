@@ -35,14 +35,14 @@ from typing import Any, Final, Union
 import msgpack
 
 from dagon.protocol import _messages as m
-from dagon.protocol._auth import ACTING_OPS, ReplayGuard, Signer, Trust, verify
+from dagon.protocol._auth import ACTING_OPS, ReplayGuard, Signer, Trust, key_fingerprint, verify
 from dagon.protocol._errors import ProtocolError
 
 __all__ = ["DEFAULT_MAX_SIZE", "PROTOCOL_VERSION", "Codec", "Envelope", "check_plain", "new_message_id"]
 
 PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_SIZE: Final = 16 * 1024 * 1024
-_ENVELOPE_KEYS: Final = frozenset({"v", "op", "id", "ts", "src"})
+_ENVELOPE_KEYS: Final = frozenset({"v", "op", "id", "ts", "src", "to"})
 
 _Conv = Callable[[Any, str], Any]
 _Enc = Callable[[Any], Any]
@@ -56,6 +56,7 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.UploadOutputs,
         m.DeleteData,
         m.ResultsStored,
+        m.RevokeGrants,
         m.Announce,
         m.Offline,
         m.Heartbeat,
@@ -66,7 +67,11 @@ _MESSAGES: dict[str, type[m.Message]] = {
         m.SubmitRun,
         m.CancelRun,
         m.ResumeRun,
+        m.LogsRequest,
         m.Telemetry,
+        m.TimeQuery,
+        m.TimeAnswer,
+        m.Answer,
     )
 }
 
@@ -84,6 +89,7 @@ class Envelope:
     ts: float
     src: str
     key_id: str = ""  # the key that signed it ("" when unsigned)
+    to: str = ""  # the one receiver it is meant for ("" when it names none)
 
 
 def _tname(value: object) -> str:
@@ -130,29 +136,53 @@ _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 
 
+MAX_DEPTH: Final = 32  # nesting of free-form values (lists and maps inside each other)
+MAX_ITEMS: Final = 1_000_000  # values inside one free-form value
+
+
 def check_plain(v: Any, path: str) -> None:
     """Free-form values (python task args, results, control args) must be plain data:
-    what msgpack round-trips unchanged — no extension types, no non-str map keys."""
-    t = type(v)
-    if t in _ATOMS:
-        return
-    if t is int:
-        if not _INT_MIN <= v <= _INT_MAX:
-            raise ProtocolError(f"{path}: integer {v} does not fit in 64 bits", reason="value")
-        return
-    if t is list or t is tuple:
-        for i, x in enumerate(v):
-            check_plain(x, f"{path}[{i}]")
-        return
-    if t is dict:
-        for k, x in v.items():
-            if type(k) is not str:
-                raise ProtocolError(f"{path}: map keys must be strings, got {_tname(k)!r}", reason="type")
-            check_plain(x, f"{path}.{k}")
-        return
-    if t is msgpack.Timestamp:
-        raise ProtocolError(f"{path}: msgpack extension type -1 (timestamp) is not allowed", reason="malformed")
-    raise ProtocolError(f"{path}: {_tname(v)!r} is not plain data (use str, numbers, lists, maps)", reason="type")
+    what msgpack round-trips unchanged — no extension types, no non-str map keys —
+    nested at most :data:`MAX_DEPTH` deep.
+
+    Iterative (an explicit stack), so no input can exhaust the interpreter's recursion
+    limit; the cost is linear in the number of values.
+    """
+    # (value, path of its container, its key there, depth): paths are joined only for
+    # containers and errors, so a long list of numbers costs no string per item.
+    stack: list[tuple[Any, str, str, int]] = [(v, path, "", 0)]
+    items = 0
+    while stack:
+        v, prefix, key, depth = stack.pop()
+        items += 1
+        t = type(v)
+        if t in _ATOMS:
+            continue
+        if t is int:
+            if not _INT_MIN <= v <= _INT_MAX:
+                raise ProtocolError(f"{prefix}{key}: integer {v} does not fit in 64 bits", reason="value")
+            continue
+        if t is list or t is tuple or t is dict:
+            here = prefix + key
+            if depth >= MAX_DEPTH:
+                raise ProtocolError(f"{here}: nested more than {MAX_DEPTH} levels deep", reason="too_deep")
+            if items + len(v) > MAX_ITEMS:
+                raise ProtocolError(f"{here}: more than {MAX_ITEMS} values", reason="oversize")
+            if t is dict:
+                for k, x in v.items():
+                    if type(k) is not str:
+                        raise ProtocolError(f"{here}: map keys must be strings, got {_tname(k)!r}", reason="type")
+                    stack.append((x, here, f".{k}", depth + 1))
+            else:
+                stack.extend((x, here, f"[{i}]", depth + 1) for i, x in enumerate(v))
+            continue
+        if t is msgpack.Timestamp:
+            raise ProtocolError(
+                f"{prefix}{key}: msgpack extension type -1 (timestamp) is not allowed", reason="malformed"
+            )
+        raise ProtocolError(
+            f"{prefix}{key}: {_tname(v)!r} is not plain data (use str, numbers, lists, maps)", reason="type"
+        )
 
 
 def _conv_bytes(v: Any, path: str) -> bytes:
@@ -342,12 +372,34 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 
 def _unpack(payload: bytes) -> Any:
+    # msgpack's C unpacker is iterative with a fixed stack (1024 levels: deeper input
+    # raises StackError) and bounds every string, array and map by the payload's size.
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_reject_ext)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for garbage input
         raise ProtocolError(f"not a msgpack message: {exc}", reason="malformed") from exc
+
+
+def _frame(payload: bytes) -> tuple[str, bytes, bytes] | None:
+    """``(key_id, signature, envelope bytes)`` of a signed frame; ``None`` when ``payload``
+    is not an array (an unsigned envelope). Reads only the frame's three elements: the
+    envelope stays bytes until its signature has been checked."""
+    if not payload or not (0x90 <= payload[0] <= 0x9F or payload[0] in (0xDC, 0xDD)):
+        return None
+    if payload[0] != 0x93:  # not three elements: refused without reading further
+        raise ProtocolError("signed frame: expected [key_id, signature, envelope bytes]", reason="malformed")
+    frame = _unpack(payload)
+    if (
+        type(frame) is not list
+        or len(frame) != 3
+        or type(frame[0]) is not str
+        or type(frame[1]) is not bytes
+        or type(frame[2]) is not bytes
+    ):
+        raise ProtocolError("signed frame: expected [key_id, signature, envelope bytes]", reason="malformed")
+    return frame[0], frame[1], frame[2]
 
 
 # ---------------------------------------------------------------------------
@@ -364,9 +416,12 @@ class Codec:
             messages and verifies nothing (the explicit ``--insecure`` mode).
         replay: freshness window and replay cache for messages that make this
             side act (default: a :class:`ReplayGuard` with its default window).
+        recipient: this side's name (``agent/ID``): with it, a message that makes this side
+            act must name it as its receiver (``to``) — a copy published on another
+            agent's topic is refused there.
     """
 
-    __slots__ = ("_dec", "_enc", "max_size", "replay", "sender", "signer", "trust")
+    __slots__ = ("_dec", "_enc", "max_size", "recipient", "replay", "sender", "signer", "trust")
 
     def __init__(
         self,
@@ -376,6 +431,7 @@ class Codec:
         signer: Signer | None = None,
         trust: Trust | None = None,
         replay: ReplayGuard | None = None,
+        recipient: str = "",
     ) -> None:
         if max_size <= 0:
             raise ValueError(f"max_size must be positive, got {max_size}")
@@ -384,6 +440,7 @@ class Codec:
         self.signer = signer
         self.trust = trust
         self.replay = replay if replay is not None else ReplayGuard()
+        self.recipient = recipient
         self._enc = {cls: _struct_enc(cls) for cls in _MESSAGES.values()}
         self._dec = {op: _struct_conv(cls) for op, cls in _MESSAGES.items()}
 
@@ -391,13 +448,17 @@ class Codec:
     def verifies(self) -> bool:
         return self.trust is not None
 
-    def encode(self, message: m.Message, *, msg_id: str | None = None) -> bytes:
+    def encode(self, message: m.Message, *, msg_id: str | None = None, to: str = "") -> bytes:
+        """Encode (and sign) ``message``; ``to`` names its one receiver (e.g. ``agent/edge1``): a
+        receiver with a ``recipient`` refuses what makes it act unless it names that receiver."""
         body = self._enc[type(message)](message)
         body["v"] = PROTOCOL_VERSION
         body["op"] = message.OP
         body["id"] = msg_id or new_message_id()
         body["ts"] = time.time()
         body["src"] = self.sender
+        if to:
+            body["to"] = to
         data: bytes = msgpack.packb(body, use_bin_type=True)
         if self.signer is not None:
             data = msgpack.packb([self.signer.key_id, self.signer.sign(data), data], use_bin_type=True)
@@ -409,33 +470,53 @@ class Codec:
             )
         return data
 
-    def decode(self, payload: bytes) -> Envelope:
-        if len(payload) > self.max_size:
-            raise ProtocolError(
-                f"payload of {len(payload)} bytes is over the {self.max_size}-byte limit", reason="oversize"
-            )
-        raw = _unpack(payload)
-        if type(raw) is list:
-            return self._decode_signed(raw)
-        if self.trust is not None:
-            op = raw.get("op") if type(raw) is dict else None
-            raise ProtocolError(
-                f"{op if type(op) is str else 'message'} is not signed; this side only accepts signed messages"
-                " (is the sender running --insecure, or an old version?)",
-                reason="unsigned",
-            )
-        return self._decode_envelope(raw)
+    def decode(self, payload: bytes, *, limit: int | None = None) -> Envelope:
+        """Check and decode one message.
 
-    def _decode_signed(self, frame: list[Any]) -> Envelope:
-        if len(frame) != 3 or type(frame[0]) is not str or type(frame[1]) is not bytes or type(frame[2]) is not bytes:
-            raise ProtocolError("signed frame: expected [key_id, signature, envelope bytes]", reason="malformed")
+        In order, each step before any more expensive one: the size (``limit``, at most
+        ``max_size``); the frame; the signature over the raw envelope bytes, with a key the
+        :class:`Trust` names from the key id alone; only then the envelope's typed decoding,
+        the trust policy for this sender and message, and freshness and replay.
+
+        Raises:
+            ProtocolError: whatever is wrong with the message — and nothing else, whatever
+                the bytes (a bug surfacing here is reported as ``reason="internal"``).
+        """
+        size = min(self.max_size, limit) if limit is not None else self.max_size
+        if len(payload) > size:
+            raise ProtocolError(f"payload of {len(payload)} bytes is over the {size}-byte limit", reason="oversize")
+        try:
+            return self._decode(payload)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # a message must never end its receiver
+            raise ProtocolError(
+                f"message could not be decoded ({type(exc).__name__}: {exc})", reason="internal"
+            ) from exc
+
+    def _decode(self, payload: bytes) -> Envelope:
+        frame = _frame(payload)
+        if frame is None:
+            if self.trust is not None and not (payload and (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF))):
+                raise ProtocolError("not a msgpack message: neither a signed frame nor an envelope", reason="malformed")
+            if self.trust is not None:
+                raise ProtocolError(
+                    "message is not signed; this side only accepts signed messages"
+                    " (is the sender running --insecure, or an old version?)",
+                    reason="unsigned",
+                )
+            return self._decode_envelope(_unpack(payload))
         kid, signature, body = frame
-        envelope = self._decode_envelope(_unpack(body), kid)
         if self.trust is None:
-            return envelope
-        what = f"{envelope.message.OP} {envelope.id} from {envelope.src!r}"
-        verify(self.trust.key_for(kid, envelope), signature, body, what=what)
+            return self._decode_envelope(_unpack(body), kid)
+        verify(self.trust.key(kid), signature, body, what=f"message signed by key {key_fingerprint(kid)}")
+        envelope = self._decode_envelope(_unpack(body), kid)
+        self.trust.admit(kid, envelope)
         if envelope.message.OP in ACTING_OPS:
+            what = f"{envelope.message.OP} {envelope.id} from {envelope.src!r}"
+            if self.recipient and envelope.to != self.recipient:
+                meant = f"meant for {envelope.to!r}" if envelope.to else "names no receiver"
+                raise ProtocolError(f"{what} {meant}, not {self.recipient!r}", reason="misdirected")
             self.replay.check(envelope.id, envelope.ts, what=what)
         return envelope
 
@@ -455,4 +536,5 @@ class Codec:
         msg_id = _conv_str(raw.pop("id", None), f"{op}.id")
         ts = _conv_float(raw.pop("ts", None), f"{op}.ts")
         src = _conv_str(raw.pop("src", None), f"{op}.src")
-        return Envelope(conv(raw, op), msg_id, ts, src, kid)
+        to = _conv_str(raw.pop("to", ""), f"{op}.to")
+        return Envelope(conv(raw, op), msg_id, ts, src, kid, to)

@@ -19,6 +19,7 @@ __all__ = [
     "Ack",
     "AgentId",
     "Announce",
+    "Answer",
     "AssignTasks",
     "CancelRun",
     "CancelTasks",
@@ -26,7 +27,9 @@ __all__ = [
     "Control",
     "DeleteData",
     "FromAgent",
+    "FromCoordinator",
     "Heartbeat",
+    "LogsRequest",
     "Message",
     "Offline",
     "OutputFile",
@@ -34,6 +37,7 @@ __all__ = [
     "ResultStatus",
     "ResultsStored",
     "ResumeRun",
+    "RevokeGrants",
     "RunId",
     "StageInput",
     "StartedTask",
@@ -46,6 +50,8 @@ __all__ = [
     "TasksFinished",
     "TasksStarted",
     "Telemetry",
+    "TimeAnswer",
+    "TimeQuery",
     "ToAgent",
     "ToCoordinator",
     "UploadOutputs",
@@ -169,6 +175,8 @@ class Capabilities:
     reachable: bool = True  # False: others cannot connect to it (NAT); its outputs go through the relay
     ssh_url: str = ""  # ssh://user@host:port where its scratch root can be read over SFTP ("" = no)
     checkpoint_store: bool = False  # its data server keeps copies of checkpoint tasks' outputs
+    addresses: tuple[str, ...] = ()  # this host's addresses (interfaces and --addresses), for tasks with a host
+    devices: tuple[str, ...] = ()  # sensors and buses it can read, e.g. "serial:/dev/ttyACM0", "i2c:1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +190,8 @@ class StartedTask:
 
 @dataclass(frozen=True, slots=True)
 class TaskResult:
-    """How one attempt ended, with its measurements and output manifest."""
+    """How one attempt ended, with its measurements and output manifest (agent → coordinator,
+    carried by :class:`TasksFinished`; the coordinator's user sees a ``core.TaskOutcome``)."""
 
     run: RunId
     task: TaskName
@@ -251,7 +260,8 @@ class CancelTasks(Message):
 
 @dataclass(frozen=True, slots=True)
 class Control(Message):
-    """Out-of-band agent control: ``"shutdown"`` or ``"announce"`` (re-publish status)."""
+    """Out-of-band agent control: ``"shutdown"`` or ``"announce"`` (re-publish status; with
+    ``args={"challenge": NONCE}`` the announce answers it, see ``Announce.answer``)."""
 
     OP: ClassVar[str] = "control"
     action: str
@@ -289,6 +299,16 @@ class DeleteData(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class RevokeGrants(Message):
+    """These consumer attempts ended: refuse every data grant minted for them (see
+    ``dagon.protocol.Grant.consumer``) until ``until``, when all of them have expired anyway."""
+
+    OP: ClassVar[str] = "revoke"
+    attempts: tuple[TaskRef, ...]
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class ResultsStored(Message):
     """The coordinator has persisted these attempts' results: the agent may drop them from its spool.
 
@@ -306,6 +326,10 @@ class Announce(Message):
     agent: AgentId
     capabilities: Capabilities
     key: bytes = b""  # the agent's raw Ed25519 public key, which signs everything it reports
+    session: str = ""  # random, new at every agent start: reports of another session are stale
+    # The nonce of the coordinator's question this announce answers (Control "announce" with
+    # args {"challenge": nonce}); only an answering announce makes the agent online.
+    answer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +339,7 @@ class Offline(Message):
     OP: ClassVar[str] = "offline"
     agent: AgentId
     reason: str = ""
+    session: str = ""  # the session that ended (see Announce.session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +354,7 @@ class Heartbeat(Message):
     # to these; an active attempt missing here (past a grace period) was lost and is requeued.
     held: tuple[TaskRef, ...] = ()
     complete: bool = False  # True: ``held`` lists every attempt held (the agent spools its results)
+    session: str = ""  # see Announce.session; ``seq`` counts up within it
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +366,8 @@ class TasksStarted(Message):
 
 @dataclass(frozen=True, slots=True)
 class TasksFinished(Message):
+    """An agent reports attempts that ended: a batch of :class:`TaskResult` (one per attempt)."""
+
     OP: ClassVar[str] = "finished"
     agent: AgentId
     results: tuple[TaskResult, ...]
@@ -375,6 +403,7 @@ class SubmitRun(Message):
     run: RunId
     workflow: dict[str, Any]
     keep_scratch: bool = False  # garbage-collect nothing of this run
+    reply_to: str = ""  # the client's reply id: the coordinator answers on topics.client_answers(reply_to)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +411,7 @@ class CancelRun(Message):
     OP: ClassVar[str] = "cancel_run"
     run: RunId
     reason: str = ""
+    reply_to: str = ""  # see SubmitRun.reply_to
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,8 +443,34 @@ class Telemetry(Message):
     energy_joules_total: float = 0.0  # the agent's node energy since it started
 
 
-ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData | ResultsStored
-FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress | Telemetry
+@dataclass(frozen=True, slots=True)
+class TimeQuery(Message):
+    """An agent (or ``dagon-agent doctor`` with its key) asks a coordinator for its clock.
+
+    Sent to the coordinator's inbox, signed by the agent; answered with a :class:`TimeAnswer` on
+    the agent's control topic. ``nonce`` (random, at least 16 characters) makes the answer fresh
+    whatever the two clocks say, so it is not subject to the freshness window.
+    """
+
+    OP: ClassVar[str] = "time_query"
+    agent: AgentId
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimeAnswer(Message):
+    """A coordinator's clock for one :class:`TimeQuery` (NTP-style: with the querier's send and
+    receive times, the offset between the clocks and the round trip follow). Signed; it makes
+    nobody act, so it is not subject to the freshness window (a clock far off must be measurable)."""
+
+    OP: ClassVar[str] = "time_answer"
+    nonce: str
+    received: float  # the coordinator's clock when the query arrived
+    sent: float  # ... and when the answer left
+
+
+ToAgent = AssignTasks | CancelTasks | Control | UploadOutputs | DeleteData | ResultsStored | RevokeGrants | TimeAnswer
+FromAgent = Announce | Offline | Heartbeat | TasksStarted | TasksFinished | Ack | TaskProgress | Telemetry | TimeQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +479,50 @@ class ResumeRun(Message):
 
     OP: ClassVar[str] = "resume"
     run: RunId
+    reply_to: str = ""  # see SubmitRun.reply_to
 
 
-ToCoordinator = SubmitRun | CancelRun | ResumeRun
+@dataclass(frozen=True, slots=True)
+class LogsRequest(Message):
+    """Ask for a data-plane grant to read one task attempt's ``stdout``/``stderr`` from its agent
+    (``dagon logs`` from a client machine). The coordinator answers with an :class:`Answer`
+    carrying the agent's data URL and a ``logs`` grant whose holder is the key that signed this
+    request: the client binds it with that key (``bind_grant``), so a captured answer is useless
+    to anyone else."""
+
+    OP: ClassVar[str] = "logs"
+    run: RunId
+    task: str
+    attempt: int  # >= 1
+    stream: str  # "stdout" or "stderr"
+    reply_to: str = ""  # see SubmitRun.reply_to
+
+
+ToCoordinator = SubmitRun | CancelRun | ResumeRun | LogsRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Answer(Message):
+    """A coordinator's answer to a client's request (``SubmitRun``, ``CancelRun``, ``ResumeRun``, ``LogsRequest``)
+    that named a ``reply_to``, published on ``topics.client_answers(reply_to)``.
+
+    Signed with the coordinator key, which the client pins; it answers once a run it accepts is
+    in its store, so ``accepted`` means the run survives a coordinator restart. A request signed
+    by a key the coordinator does not trust is answered too (``code="untrusted"``), naming the
+    key id it was signed with: a client ignores such an answer for a key that is not its own
+    (anyone may publish a copy of its request with another signature).
+    """
+
+    OP: ClassVar[str] = "answer"
+    request: str  # the envelope id of the request answered
+    request_op: str  # the request's op ("submit", "cancel_run", "resume"); "op" names the envelope's own
+    run: RunId
+    accepted: bool
+    reason: str = ""  # why not; or what was done ("cancelling", "already running")
+    code: str = ""  # "" when accepted, else "untrusted", "unsigned", "expired", "invalid", "unknown_run", "ended"
+    key: str = ""  # the key id the request was signed with, as the coordinator saw it
+    url: str = ""  # LogsRequest: the data server URL of the agent holding the log
+    token: str = ""  # LogsRequest: the ``logs`` grant for it, held by the requesting key (bind before use)
+
+
+FromCoordinator = Answer

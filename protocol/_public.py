@@ -17,8 +17,10 @@ from dagon.protocol._errors import ProtocolError
 
 __all__ = [
     "CONTENT_TYPE_JSON",
+    "SCHEMA_AGENT_STATUS",
     "SCHEMA_COORDINATOR",
     "SCHEMA_EVENTS",
+    "SCHEMA_READING",
     "SCHEMA_RUN_STATUS",
     "SCHEMA_TASK_RESULT",
     "SCHEMA_TELEMETRY",
@@ -31,7 +33,9 @@ SCHEMA_RUN_STATUS: Final = "dagon.run-status/1"
 SCHEMA_TASK_RESULT: Final = "dagon.task-result/1"
 SCHEMA_EVENTS: Final = "dagon.events/1"
 SCHEMA_COORDINATOR: Final = "dagon.coordinator/1"
+SCHEMA_AGENT_STATUS: Final = "dagon.agent-status/1"
 SCHEMA_TELEMETRY: Final = "dagon.telemetry/1"
+SCHEMA_READING: Final = "dagon.reading/1"
 
 
 def _finite(value: Any) -> Any:

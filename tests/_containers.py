@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 __all__ = [
     "BUSYBOX",
@@ -43,7 +44,7 @@ def is_static(path: str) -> bool:
         head = f.read(64)
         if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only (our CI machines)
             return False
-        order = "little" if head[5] == 1 else "big"
+        order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
         phoff = int.from_bytes(head[32:40], order)
         phentsize = int.from_bytes(head[54:56], order)
         phnum = int.from_bytes(head[56:58], order)
@@ -121,8 +122,10 @@ class Dockerd:
     def _ping(self) -> bool:
         result = subprocess.run(
             ["docker", "-H", self.url, "version", "--format", "{{.Server.Version}}"],
-            capture_output=True, check=False, timeout=10,
-        )  # fmt: skip
+            capture_output=True,
+            check=False,
+            timeout=10,
+        )
         return result.returncode == 0
 
     def docker(self, *args: str, input: bytes | None = None) -> str:

@@ -6,6 +6,7 @@ installs it. Every process started here is stopped by PID in a ``finally``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,21 @@ from _broker import MOSQUITTO_MISSING, Mosquitto, missing, mosquitto_binary
 
 from dagon._embedded import EmbeddedBroker
 from dagon.protocol.transport import MemoryHub
+
+SLOW_CALLBACK = 1.0
+"""Seconds a loop step may take before debug mode reports it. Test loops run in asyncio debug mode
+(pyproject's ``asyncio_debug``); its default, 0.1 s, is load on a shared 2-core machine rather than a
+bug, and tests that check the log for warnings must not trip over it. A full second still is a bug."""
+
+
+class _TestLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        loop = super().new_event_loop()
+        loop.slow_callback_duration = SLOW_CALLBACK
+        return loop
+
+
+asyncio.set_event_loop_policy(_TestLoopPolicy())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

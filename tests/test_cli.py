@@ -15,7 +15,7 @@ from _broker import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGON = [sys.executable, "-c", "from dagon.cli import main; raise SystemExit(main())"]
-AGENT = [sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())"]
+AGENT = [sys.executable, "-c", "from dagon.cli import agent_main; raise SystemExit(agent_main())"]
 
 
 def dagon(*args: str, home: Path, timeout: float = 90, **env: str) -> subprocess.CompletedProcess[str]:
@@ -121,6 +121,16 @@ def test_coordinator_agent_submit_status_agents(mosquitto: Any, tmp_path: Path) 
     assert client.returncode == 0 and "client.pub" in client.stdout, client.stderr
     trust = dagon("keys", "trust-client", str(tmp_path / "cli" / "keys" / "client.pub"), home=tmp_path / "coord")
     assert trust.returncode == 0, trust.stderr
+    # the client checks the coordinator's answers against its key
+    pinned_coordinator = dagon("keys", "trust-coordinator", str(coordinator_pub), home=tmp_path / "cli")
+    assert pinned_coordinator.returncode == 0 and fingerprint in pinned_coordinator.stdout, pinned_coordinator.stderr
+    # the coordinator admits the agent only once its key is enrolled there
+    key = subprocess.run(
+        [*AGENT, "key"], env=dict(env, DAGON_HOME=str(tmp_path / "agent")), capture_output=True, text=True, check=True
+    )
+    (tmp_path / "agent.pub").write_text(key.stdout)
+    pinned = dagon("keys", "trust-agent", "cli-agent", str(tmp_path / "agent.pub"), home=tmp_path / "coord")
+    assert pinned.returncode == 0, pinned.stderr
     coord = subprocess.Popen(
         [*DAGON, "coordinator", "--broker", mosquitto.url],
         env=dict(env, DAGON_HOME=str(tmp_path / "coord")),
@@ -191,3 +201,65 @@ def test_dev_broker_serves_a_whole_run_insecure(tmp_path: Path) -> None:
         stop_process(agent)
         stop_process(broker)
     assert broker.returncode == 0
+
+
+def test_coordinator_configured_by_its_file_alone(mosquitto: Any, tmp_path: Path) -> None:
+    """`dagon coordinator --config FILE`: broker, id and insecure come from the TOML file (docs/configuration.md)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGON_BROKER", "DAGON_INSECURE")}
+    config = tmp_path / "coordinator.toml"
+    config.write_text(f'broker = "{mosquitto.url}"\nid = "filed"\ninsecure = true\nheartbeat_ttl = 20\n')
+    bad = dagon("coordinator", "--config", str(config.with_name("typo.toml")), home=tmp_path / "coord")
+    assert bad.returncode == 2 and "typo.toml does not exist (check --config)" in bad.stderr
+    config.with_name("typo.toml").write_text("hearbeat_ttl = 20\n")
+    bad = dagon("coordinator", "--config", str(config.with_name("typo.toml")), home=tmp_path / "coord")
+    assert bad.returncode == 2 and "unknown setting(s) ['hearbeat_ttl']" in bad.stderr
+
+    coord = subprocess.Popen(
+        [*DAGON, "coordinator", "--config", str(config)],
+        env=dict(env, DAGON_HOME=str(tmp_path / "coord")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    agent = subprocess.Popen(
+        [*AGENT, "--broker", mosquitto.url, "--id", "filed-agent", "--insecure"],
+        env=dict(env, DAGON_HOME=str(tmp_path / "agent")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # A submission reaches only a coordinator that is listening: wait for its retained status to say online.
+        status = [
+            "mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-C", "1", "-W", "2",
+            "-t", "dagon/v1/coordinator/filed/status",
+        ]  # fmt: skip
+        deadline = time.monotonic() + 30
+        while '"online":true' not in subprocess.run(status, capture_output=True, text=True, check=False).stdout:
+            assert time.monotonic() < deadline, "the coordinator configured by its file never came online"
+            assert coord.poll() is None, "the coordinator exited"
+        out = dagon(
+            "submit", "examples/taskflow/taskflow.py", "--broker", mosquitto.url, "--coordinator", "filed",
+            "--insecure", "--wait", home=tmp_path / "cli",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "filed-agent" in out.stdout
+        assert not (tmp_path / "coord" / "keys").exists()  # insecure: no key was created
+        assert (tmp_path / "coord" / "runs.sqlite").exists()
+    finally:
+        stop_process(agent)
+        stop_process(coord)
+    assert coord.returncode == 0
+
+
+def test_errors_are_never_wrapped_whatever_the_path_length(tmp_path: Path) -> None:
+    home = tmp_path / ("a-long-folder-name-" * 8) / "home"
+    home.mkdir(parents=True)
+    from dagon.core import RunStore
+
+    RunStore(home / "runs.sqlite").close()  # an empty run store: "no run 'nope'"
+    out = subprocess.run(
+        [sys.executable, "-c", "from dagon.cli import main; raise SystemExit(main())", "report", "nope"],
+        env={**os.environ, "DAGON_HOME": str(home), "COLUMNS": "80"}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip()
+    assert "\n" not in line and str(home) in line and "dagon runs" in line, out.stderr

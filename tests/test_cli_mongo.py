@@ -18,7 +18,7 @@ from pymongo import AsyncMongoClient
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGON = [sys.executable, "-c", "from dagon.cli import main; raise SystemExit(main())"]
-AGENT = [sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())"]
+AGENT = [sys.executable, "-c", "from dagon.cli import agent_main; raise SystemExit(agent_main())"]
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -57,7 +57,7 @@ def test_without_pymongo_the_error_says_what_to_install(tmp_path: Path) -> None:
     env = _env(tmp_path, DAGON_MONGO_URL="mongodb://127.0.0.1:1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env, check=False)
     assert out.returncode != 0
-    assert "pip install 'dagon[mongo]'" in out.stderr
+    assert "pip install 'dagon-engine[mongo]'" in out.stderr
 
 
 async def _documents(url: str, run: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
@@ -90,8 +90,9 @@ def test_coordinator_writes_a_submitted_run_to_mongodb(mosquitto: Any, tmp_path:
         agent = subprocess.Popen(
             [*AGENT, "--broker", mosquitto.url, "--insecure", "--id", "mongo-agent"],
             env=_env(tmp_path / "agent", DAGON_TELEMETRY_INTERVAL="0.3", DAGON_POWER_SOURCE="model"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_port(metrics_port, timeout=20)
         submit = subprocess.run(
             [*DAGON, "submit", "examples/taskflow/taskflow.py", "--broker", mosquitto.url, "--insecure", "--wait"],

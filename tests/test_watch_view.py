@@ -66,7 +66,7 @@ def test_render_shows_counts_running_tasks_and_agents() -> None:
     assert lines[2:5] == ["running:", "  a on pi-1  6.0s", "  b (attempt 2) on pc  2.5s"]
     assert lines[5] == "agents:"
     assert lines[6] == "  pc: cpu 5%  mem 512.0 MiB/2.0 GiB  power n/a  tasks 1"
-    assert lines[7] == "  pi-1: cpu 37%  mem 512.0 MiB/2.0 GiB  6.2 W (rapl)  tasks 1"
+    assert lines[7] == "  pi-1: cpu 37%  mem 512.0 MiB/2.0 GiB  6.2 W (rapl, measured)  tasks 1"
     assert all(len(line) <= 30 for line in render(s, now=110.0, width=30))
 
 

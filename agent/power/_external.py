@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import urllib.parse
 import urllib.request
 from typing import Any
 
 from dagon.agent.power._base import PowerReading, PowerSource
-from dagon.protocol.transport import Transport
 
 __all__ = ["CpuModelSource", "MqttMeterSource", "PrometheusSource", "parse_meter_payload", "parse_prometheus_vector"]
 
@@ -48,8 +46,8 @@ def parse_meter_payload(payload: bytes) -> float | None:
 class MqttMeterSource(PowerSource):
     """The latest reading of an external meter publishing on an MQTT topic (measured).
 
-    :meth:`run` consumes messages from an opened transport subscribed to the topic;
-    :meth:`feed` takes one payload. A reading older than ``max_age`` seconds is stale.
+    The agent subscribes to the topic and hands each payload to :meth:`feed` from its receive
+    loop (``TelemetryService.feed``). A reading older than ``max_age`` seconds is stale.
     """
 
     name = "mqtt"
@@ -65,12 +63,6 @@ class MqttMeterSource(PowerSource):
             return False
         self._last = (watts, now)
         return True
-
-    async def run(self, transport: Transport) -> None:
-        await transport.subscribe(self.topic)
-        async for msg in transport.messages():
-            if msg.topic == self.topic and not self.feed(msg.payload, time.time()):
-                log.debug("power meter message on %s carries no power", msg.topic)
 
     async def read(self, now: float, *, cpu_util: float) -> PowerReading | None:
         if self._last is None or now - self._last[1] > self.max_age:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +40,10 @@ class Execution:
         env: the task's own environment plus ``DAGON_RUN``, ``DAGON_TASK``,
             ``DAGON_ATTEMPT`` and ``DAGON_WORKDIR`` (not the agent's environment).
         stdout, stderr: files under ``workdir/.dagon`` that must receive the task's output.
+        resolve: substitutes ``secret://NAME`` placeholders in a runtime option (an HTTP
+            header, a cloud credential) with the agent's secret; the agent then redacts
+            that value from the error and stderr tail it reports. Raises ``ValueError``
+            naming the secret when it is not defined on this agent.
     """
 
     assignment: TaskAssignment
@@ -48,6 +52,13 @@ class Execution:
     env: Mapping[str, str]
     stdout: Path
     stderr: Path
+    resolve: Callable[[str], str] = field(default=lambda text: _no_secrets(text))
+
+
+def _no_secrets(text: str) -> str:
+    if "secret://" in text:
+        raise ValueError(f"{text!r} names a secret, and this runtime was given no secrets to resolve it with")
+    return text
 
 
 class Runtime(abc.ABC):
@@ -61,10 +72,21 @@ class Runtime(abc.ABC):
     """
 
     name: ClassVar[str]
+    # True: the work an attempt starts outlives the agent process (a batch job), and a
+    # restarted agent follows it again through resumable() and resume().
+    detached: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def run(self, execution: Execution) -> Outcome:
         """Run one attempt to its end."""
+
+    def resumable(self, execution: Execution) -> bool:
+        """Whether an earlier agent process started this attempt's work (only ``detached`` runtimes)."""
+        return False
+
+    async def resume(self, execution: Execution) -> Outcome:
+        """Follow the work an earlier agent process started for this attempt to its end."""
+        raise NotImplementedError(f"the {self.name} runtime cannot resume an attempt")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most runtimes hold nothing
         """Release what the runtime holds (clients, pools); called when the agent stops."""

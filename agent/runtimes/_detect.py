@@ -16,7 +16,7 @@ import shutil
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from dagon.agent.runtimes._apptainer import ApptainerRuntime
 from dagon.agent.runtimes._base import Runtime
@@ -24,11 +24,21 @@ from dagon.agent.runtimes._charliecloud import CharliecloudRuntime
 from dagon.agent.runtimes._docker import DEFAULT_DOCKER_URL, DockerRuntime
 from dagon.protocol import ConfigError
 
-__all__ = ["CONTAINER_RUNTIME_NAMES", "build_runtimes", "detect_runtimes", "docker_answers", "select_runtimes"]
+__all__ = [
+    "CONTAINER_RUNTIME_NAMES",
+    "REMOTE_RUNTIME_NAMES",
+    "build_runtimes",
+    "detect_runtimes",
+    "docker_answers",
+    "select_runtimes",
+]
 
 log = logging.getLogger(__name__)
 
 CONTAINER_RUNTIME_NAMES: Final = ("docker", "charliecloud", "apptainer")
+# Offered only when named (never detected): they reach beyond this host.
+REMOTE_RUNTIME_NAMES: Final = ("slurm", "ssh", "cloud")
+_ALWAYS: Final = ("process", "python", "http")  # built in: naming them changes nothing
 PING_TIMEOUT: Final = 2.0
 
 
@@ -69,13 +79,28 @@ async def detect_runtimes(*, docker_url: str | None = None) -> list[str]:
     return found
 
 
-def build_runtimes(names: Sequence[str], *, home: Path, scratch: Path, docker_url: str | None = None) -> list[Runtime]:
-    """Instances of the named container runtimes.
+def build_runtimes(
+    names: Sequence[str],
+    *,
+    home: Path,
+    scratch: Path,
+    docker_url: str | None = None,
+    ssh_key: Path | None = None,
+    ssh_known_hosts: Path | None = None,
+    ssh_scratch: str = "dagon-scratch",
+) -> list[Runtime]:
+    """Instances of the named runtimes (``process``, ``python`` and ``http`` are always there).
+
+    Args:
+        ssh_key, ssh_known_hosts: the agent's SSH key and trusted host keys (``ssh`` and ``cloud``).
+        ssh_scratch: the scratch root on remote hosts.
 
     Raises:
-        ConfigError: a name is not a container runtime this agent knows.
+        ConfigError: a name this agent does not know, or a runtime that cannot work here
+            (e.g. ``slurm`` without ``sbatch``).
     """
     runtimes: list[Runtime] = []
+    ssh_pool = None
     for name in dict.fromkeys(names):
         if name == "docker":
             runtimes.append(DockerRuntime(url=docker_url, scratch_root=scratch))
@@ -83,23 +108,62 @@ def build_runtimes(names: Sequence[str], *, home: Path, scratch: Path, docker_ur
             runtimes.append(CharliecloudRuntime(scratch_root=scratch))
         elif name == "apptainer":
             runtimes.append(ApptainerRuntime(cache=home / "sif-cache"))
-        else:
-            raise ConfigError(
-                f"unknown runtime {name!r} in runtimes: use {', '.join(CONTAINER_RUNTIME_NAMES)},"
-                " 'auto' (detect) or 'none'"
-            )
+        elif name == "slurm":
+            from dagon.agent.runtimes._slurm import SlurmRuntime
+
+            runtimes.append(SlurmRuntime())
+        elif name in ("ssh", "cloud"):
+            ssh_pool = ssh_pool or _ssh_pool(ssh_key, ssh_known_hosts)
+            runtimes.append(_remote_runtime(name, ssh_pool, home, ssh_scratch))
+        elif name not in _ALWAYS:
+            known = ", ".join((*CONTAINER_RUNTIME_NAMES, *REMOTE_RUNTIME_NAMES))
+            raise ConfigError(f"unknown runtime {name!r} in runtimes: use {known}, 'auto' (detect) or 'none'")
     return runtimes
 
 
+def _ssh_pool(key: Path | None, known_hosts: Path | None) -> Any:
+    try:
+        import asyncssh  # noqa: F401 - checked here so a missing extra is a configuration error
+    except ImportError:
+        raise ConfigError("the ssh and cloud runtimes need asyncssh: pip install 'dagon-engine[ssh]'") from None
+    from dagon.agent.runtimes._ssh_pool import SshPool
+
+    return SshPool(known_hosts=known_hosts or Path.home() / ".ssh" / "known_hosts", default_key=key)
+
+
+def _remote_runtime(name: str, pool: Any, home: Path, scratch: str) -> Runtime:
+    from dagon.agent.runtimes._ssh import SshRuntime
+
+    if name == "ssh":
+        return SshRuntime(pool=pool, remote_scratch=scratch)
+    from dagon.agent.runtimes._cloud import CloudRuntime
+
+    return CloudRuntime(ssh=SshRuntime(pool=pool, remote_scratch=scratch), state=home / "cloud-instances.json")
+
+
 async def select_runtimes(
-    names: Sequence[str] | None, *, home: Path, scratch: Path, docker_url: str | None = None
+    names: Sequence[str] | None,
+    *,
+    home: Path,
+    scratch: Path,
+    docker_url: str | None = None,
+    ssh_key: Path | None = None,
+    ssh_known_hosts: Path | None = None,
+    ssh_scratch: str = "dagon-scratch",
 ) -> list[Runtime]:
-    """The configured runtimes; ``None`` (or ``["auto"]``) detects them, ``[]`` means none.
+    """The configured runtimes plus ``http``; ``None`` (or ``["auto"]``) detects container runtimes,
+    ``[]`` means none besides the built-in ones.
 
     Raises:
-        ConfigError: an unknown name.
+        ConfigError: an unknown name, or a runtime that cannot work here.
     """
     if names is None or list(names) == ["auto"]:
         names = await detect_runtimes(docker_url=docker_url)
         log.info("detected container runtimes: %s", ", ".join(names) or "none")
-    return build_runtimes(names, home=home, scratch=scratch, docker_url=docker_url)
+    from dagon.agent.runtimes._http import HttpRuntime
+
+    built = build_runtimes(
+        names, home=home, scratch=scratch, docker_url=docker_url, ssh_key=ssh_key, ssh_known_hosts=ssh_known_hosts,
+        ssh_scratch=ssh_scratch,
+    )  # fmt: skip
+    return [*built, HttpRuntime()]

@@ -381,8 +381,9 @@ class KubernetesRuntime(Runtime):
         if self._node_name and not claim:
             # The hostPath only holds the inputs on this agent's node.
             term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [self._node_name]}]}
-            spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [term]}}}  # fmt: skip
+            spec["affinity"] = {
+                "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+            }
         return {
             "apiVersion": "v1",
             "kind": "Pod",

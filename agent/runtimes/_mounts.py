@@ -14,7 +14,8 @@ def outside_link_targets(workdir: Path) -> list[Path]:
     With ``stage_mode = "symlink"`` an input is a link to the producer's file; a
     container that only sees ``workdir`` would find it dangling. Container runtimes
     bind these directories read-only at the same path, so the link resolves inside
-    too. Hard links and copies need nothing (the common case: an empty list).
+    too (read-only: the consumer cannot change its producer's file). Copies need nothing
+    (the common case: an empty list).
     """
     targets: set[Path] = set()
     # Staged inputs live under .dagon/inputs, so the walk includes .dagon.

@@ -168,7 +168,7 @@ def orchestrator_runtimes(*, config_file: Path | None, scratch: Path, env: Mappi
                 )
             )
     except ImportError as exc:
-        raise ConfigError(f"{exc.name} is not installed: pip install 'dagon[k8s]' for [kubernetes]") from exc
+        raise ConfigError(f"{exc.name} is not installed: pip install 'dagon-engine[k8s]' for [kubernetes]") from exc
     except ValueError as exc:
         raise ConfigError(f"config file {config_file}: {exc}") from exc
     return runtimes

@@ -6,7 +6,8 @@ peak RSS. Timeout and cancellation terminate the whole process group (SIGTERM,
 then SIGKILL after a grace period) and always reap it, even when the awaiting
 task is itself being cancelled. Processes a task leaves running in the
 background are killed when it ends (a task cannot outlive its slot); a daemon
-that must survive has to leave the process group (``setsid``).
+that must survive its task has to leave the process group (``setsid``), and still
+does not survive the agent (see :mod:`dagon.agent._keeper`).
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from dagon.agent._keeper import Ledger
 from dagon.agent.runtimes._base import Outcome
 from dagon.protocol import ResultStatus
 
-__all__ = ["KILL_GRACE", "STDERR_TAIL", "run_process"]
+__all__ = ["KILL_GRACE", "STDERR_TAIL", "RunAs", "run_process"]
 
 KILL_GRACE: Final = 2.0
 _T = TypeVar("_T")
 
 
 class _Child:
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], ledger: Ledger | None = None) -> None:
         self.proc = proc
         self.pid = proc.pid
+        self._ledger = ledger
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
         self._fd = os.pidfd_open(proc.pid)
@@ -78,6 +81,8 @@ class _Child:
         if pid == 0:  # pragma: no cover - the pidfd was readable, so the child has exited
             _, status, usage = os.wait4(self.pid, 0)
         code = os.waitstatus_to_exitcode(status)
+        if self._ledger is not None:  # the group is dead: callers kill it before reaping
+            self._ledger.reaped(self.pid)
         self.proc.returncode = code  # so Popen's finaliser does not try to reap again
         if code < 0:
             code = 128 - code
@@ -124,6 +129,8 @@ def _spawn(
     record: Path | None,
     shown: str,
     run_as: RunAs | None = None,
+    ledger: Ledger | None = None,
+    label: str = "",
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Blocking part of a start (directories, files, fork/exec): runs in a worker thread.
 
@@ -158,6 +165,8 @@ def _spawn(
     except BaseException:
         os.close(err_fd)
         raise
+    if ledger is not None:
+        ledger.spawned(proc.pid, label)  # what the keeper kills if the agent dies from now on
     return proc, err_fd
 
 
@@ -192,6 +201,8 @@ async def run_process(
     record: Path | None = None,
     record_text: str | None = None,
     run_as: RunAs | None = None,
+    ledger: Ledger | None = None,
+    label: str = "",
 ) -> Outcome:
     """Run ``command`` with bash; stdout/stderr go to the given files.
 
@@ -202,9 +213,13 @@ async def run_process(
     ``run_as`` switches the task to that account (the agent must be root).
     ``time_limit`` is the task's own limit: past it the group is
     killed and the outcome is TIMEOUT (not a bound on this call's wait).
+    ``ledger`` records the group (``label`` names it) while it lives, so that it does not
+    outlive the agent (see :mod:`dagon.agent._keeper`).
     """
     spawning = asyncio.ensure_future(
-        asyncio.to_thread(_spawn, command, cwd, env, stdout, stderr, record, record_text or command, run_as)
+        asyncio.to_thread(
+            _spawn, command, cwd, env, stdout, stderr, record, record_text or command, run_as, ledger, label
+        )
     )
     try:
         proc, err_fd = await asyncio.shield(spawning)
@@ -215,9 +230,9 @@ async def run_process(
         with contextlib.suppress(OSError):
             late, late_fd = await _finish(spawning)
             os.close(late_fd)
-            await _Child(late).terminate_and_reap()
+            await _Child(late, ledger).terminate_and_reap()
         raise
-    child = _Child(proc)
+    child = _Child(proc, ledger)
     status = ResultStatus.SUCCEEDED
     try:
         done, _ = await asyncio.wait([child.exited], timeout=time_limit)

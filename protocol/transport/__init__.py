@@ -8,10 +8,11 @@ imported on first use: an idle agent never pays for them.
 
 from typing import TYPE_CHECKING, Any
 
-from dagon.protocol.transport._auth import MqttAuth
 from dagon.protocol.transport._base import Incoming, Transport, Will, topic_matches
+from dagon.protocol.transport._channel import Channel, Received
 from dagon.protocol.transport._datatypes import MANIFEST_FILE, PullStats, ServerStats
 from dagon.protocol.transport._lazydata import LazyDataServer
+from dagon.protocol.transport._login import MqttAuth
 from dagon.protocol.transport._memory import MemoryHub, MemoryTransport
 from dagon.protocol.transport._mqtt import BrokerURL, MqttTransport, redact_url
 from dagon.protocol.transport._publisher import Publisher
@@ -21,22 +22,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MANIFEST_FILE",
-    "DataServer",
-    "LazyDataServer",
-    "PullStats",
-    "ServerStats",
-    "covered_files",
-    "pull",
-    "push",
     "BrokerURL",
+    "Channel",
+    "DataServer",
     "Incoming",
+    "LazyDataServer",
     "MemoryHub",
     "MemoryTransport",
     "MqttAuth",
     "MqttTransport",
     "Publisher",
+    "PullStats",
+    "Received",
+    "ServerStats",
     "Transport",
     "Will",
+    "covered_files",
+    "pull",
+    "push",
     "redact_url",
     "topic_matches",
 ]

@@ -51,8 +51,13 @@ class Transport(Protocol):
         qos: int = 1,
         retain: bool = False,
         content_type: str | None = None,
+        expiry: int | None = None,
     ) -> None:
-        """Publish; with QoS 1 returns once the broker has acknowledged."""
+        """Publish; with QoS 1 returns once the broker has acknowledged.
+
+        ``expiry``: MQTT 5 message expiry interval in seconds — the broker drops the message
+        (also a retained one) that long after it was published. Ignored over MQTT 3.1.1.
+        """
         ...
 
     def begin_publish(
@@ -63,6 +68,7 @@ class Transport(Protocol):
         qos: int = 1,
         retain: bool = False,
         content_type: str | None = None,
+        expiry: int | None = None,
     ) -> asyncio.Future[None]:
         """Start publishing right now (call order is wire order); the future resolves on the ack."""
         ...

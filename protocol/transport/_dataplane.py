@@ -5,8 +5,10 @@ scratch root; the coordinator's relay serves (and accepts uploads into) its
 relay directory. Both are :class:`DataServer`: every request carries a grant
 (``Authorization: Bearer``) naming one attempt's directory and the path it
 covers; anything outside that directory, under ``.dagon/``, or reached through a
-symlink is refused. Files are streamed (``sendfile``), never held in memory, and
-HTTP ``Range`` requests let an interrupted pull resume.
+symlink is refused — except the attempt's captured ``stdout``/``stderr`` under a grant
+with op ``logs`` naming that stream (``GET /v1/logs/{stream}``, for ``dagon logs``).
+Files are streamed (``sendfile``), never held in memory, and HTTP ``Range`` requests
+let an interrupted pull resume.
 
 :func:`pull` lists the files a grant covers (with the producer's sha256), then
 downloads each one to ``NAME.part`` — resuming a partial file with ``Range`` —,
@@ -35,13 +37,24 @@ from dagon.protocol._errors import DagonError, ProtocolError, TransportError
 from dagon.protocol._grants import Grant, covers
 from dagon.protocol.transport._datatypes import MANIFEST_FILE, PullStats, ServerStats, server_url
 
-__all__ = ["MANIFEST_FILE", "DataServer", "PullStats", "covered_files", "pull", "push"]
+__all__ = [
+    "LOG_STREAMS",
+    "MANIFEST_FILE",
+    "Authorize",
+    "DataServer",
+    "Locate",
+    "PullStats",
+    "covered_files",
+    "pull",
+    "push",
+]
 
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 1 << 20
 _BATCH: Final = 8 << 20  # bytes handed to the writer thread at once
 _MAX_LISTED: Final = 10_000
+LOG_STREAMS: Final = ("stdout", "stderr")  # what a ``logs`` grant may name (files under .dagon/)
 
 Authorize = Callable[[str], Grant]  # bearer token -> grant, or raise ProtocolError
 Locate = Callable[[Grant], Path]  # grant -> the attempt's directory
@@ -173,6 +186,7 @@ class DataServer:
         app = web.Application(client_max_size=1 << 20, middlewares=[self._count_refusals])
         app.router.add_get("/v1/list", self._list)
         app.router.add_get("/v1/files/{path:.+}", self._get)
+        app.router.add_get("/v1/logs/{stream}", self._log)
         if self._uploads:
             app.router.add_put("/v1/files/{path:.+}", self._put)
             app.router.add_put("/v1/manifest", self._put_manifest)
@@ -246,6 +260,17 @@ class DataServer:
         self.stats.requests += 1
         if request.http_range.start is not None:
             self.stats.range_requests += 1
+        return _BoundedFile(path, self._limit)
+
+    async def _log(self, request: web.Request) -> web.StreamResponse:
+        grant = self._grant(request, "logs")
+        stream = request.match_info["stream"]
+        if stream not in LOG_STREAMS or grant.path != stream:
+            raise web.HTTPForbidden(text=f"the token covers the {grant.path!r} log, not {stream!r}")
+        path = await asyncio.to_thread(_inside, self._root(grant), f".dagon/{stream}")
+        if not await asyncio.to_thread(path.is_file):
+            raise web.HTTPNotFound(text=f"no {stream} of {grant.task} attempt {grant.attempt} here")
+        self.stats.requests += 1
         return _BoundedFile(path, self._limit)
 
     async def _put(self, request: web.Request) -> web.Response:
@@ -418,7 +443,7 @@ async def pull(
                             break
                         except (_Corrupt, ClientError, TimeoutError, ConnectionError) as exc:
                             if attempt == retries:
-                                raise TransportError(f"pulling {entry['path']} from {url} failed: {exc}") from None
+                                raise TransportError(f"pulling {entry['path']} from {url} failed: {exc}") from exc
                             stats.retries += 1
                             log.warning("pulling %s from %s: %s; retrying", entry["path"], url, exc)
                             await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
@@ -431,9 +456,10 @@ async def pull(
                 for entry in files:
                     group.create_task(one(entry))
     except* TransportError as group:
-        raise group.exceptions[0] from None
+        first = group.exceptions[0]
+        raise first from first.__cause__  # the failed transfer's own cause, not the group around it
     except* (ClientError, OSError) as group:
-        raise TransportError(f"data server {url}: {group.exceptions[0]}") from None
+        raise TransportError(f"data server {url}: {group.exceptions[0]}") from group.exceptions[0]
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -499,5 +525,5 @@ async def push(
                 if r.status != 201:
                     raise TransportError(f"relay {url} refused the manifest ({r.status}): {await r.text()}")
     except (ClientError, OSError) as exc:
-        raise TransportError(f"relay {url}: {exc}") from None
+        raise TransportError(f"relay {url}: {exc}") from exc
     return sent

@@ -80,6 +80,7 @@ class MemoryTransport:
         qos: int = 1,
         retain: bool = False,
         content_type: str | None = None,
+        expiry: int | None = None,
     ) -> None:
         if not self._open:
             raise TransportError("memory transport is closed")
@@ -93,6 +94,7 @@ class MemoryTransport:
         qos: int = 1,
         retain: bool = False,
         content_type: str | None = None,
+        expiry: int | None = None,  # not modelled: the in-memory hub lives as long as one test
     ) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._open:

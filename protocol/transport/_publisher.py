@@ -29,13 +29,22 @@ class Publisher:
         self.failures = 0
 
     async def send(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, content_type: str | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        content_type: str | None = None,
+        expiry: int | None = None,
     ) -> None:
         """Start publishing; returns at once unless ``limit`` publishes are pending."""
         while len(self._pending) >= self._limit:
             self._room.clear()
             await self._room.wait()
-        fut = self._transport.begin_publish(topic, payload, qos=qos, retain=retain, content_type=content_type)
+        fut = self._transport.begin_publish(
+            topic, payload, qos=qos, retain=retain, content_type=content_type, expiry=expiry
+        )
         if fut.done() and not fut.cancelled() and fut.exception() is None:
             return
         self._pending.add(fut)

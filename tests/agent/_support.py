@@ -26,11 +26,22 @@ from dagon.protocol import (
     TasksFinished,
     topics,
 )
-from dagon.protocol.transport import MemoryHub, MemoryTransport
+from dagon.protocol.transport import MemoryHub, Transport
 
 COORD = "c1"
 AGENT = "ag"
-codec = Codec(sender="coord", signer=COORDINATOR)  # the agent under test trusts this key
+
+
+class _ToAgent(Codec):
+    """Addresses every message to the agent under test (as the coordinator does)."""
+
+    __slots__ = ()
+
+    def encode(self, message: Message, *, msg_id: str | None = None, to: str = f"agent/{AGENT}") -> bytes:
+        return super().encode(message, msg_id=msg_id, to=to)
+
+
+codec = _ToAgent(sender="coord", signer=COORDINATOR)  # the agent under test trusts this key
 _M = TypeVar("_M", bound=Message)
 
 
@@ -46,7 +57,7 @@ def assign(task: str, command: str, *, runtime: str = "process", attempt: int = 
 class FakeCoordinator:
     """Sends codec-encoded messages to the agent and records everything in its inbox, in order."""
 
-    def __init__(self, transport: MemoryTransport) -> None:
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.seen: list[Message] = []
         self._messages = transport.messages()

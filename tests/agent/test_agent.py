@@ -38,7 +38,7 @@ async def test_announce_is_retained_and_heartbeats_flow(hub: MemoryHub, tmp_path
         status = codec.decode(first.payload).message
         assert isinstance(status, Announce)
         caps = status.capabilities
-        assert caps.runtimes == ("process", "python") and caps.slots == 2 and caps.host_id
+        assert caps.runtimes == ("process", "python", "sensor", "actuator") and caps.slots == 2 and caps.host_id
         assert caps == agent.capabilities
         beat = codec.decode((await anext(observer.messages())).payload).message
         while isinstance(beat, Telemetry):  # node samples share the topic with heartbeats
@@ -174,7 +174,8 @@ async def test_started_is_never_after_finished_and_reports_are_batched(hub: Memo
 async def test_garbage_wrong_types_and_unknown_ops_are_counted(hub: MemoryHub, tmp_path: Path) -> None:
     def signed(body: dict[str, object]) -> bytes:
         data = msgpack.packb(body)
-        return msgpack.packb([COORDINATOR.key_id, COORDINATOR.sign(data), data])
+        packed: bytes = msgpack.packb([COORDINATOR.key_id, COORDINATOR.sign(data), data])
+        return packed
 
     wrong_type = signed({"v": 1, "op": "assign", "id": "x", "ts": 1.0, "src": "c", "reply_to": 5, "tasks": []})
     unknown_op = signed({"v": 1, "op": "explode", "id": "x", "ts": 1.0, "src": "c"})

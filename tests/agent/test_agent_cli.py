@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dagon.agent_cli import main
+from dagon.cli import agent_main as main
 
 
 @pytest.fixture(autouse=True)

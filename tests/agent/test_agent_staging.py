@@ -33,6 +33,8 @@ def ref(agent: Agent, producer: TaskResult, path: str, *, host: str | None = Non
         source_agent=AgentId(AGENT),
         source_host=agent.capabilities.host_id if host is None else host,
         source_dir=producer.workdir,
+        source_run=producer.run,
+        source_attempt=producer.attempt,
     )
 
 
@@ -50,8 +52,9 @@ async def test_staged_input_is_rewritten_in_the_command(hub: MemoryHub, tmp_path
     command = (Path(b.workdir) / ".dagon" / "command").read_text()
     assert command == f"cat {staged} > b.txt"
     source = Path(a.workdir) / "out.txt"
-    assert staged.is_symlink() is (mode == "symlink")
-    assert (os.stat(staged).st_ino == os.stat(source).st_ino) is (mode != "copy")
+    # A process task always gets its own file (no link it could write through into A's output).
+    assert not staged.is_symlink()
+    assert os.stat(staged).st_ino != os.stat(source).st_ino
     assert [o.path for o in b.outputs] == ["b.txt"]  # staged inputs are not outputs
 
 

@@ -69,7 +69,7 @@ def test_defaults_and_xdg_home(tmp_path: Path) -> None:
     assert config.scratch == config.home / "scratch"
     assert (config.home / "agent-id").is_file()
     assert config.broker is None and config.labels == {}
-    assert (config.stage_mode, config.python_pool, config.heartbeat_interval) == ("hardlink", "thread", 5.0)
+    assert (config.stage_mode, config.python_pool, config.heartbeat_interval) == ("copy", "thread", 5.0)
     assert config.slots >= 1 and config.workers == config.slots
     assert default_home({}) == Path.home() / ".local" / "state" / "dagon"
 

@@ -9,7 +9,7 @@ import pytest
 
 from dagon.agent import load_agent_config
 from dagon.agent.runtimes import KubernetesRuntime, NomadRuntime, orchestrator_runtimes, read_orchestrator_settings
-from dagon.agent_cli import main
+from dagon.cli import agent_main as main
 from dagon.protocol import ConfigError
 
 FULL = """

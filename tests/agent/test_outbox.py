@@ -53,7 +53,7 @@ async def test_a_lone_start_waits_briefly_for_its_result_but_is_sent_if_none_com
     async with hub.transport() as sender, hub.transport() as inbox:
         await inbox.subscribe(topics.coordinator_inbox("c"))
         outbox = Outbox(agent=AgentId("a"), codec=codec, publisher=Publisher(sender))
-        loop = asyncio.create_task(outbox.run())
+        loop = asyncio.create_task(outbox.publish_loop())
         try:
             messages = inbox.messages()
             outbox.started("c", started("fast"))

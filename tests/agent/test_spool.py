@@ -58,7 +58,7 @@ async def test_results_survive_a_reopen_in_order_until_acknowledged(tmp_path: Pa
         ("c2", result("y")),
         ("c1", result("z", attempt=2)),
     ]
-    runner = asyncio.create_task(again.run())
+    runner = asyncio.create_task(again.prune_loop())
     try:
         assert again.acknowledge([ref("y"), ref("nope")]) == 1
         async with asyncio.timeout(5):
@@ -77,7 +77,8 @@ async def test_a_full_spool_refuses_nothing_it_holds_and_recovers(tmp_path: Path
     await spool.open()
     await spool.put([("c", result("a")), ("c", result("b")), ("c", result("c"))])
     assert len(spool) == 3  # over the bound, but nothing was dropped
-    assert spool.full
+    full_before = spool.full
+    assert full_before
     spool.acknowledge([ref("a"), ref("b")])
     assert not spool.full
     await spool.close()
@@ -114,9 +115,9 @@ async def test_agent_spools_each_result_before_sending_and_drops_it_when_stored(
         # Sent, hence already durable: the row is in the file.
         assert {(r.task, 1) for r in first.results} <= set(rows(agent.spool.path))
         assert agent.spool.done(ref(first.results[0].task))
-        results = {r.task: r for r in first.results}
+        results = {str(r.task): r for r in first.results}
         if len(results) < 2:
-            results.update({r.task: r for r in (await coord.next(TasksFinished)).results})
+            results.update({str(r.task): r for r in (await coord.next(TasksFinished)).results})
         # Heartbeats list what the agent holds: the results nobody acknowledged yet.
         async with asyncio.timeout(5):
             while True:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from dagon.agent import StagingError, manifest, rewrite_command, stage_inputs
-from dagon.agent._staging import mark_scratch_root
+from dagon.agent._staging import mark_scratch_root, write_manifest
 from dagon.protocol import AgentId, StageInput, TaskName
 
 
@@ -27,7 +29,10 @@ def producer(tmp_path: Path) -> Path:
 
 
 def inp(root: Path, path: str, *, host: str = "h1") -> StageInput:
-    return StageInput(f"workflow:///A/{path}", "wf", TaskName("A"), path, AgentId("a1"), host, str(root))
+    return StageInput(
+        f"workflow:///A/{path}", "wf", TaskName("A"), path, AgentId("a1"), host, str(root), source_run="run",
+        source_attempt=1,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["hardlink", "symlink", "copy"])
@@ -38,9 +43,7 @@ def test_modes_stage_file_and_rewrite(tmp_path: Path, mode: str) -> None:
     target = Path(staged["workflow:///A/out/f1.txt"])
     assert target == work / ".dagon" / "inputs" / "wf" / "A" / "out" / "f1.txt"
     assert target.read_text() == "one\n"
-    if mode == "hardlink":
-        assert os.stat(target).st_ino == os.stat(root / "out" / "f1.txt").st_ino
-    elif mode == "symlink":
+    if mode == "symlink":
         assert target.is_symlink()
     else:
         assert not target.is_symlink()
@@ -104,9 +107,49 @@ def test_only_task_directories_of_a_scratch_root_are_staged_from(tmp_path: Path)
     assert not (tmp_path / "B-1" / ".dagon" / "inputs").exists()
 
 
+def test_a_claimed_directory_of_another_run_or_attempt_is_refused(tmp_path: Path) -> None:
+    """Issue 15: an agent claiming this machine's host id reported another run's directory as its own
+    producer's; only the directory of exactly the producer attempt named in the input is staged from."""
+    other = producer(tmp_path)  # <scratch>/run/A-1, a real task directory of this machine
+    for run, attempt in (("victim-run", 1), ("run", 2), ("", 0)):
+        item = dataclasses.replace(inp(other, "out/f1.txt"), source_run=run, source_attempt=attempt)
+        with pytest.raises(StagingError, match="is not the directory of 'A' attempt"):
+            stage_inputs([item], tmp_path / "B-1", host_id="h1", mode="hardlink")
+    assert not (tmp_path / "B-1" / ".dagon" / "inputs").exists()
+
+
 def test_manifest_never_follows_links_out_of_the_task(tmp_path: Path) -> None:
     root = producer(tmp_path)
     (root / "passwd").symlink_to("/etc/passwd")
     (root / "linked-dir").symlink_to("/etc")
     assert {f.path for f in manifest(root)} == {"out/f1.txt", "out/f2.txt", "out/sub/deep.txt"}
     assert manifest(root, ["../*", "/etc/passwd", "linked-dir/*", "passwd"]) == ()
+
+
+def test_a_fifo_among_the_outputs_is_refused_not_waited_on(tmp_path: Path) -> None:
+    root = producer(tmp_path)
+    os.mkfifo(root / "out" / "pipe")
+    with pytest.raises(StagingError, match="not a regular file"):
+        stage_inputs([inp(root, "out/pipe")], tmp_path / "B-1", host_id="h1", mode="copy")
+
+
+def test_the_manifest_is_never_written_through_a_link_the_task_planted(tmp_path: Path) -> None:
+    root = producer(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    # .dagon itself replaced by a symlink to a directory the agent must not write into
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(root / ".dagon")
+    (root / ".dagon").symlink_to(elsewhere)
+    with pytest.raises(StagingError, match=r"replaced or removed its \.dagon directory"):
+        write_manifest(root, [])
+    assert list(elsewhere.iterdir()) == []
+    # a real .dagon whose manifest.json is a symlink: replaced by a file, the link's target untouched
+    (root / ".dagon").unlink()
+    (root / ".dagon").mkdir()
+    (root / ".dagon" / "manifest.json").symlink_to(victim)
+    write_manifest(root, [])
+    assert victim.read_text() == "untouched"
+    assert not (root / ".dagon" / "manifest.json").is_symlink()
+    assert (root / ".dagon" / "manifest.json").read_text() == "[]"

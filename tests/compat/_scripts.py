@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from dagon._keys import coordinator_signer, enroll
+from dagon._keys import add_pin, agent_signer, coordinator_signer, enroll
+from dagon._plan import agents_on
+from dagon.protocol import raw_public_key
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGON = [sys.executable, "-c", "from dagon.cli import main; raise SystemExit(main())"]
-AGENT = [sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())"]
+AGENT = [sys.executable, "-c", "from dagon.cli import agent_main; raise SystemExit(agent_main())"]
 
 DATAFLOW = ROOT / "examples" / "dataflow" / "dataflow-demo.py"
 
@@ -23,10 +27,10 @@ def environ(home: Path, **extra: str) -> dict[str, str]:
 
 
 def run_script(
-    script: Path, *, cwd: Path, home: Path, timeout: float = 90, **extra: str
+    script: Path, *args: str, cwd: Path, home: Path, timeout: float = 90, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         cwd=cwd,
         env=environ(home, **extra),
         capture_output=True,
@@ -48,15 +52,26 @@ def run_cli(*args: str, cwd: Path, home: Path, timeout: float = 90, **extra: str
     )
 
 
-def start_agent(url: str, home: Path, name: str, *, coordinator_home: Path | None = None) -> subprocess.Popen[bytes]:
+def start_agent(
+    url: str,
+    home: Path,
+    name: str,
+    *,
+    coordinator_home: Path | None = None,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """An agent enrolled with the coordinator key of ``coordinator_home`` (default: ``client`` next to ``home``)."""
     home.mkdir(parents=True, exist_ok=True)
     trusted = coordinator_home or home.parent / "client"
     coordinator_signer(trusted)  # `dagon keys init`
     enroll(home, trusted / "keys" / "coordinator.pub")  # `dagon-agent enroll --yes`
-    cmd = [*AGENT, "--broker", url, "--id", name, "--slots", "2", "--scratch", str(home / "scratch")]
+    pins = trusted / "keys" / "known_agents"  # `dagon agents approve NAME` on the coordinator's side
+    if f"{name} " not in (pins.read_text() if pins.exists() else ""):
+        add_pin(pins, name, raw_public_key(agent_signer(home).public_key))
+    cmd = [*AGENT, "--broker", url, "--id", name, "--slots", "2", "--scratch", str(home / "scratch"), *extra]
     with (home / "agent.log").open("wb") as log:
-        return subprocess.Popen(cmd, env=environ(home), stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, env=environ(home, **(env or {})), stdout=log, stderr=subprocess.STDOUT)
 
 
 def write(path: Path, text: str) -> Path:
@@ -112,3 +127,16 @@ workflow.run()
 print(open(taskC.get_scratch_dir() + "/all.txt").read().split())
 print(sorted(t.name for t in [taskA, taskB, taskC] if t.status.name == "FINISHED"))
 """
+
+
+def wait_announced(url: str, *names: str, timeout: float = 60) -> None:
+    """Block until every agent in ``names`` has its retained announcement on the broker (started
+    agents take a few seconds to import and connect, more on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        online = {name for name, _ in asyncio.run(agents_on(url, quiet=0.3, limit=2.0))}
+        if set(names) <= online:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agents {sorted(set(names) - online)} did not announce themselves in {timeout:.0f} s")
+        time.sleep(0.2)

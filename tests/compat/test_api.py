@@ -15,7 +15,7 @@ def demo(tmp_path: Path) -> tuple[dagon.Workflow, list[DagonTask]]:
     wf = dagon.Workflow("Api-Demo", config={"batch": {"scratch_dir_base": str(tmp_path / "scratch")}})
     a = DagonTask(TaskType.BATCH, "A", "echo a > a.txt")
     b = DagonTask(TaskType.BATCH, "B", "cat workflow:///A/a.txt > b.txt")
-    c = DagonTask(TaskType.CHECKPOINT, "C", "echo c > c.txt")
+    c = DagonTask(TaskType.CHECKPOINT, "C", "workflow:///B/b.txt")  # files kept, as in DAGonStar
     for t in (a, b, c):
         wf.add_task(t)
     c.add_dependency_to(b)  # explicit edge, no data
@@ -40,6 +40,7 @@ def test_launch_and_wait_update_statuses_and_scratch_dirs(tmp_path: Path, monkey
     assert Path(b.get_scratch_dir() or "", "b.txt").read_text() == "a\n"
     assert str(tmp_path / "scratch") in (b.get_scratch_dir() or "")
     assert result["C"].state is dagon.TaskState.SUCCEEDED
+    assert Path(c.get_scratch_dir() or "", "Api-Demo", "B", "b.txt").read_text() == "a\n"
 
 
 def test_errors_say_what_to_change(tmp_path: Path) -> None:
@@ -59,3 +60,14 @@ def test_errors_say_what_to_change(tmp_path: Path) -> None:
     with pytest.raises(dagon.DagonError, match=r"was not written by dagon .* remove it to start afresh"):
         ok.run(str(resume))
     assert issubclass(TaskFailed, dagon.DagonError)
+
+
+def test_scratch_dir_base_includes_run_base_and_has_a_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGON_HOME", str(tmp_path / "home"))
+    wf = dagon.Workflow("Base", {"scratch_dir_base": "rel", "run_base": "run-__MILLIS__"})  # flat: [batch]
+    base = Path(wf.get_scratch_dir_base())
+    assert base.parent == Path.cwd() / "rel" and base.name.startswith("run-") and base.name[4:].isdigit()
+    assert wf.get_scratch_dir_base() == str(base)  # fixed for the workflow, as DAGonStar's
+    assert dagon.Workflow("NoIni", config={}).get_scratch_dir_base() == str(tmp_path / "home" / "scratch")
+    with pytest.raises(dagon.ConfigError, match="config mixes sections and settings"):
+        dagon.Workflow("Mixed", {"batch": {}, "remove_dir": False})

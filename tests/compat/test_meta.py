@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dagon.core import ValidationError, Workflow
-from dagon.core._meta import meta_order
+from dagon.core._meta_order import meta_order
 
 from ._scripts import run_cli, run_script, write
 
@@ -125,8 +125,10 @@ def test_linked_workflows_submitted_to_a_standalone_coordinator(mosquitto: Any, 
     agent = start_agent(mosquitto.url, tmp_path / "agent", "meta-agent", coordinator_home=tmp_path / "coord")
     coordinator = subprocess.Popen(
         [*DAGON, "coordinator", "--broker", mosquitto.url, "--id", "meta"],
-        env=environ(tmp_path / "coord"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=environ(tmp_path / "coord"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         script = write(
             tmp_path / "linked.py",

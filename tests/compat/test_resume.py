@@ -124,8 +124,10 @@ def test_an_interrupted_dagon_run_is_recorded_so_and_resumes(tmp_path: Path) -> 
     assert proc.returncode != 0
     runs = run_cli("runs", "--json", cwd=tmp_path, home=tmp_path / "home")
     (doc,) = json.loads(runs.stdout)
-    assert doc["state"] == "interrupted", (doc, err)
-    assert "dagon resume" in doc["cause"]
+    # The coordinator of `dagon run` ends with it: Ctrl-C cancels the run so its agents stop the
+    # tasks (a remote agent would otherwise run them on for nobody), and says how to resume.
+    assert doc["state"] == "cancelled", (doc, err)
+    assert f"dagon resume {doc['run']}" in err
     gate.touch()
     again = run_cli("resume", doc["run"], cwd=tmp_path, home=tmp_path / "home")
     assert again.returncode == 0, again.stderr

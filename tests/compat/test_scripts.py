@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ MAP_GATHER = ROOT / "examples" / "dataflow" / "map-gather.py"
 
 
 def f3_lines(scratch: Path) -> list[str]:
-    (found,) = list(scratch.rglob("D-1/f3.txt"))
+    """D's f3.txt: in ``<run>/D-1`` (dagon's layout) or ``<epoch ms>-D`` (DAGonStar's, with a dagon.ini)."""
+    (found,) = [p for p in scratch.rglob("f3.txt") if re.fullmatch(r"D-1|[0-9]{13,}-D", p.parent.name)]
     return found.read_text().splitlines()
 
 
@@ -32,6 +34,9 @@ def test_dataflow_demo_with_dagon_ini_on_the_embedded_default(tmp_path: Path) ->
     (run_dir,) = scratch.iterdir()  # run_base: strftime expanded, __MILLIS__ replaced
     year, millis = run_dir.name.split("-")[1:]
     assert len(year) == 4 and millis.isdigit() and len(millis) >= 13
+    # DAGonStar's layout: <scratch_dir_base>/<run_base>/<epoch ms>-<task>
+    tasks = sorted(re.sub(r"^[0-9]{13,}-", "", p.name) for p in run_dir.iterdir() if not p.name.startswith("."))
+    assert tasks == ["A", "B", "C", "D"]
     doc = json.loads((work / "dataflow-demo.json").read_text())
     assert doc["tasks"]["D"]["prevs"] == ["B", "C"] and doc["tasks"]["A"]["type"] == "batch"
     # The ini's logging sections did not reconfigure logging, and its secrets were not echoed.
@@ -74,8 +79,8 @@ def test_remove_dir_deletes_intermediate_scratch(tmp_path: Path) -> None:
     ini(work / "dagon.ini", scratch=scratch, remove_dir=True)
     out = run_script(DATAFLOW, cwd=work, home=tmp_path / "home")
     assert out.returncode == 0, out.stderr
-    left = sorted(p.name for p in scratch.glob("*/*"))
-    assert left == ["D-1"]
+    left = [p.name for p in scratch.iterdir() if not p.name.startswith(".")]
+    assert len(left) == 1 and re.fullmatch(r"[0-9]{13,}-D", left[0])
     assert len(f3_lines(scratch)) == 4
 
 
@@ -106,7 +111,7 @@ def test_a_runtime_no_agent_offers_fails_before_anything_runs(tmp_path: Path) ->
     assert [p.name for p in (tmp_path / "home").glob("scratch/*")] == [".dagon-scratch"]  # no task directory
 
 
-def test_ssh_variant_fails_clearly_until_ssh_exists(tmp_path: Path) -> None:
+def test_ssh_variant_fails_clearly_when_no_agent_offers_ssh(tmp_path: Path) -> None:
     script = write(
         tmp_path / "remote.py",
         "from dagon import Workflow\n"
@@ -119,7 +124,9 @@ def test_ssh_variant_fails_clearly_until_ssh_exists(tmp_path: Path) -> None:
     )
     out = run_script(script, cwd=tmp_path, home=tmp_path / "home")
     assert out.returncode == 1
-    assert "SSH execution is not available yet: task(s) R" in out.stderr
+    message = " ".join(out.stderr.split())
+    assert "task(s) R have ip=127.0.0.1: no online agent announces that address" in message
+    assert "no agent offers the 'ssh' runtime" in message and "--runtimes ssh" in message
 
 
 @pytest.mark.mosquitto

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from _broker import stop_process
 from _containers import BUSYBOX_IMAGE, Dockerd
+from _keys import admit
 
 from dagon._keys import coordinator_signer, enroll
 
 pytestmark = [pytest.mark.docker, pytest.mark.mosquitto]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-AGENT = [sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())"]
+AGENT = [sys.executable, "-c", "from dagon.cli import agent_main; raise SystemExit(agent_main())"]
 DAGON = [sys.executable, "-c", "from dagon.cli import main; raise SystemExit(main())"]
 
 
@@ -36,6 +37,7 @@ def test_agent_process_auto_detects_docker_and_runs_containers(
     )
     coordinator_signer(tmp_path / "cli")  # the CLI's coordinator key, enrolled with the agent
     enroll(tmp_path / "agent", tmp_path / "cli" / "keys" / "coordinator.pub")
+    admit(tmp_path / "cli", "proc-agent", tmp_path / "agent")  # and the agent with the CLI's coordinator
     agent = subprocess.Popen(
         [*AGENT, "--broker", mosquitto.url, "--id", "proc-agent", "--scratch", str(tmp_path / "scratch")],
         env=dict(env, DAGON_HOME=str(tmp_path / "agent")),

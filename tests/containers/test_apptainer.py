@@ -169,8 +169,9 @@ async def test_pipeline_through_the_stand_in(hub: MemoryHub, tmp_path: Path) -> 
     wf = dagon.Workflow("hpc")
     wf.container("a", image="docker://busybox:1.36", runtime="apptainer", env={"WHO": "sif"},
                  command='echo "from $WHO ${HOME-nohome}" > msg.txt', writable_tmpfs=True)  # fmt: skip
-    wf.container("b", image="docker://busybox:1.36", runtime="apptainer",
-                 command="cat workflow:///a/msg.txt > copy.txt; exit 4")  # fmt: skip
+    wf.container(
+        "b", image="docker://busybox:1.36", runtime="apptainer", command="cat workflow:///a/msg.txt > copy.txt; exit 4"
+    )
     async with memory_stack(hub, tmp_path, runtimes=[runtime]) as (coordinator, agents):
         assert "apptainer" in agents[0].capabilities.runtimes
         result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))

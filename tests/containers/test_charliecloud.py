@@ -27,9 +27,11 @@ def _pipeline(image: str) -> dagon.Workflow:
         command='mkdir -p out && echo "hello from $WHO" > out/msg.txt && echo "${HOME-nohome}" && cat /etc/os-release',
     )  # fmt: skip
     wf.container(
-        "consume", image=image, runtime="charliecloud",
+        "consume",
+        image=image,
+        runtime="charliecloud",
         command="tr a-z A-Z < workflow:///produce/out/msg.txt > shout.txt && pwd > where.txt",
-    )  # fmt: skip
+    )
     return wf
 
 

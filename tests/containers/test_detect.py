@@ -17,11 +17,12 @@ from dagon.agent.runtimes import (
     ApptainerRuntime,
     CharliecloudRuntime,
     DockerRuntime,
+    HttpRuntime,
     detect_runtimes,
     docker_answers,
     select_runtimes,
 )
-from dagon.agent_cli import main
+from dagon.cli import agent_main as main
 from dagon.protocol import ConfigError
 
 
@@ -32,7 +33,7 @@ def _config(tmp_path: Path, *, env: dict[str, str] | None = None, flag: str | No
         config_file.write_text(toml)
     return load_agent_config(
         config_file=config_file, env={"DAGON_HOME": str(tmp_path), **(env or {})}, flags={"id": "a", "runtimes": flag}
-    ).runtimes  # type: ignore[union-attr]
+    ).runtimes
 
 
 def test_runtimes_setting_precedence_and_values(tmp_path: Path) -> None:
@@ -51,8 +52,11 @@ def test_runtimes_setting_precedence_and_values(tmp_path: Path) -> None:
 
 async def test_select_builds_the_named_runtimes(tmp_path: Path) -> None:
     built = await select_runtimes(["charliecloud", "apptainer", "docker"], home=tmp_path, scratch=tmp_path / "s")
-    assert [type(r) for r in built] == [CharliecloudRuntime, ApptainerRuntime, DockerRuntime]
-    assert await select_runtimes((), home=tmp_path, scratch=tmp_path) == []
+    # http is built in (like process and python): always there, naming it changes nothing
+    assert [type(r) for r in built] == [CharliecloudRuntime, ApptainerRuntime, DockerRuntime, HttpRuntime]
+    assert [type(r) for r in await select_runtimes((), home=tmp_path, scratch=tmp_path)] == [HttpRuntime]
+    named = await select_runtimes(["process", "ssh", "http"], home=tmp_path, scratch=tmp_path)
+    assert [r.name for r in named] == ["ssh", "http"]
     with pytest.raises(ConfigError, match="unknown runtime 'podman'"):
         await select_runtimes(["podman"], home=tmp_path, scratch=tmp_path)
 
@@ -100,6 +104,6 @@ async def test_embedded_agent_announces_the_configured_runtimes(
     monkeypatch.setenv("DAGON_RUNTIMES", "charliecloud")
     coordinator_signer(tmp_path)  # the in-process coordinator's key, which the embedded agent trusts
     async with contextlib.AsyncExitStack() as stack:
-        agent = await start_embedded_agent(stack, url=embedded_broker.url, home=tmp_path, slots=1)
+        agent = await start_embedded_agent(stack, url=embedded_broker.url, home=tmp_path, slots=1, coordinator="test")
         assert "charliecloud" in agent.capabilities.runtimes
         assert "docker" not in agent.capabilities.runtimes

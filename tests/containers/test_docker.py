@@ -58,9 +58,11 @@ async def test_two_container_pipeline_passes_data_through_workflow_refs(
         " && echo produced && ls /sys/class/net",
     )  # fmt: skip
     wf.container(
-        "consume", image=BUSYBOX_IMAGE, pull="never",
+        "consume",
+        image=BUSYBOX_IMAGE,
+        pull="never",
         command="tr a-z A-Z < workflow:///produce/out/msg.txt > shout.txt && pwd > where.txt && echo oops >&2",
-    )  # fmt: skip
+    )
     runtime = DockerRuntime(url=dockerd.url)
     async with memory_stack(hub, tmp_path, runtimes=[runtime]) as (coordinator, agents):
         assert "docker" in agents[0].capabilities.runtimes
@@ -100,9 +102,11 @@ async def test_device_mapping(dockerd: Dockerd, tmp_path: Path) -> None:
     runtime = DockerRuntime(url=dockerd.url)
     try:
         ex = _execution(
-            tmp_path, "test -c /dev/sensor0 && head -c 5 /dev/sensor0 | wc -c > n.txt", run="dev",
+            tmp_path,
+            "test -c /dev/sensor0 && head -c 5 /dev/sensor0 | wc -c > n.txt",
+            run="dev",
             devices=["/dev/zero:/dev/sensor0"],
-        )  # fmt: skip
+        )
         outcome = await runtime.run(ex)
         without = await runtime.run(_execution(tmp_path / "2", "test -c /dev/sensor0", run="dev"))
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import dagon
@@ -37,7 +39,7 @@ def test_container_builds_a_task_with_plain_runtime_options() -> None:
         ("podman", {}, "unknown container runtime 'podman'"),
     ],
 )
-def test_bad_container_options_name_the_key(runtime: str, options: dict[str, object], message: str) -> None:
+def test_bad_container_options_name_the_key(runtime: str, options: dict[str, Any], message: str) -> None:
     wf = dagon.Workflow("w")
     with pytest.raises(ValidationError, match=message) as info:
         wf.container("c", image="img", command="true", runtime=runtime, **options)

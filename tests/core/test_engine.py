@@ -9,6 +9,7 @@ import pytest
 from dagon.core import (
     AgentAnnounced,
     AgentOffline,
+    AgentSeen,
     CancelAttempt,
     Engine,
     IllegalTransition,
@@ -221,6 +222,29 @@ def test_heartbeat_ttl_detects_silent_agent() -> None:
     assert engine.run(R).tasks["t"].state is TaskState.READY
 
 
+def test_heartbeat_deadlines_are_rescanned_at_most_every_second_and_never_late() -> None:
+    """A fleet's heartbeats wake the drive loop hundreds of times a second: given ``now``, the scan
+    of every agent's deadline is reused for a second (``dagon.core._silence``), only ever early."""
+    engine = engine_with(("a1", 1), heartbeat_ttl=10.0)
+    assert engine.next_deadline(0.0) == pytest.approx(10.0)  # scanned
+    engine.handle(AgentSeen(AgentId("a1")), 0.5)  # a heartbeat: the real deadline moves to 10.5
+    assert engine.next_deadline(0.6) == pytest.approx(10.0)  # the cached scan: early, never late
+    assert engine.next_deadline(1.2) == pytest.approx(10.5)  # rescanned
+    engine.handle(AgentSeen(AgentId("a1")), 9.0)  # real deadline 19.0; the cache says 10.5 until 2.2
+    assert engine.next_deadline(10.6) == pytest.approx(19.0)  # a passed deadline is rescanned at once
+    engine.handle(Tick(), 10.6)
+    assert engine.agents[AgentId("a1")].online  # the early tick found nothing to do
+    engine.handle(AgentOffline(AgentId("a1"), "gone"), 11.0)
+    assert engine.next_deadline(11.1) == pytest.approx(19.0)  # the cached scan: early is harmless
+    assert engine.next_deadline(11.7) == pytest.approx(12.7)  # rescanned: agents known, none online
+    engine.handle(AgentAnnounced(AgentId("a2"), caps(slots=1)), 11.8)  # comes online in the cached window
+    assert engine.next_deadline(12.0) == pytest.approx(12.7)
+    assert engine.next_deadline(12.8) == pytest.approx(21.8)  # seen at the rescan
+    engine.handle(Tick(), 22.0)
+    assert not engine.agents[AgentId("a2")].online  # silent past its TTL: lost, on time
+    assert Engine().next_deadline(0.0) is None  # no agents, nothing pending: no deadline
+
+
 def test_task_lost_too_often_fails() -> None:
     engine = engine_with(("a1", 1), max_lost=1)
     wf = Workflow("m")
@@ -276,7 +300,7 @@ def test_constraints_labels_pin_runtime_and_hosts() -> None:
     wf.shell("impossible", "x", labels={"gpu": "yes"})
     wf.shell("docker", "x", runtime="docker")
     submit(engine, wf)
-    placed = {d.assignment.task: d for d in dispatches(engine.schedule(0))}
+    placed = {str(d.assignment.task): d for d in dispatches(engine.schedule(0))}
     assert placed["labelled"].agent == "edge"
     assert placed["pinned"].agent == "hpc"
     assert "impossible" not in placed

@@ -147,7 +147,7 @@ def test_map_template_expands_into_one_task_per_output_file() -> None:
     assert "count" not in run.tasks
     mapped = drain(engine, 2.0)
     assert sorted(d.assignment.task for d in mapped) == ["count_p_aa", "count_p_ab", "count_p_ac"]
-    by_name = {d.assignment.task: d.assignment for d in mapped}
+    by_name = {str(d.assignment.task): d.assignment for d in mapped}
     assert by_name["count_p_ab"].command == "wc -l < workflow:///split/parts/p_ab > n.txt"
     assert by_name["count_p_ab"].env["DAGON_ITEM"] == "parts/p_ab"
     assert [i.path for i in by_name["count_p_ab"].inputs] == ["parts/p_ab"]

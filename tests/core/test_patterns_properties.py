@@ -39,7 +39,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Workflow, Workflow, int, bool]:
         refs = " ".join(
             f"workflow:///t{d}/f{d}.txt" if d not in templates else f"workflow:///t{d}/out.txt" for d in deps
         )
-        if deps and draw(st.booleans()) and deps[0] not in templates:
+        if len(deps) > 0 and draw(st.booleans()) and deps[0] not in templates:
             glob = f"workflow:///t{deps[0]}/parts/*"
             wf.add(Task(name=f"t{i}", command=f"cat {glob} {refs} > out.txt", map_over=glob))
             templates.add(i)

@@ -182,8 +182,9 @@ class FakeNomad:
             self._changed.notify_all()
         task = asyncio.create_task(self._client(alloc, groups[0]["Tasks"][0]))
         self._tasks.add(task)
-        return web.json_response({"EvalID": str(uuid.uuid4()), "EvalCreateIndex": self.index,
-                                  "JobModifyIndex": self.index, "Warnings": ""})  # fmt: skip
+        return web.json_response(
+            {"EvalID": str(uuid.uuid4()), "EvalCreateIndex": self.index, "JobModifyIndex": self.index, "Warnings": ""}
+        )
 
     def _job_index(self, job_id: str) -> int:
         return max((a.modify_index for a in self.allocs.values() if a.job_id == job_id), default=self.index)
@@ -214,8 +215,9 @@ class FakeNomad:
         if request.query.get("purge") == "true":
             del self.jobs[job_id]
             self.purged.append(job_id)
-        return web.json_response({"EvalID": str(uuid.uuid4()), "EvalCreateIndex": self.index,
-                                  "JobModifyIndex": self.index})  # fmt: skip
+        return web.json_response(
+            {"EvalID": str(uuid.uuid4()), "EvalCreateIndex": self.index, "JobModifyIndex": self.index}
+        )
 
     async def _kill(self, alloc: FakeAlloc, kill_timeout: float) -> None:
         assert alloc.proc is not None

@@ -6,6 +6,7 @@ over a real broker URL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -16,16 +17,21 @@ from pathlib import Path
 from _keys import agent_security, coordinator_security
 
 import dagon
-from dagon._keys import coordinator_signer, enroll
+from dagon._keys import add_pin, agent_signer, coordinator_signer, enroll
 from dagon.agent import Agent, Runtime, load_agent_config
 from dagon.core import Coordinator, RunStore
+from dagon.protocol import raw_public_key
 from dagon.protocol.transport import MemoryHub, MqttAuth, MqttTransport, Transport, Will
 
 
-def agent_config(tmp: Path, name: str, *, slots: int = 4, broker: str = "memory://", labels: str = "") -> object:
+def agent_config(
+    tmp: Path, name: str, *, slots: int = 4, broker: str = "memory://", labels: str = "", telemetry: float | None = None
+) -> object:
     flags: dict[str, object] = {"broker": broker, "id": name, "slots": slots, "scratch": str(tmp / name / "scratch")}
     if labels:
         flags["labels"] = labels
+    if telemetry is not None:
+        flags["telemetry_interval"] = telemetry
     return load_agent_config(config_file=None, env={"DAGON_HOME": str(tmp / name)}, flags=flags)
 
 
@@ -38,6 +44,7 @@ async def memory_stack(
     slots: int = 4,
     heartbeat_ttl: float = 15.0,
     runtimes: Sequence[Runtime] = (),
+    telemetry: float | None = None,
 ) -> AsyncIterator[tuple[Coordinator, list[Agent]]]:
     store = RunStore(tmp / "runs.sqlite")
     try:
@@ -53,7 +60,7 @@ async def memory_stack(
             )
             started = []
             for i in range(agents):
-                config = agent_config(tmp, f"agent{i}", slots=slots)
+                config = agent_config(tmp, f"agent{i}", slots=slots, telemetry=telemetry)
 
                 def connect(will: Will) -> Transport:
                     return hub.transport(will=will)
@@ -111,8 +118,11 @@ def start_agent(
     home.mkdir(parents=True, exist_ok=True)
     coordinator_signer(tmp / "client")  # what `dagon keys init` does
     enroll(home, tmp / "client" / "keys" / "coordinator.pub")  # what `dagon-agent enroll --yes` does
+    pins = tmp / "client" / "keys" / "known_agents"
+    if f"{name} " not in (pins.read_text() if pins.exists() else ""):  # what `dagon agents approve NAME` does
+        add_pin(pins, name, raw_public_key(agent_signer(home).public_key))
     cmd = [
-        *prefix, sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
+        *prefix, sys.executable, "-c", "from dagon.cli import agent_main; raise SystemExit(agent_main())",
         "--broker", url, "--id", name, "--slots", str(slots), "--scratch", str(home / "scratch"), *args,
     ]  # fmt: skip
     environ = dict(os.environ, DAGON_HOME=str(home), **(env or {}))
@@ -129,3 +139,20 @@ def hub_agent(hub: MemoryHub, tmp: Path, name: str, **flags: object) -> Agent:
         flags={"id": name, "scratch": str(tmp / name / "scratch"), **flags},
     )
     return Agent(config=config, connect=lambda will: hub.transport(will=will), **agent_security())
+
+
+async def retained_runs(url: str) -> dict[str, bytes]:
+    """Every retained message under ``dagon/v1/runs/#`` on the broker (until quiet for 0.5 s)."""
+    found: dict[str, bytes] = {}
+    async with MqttTransport(url, client_id=f"count-{id(found)}") as reader:
+        await reader.subscribe("dagon/v1/runs/#")
+        messages = reader.messages()
+        while True:
+            try:
+                async with asyncio.timeout(0.5):
+                    msg = await anext(messages)
+            except TimeoutError:
+                break
+            if msg.retain:
+                found[msg.topic] = msg.payload
+    return found

@@ -63,7 +63,7 @@ async def test_a_run_over_tls_and_an_agent_cannot_speak_for_another(
         mqtt_agent(url, tmp_path, "edge1", auth=auth(bundle, "edge1")),
         MqttTransport(url, client_id="edge2-rogue", auth=auth(bundle, "edge2")) as rogue,
     ):
-        await observer.subscribe("dagon/v1/agents/#")
+        await observer.subscribe("dagon/wire/v1/agents/#")
 
         async def watch() -> None:
             async for msg in observer.messages():
@@ -119,4 +119,4 @@ def test_running_again_keeps_the_ca_and_adds_agents(tmp_path: Path) -> None:
     assert set(second.identities) == {"coordinator:main", "a1", "a2"}
     assert (second.identities["a2"][1].stat().st_mode & 0o777) == 0o600
     acl = second.acl.read_text()
-    assert "pattern write dagon/v1/agents/%u/status" in acl and "user coordinator:main" in acl
+    assert "pattern write dagon/wire/v1/agents/%u/status" in acl and "user coordinator:main" in acl

@@ -242,10 +242,12 @@ async def test_watch_is_resumed_when_the_server_ends_it_and_relisted_on_410(
     async def answer(request: kmock.Request) -> AsyncIterator[object]:
         yield b""
         if request.id == scripted[-1] and len(scripted) == 2:
-            yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
-                                               "message": "too old resource version"}}  # fmt: skip
+            yield {
+                "type": "ERROR",
+                "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"},
+            }
 
-    emu[first_two_watches] << answer
+    emu[first_two_watches] << answer  # type: ignore[operator]  # kmock takes a callable (documented), its stubs say otherwise
     rt = runtime(tmp_path, kubeconfig, scratch=tmp_path / "scratch")
     try:
         outcome = await rt.run(execution(tmp_path, "sleep 2; echo resumed", {"image": "busybox"}))

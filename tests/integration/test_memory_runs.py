@@ -156,7 +156,8 @@ async def test_malformed_messages_on_every_topic_leave_everyone_serving(hub: Mem
         intruder = hub.transport()
         codec = Codec(sender="intruder")
         async with intruder:
-            wrong_way = codec.encode(Control(action="shutdown"))  # valid, but on topics where it is not accepted
+            # valid, but on topics where it is not accepted
+            wrong_way = codec.encode(Control(action="shutdown"), to="agent/agent0")
             for topic in (
                 topics.agent_tasks(agent_id),
                 topics.agent_control(agent_id),

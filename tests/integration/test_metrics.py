@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from dagon._metrics_http import serve_metrics
-from dagon.agent._metrics import AgentMetrics
+from dagon.agent._exporter import AgentMetrics
 from dagon.core import RunState
 from dagon.core._metrics import CoordinatorMetrics
 from dagon.protocol import decode_public
@@ -60,7 +61,7 @@ async def test_task_result_documents_carry_energy(hub: MemoryHub, tmp_path: Path
             await asyncio.sleep(0.01)
         run = await coordinator.submit(taskflow())
         assert (await coordinator.wait(run)).state is RunState.SUCCEEDED
-        docs = []
+        docs: list[Any] = []
         async with asyncio.timeout(10):
             messages = observer.messages()
             while len(docs) < 5:

@@ -219,7 +219,8 @@ async def test_start_while_down_and_full_buffer_drops_oldest_telemetry_first(
         async with asyncio.timeout(10):
             while sink.stats().failures < 1:
                 await asyncio.sleep(0.05)
-        assert sink.indexed is False
+        indexed_while_down = sink.indexed
+        assert indexed_while_down is False
         assert sum("buffer full" in r.getMessage() for r in caplog.records) == 1
         nx.start()
         async with asyncio.timeout(30):

@@ -57,7 +57,7 @@ async def test_demo_on_two_agent_processes_with_public_results(
     # Retained public JSON is readable by any MQTT client afterwards.
     async with MqttTransport(mosquitto.url, client_id="test-reader") as reader:
         await reader.subscribe(topics.run_status(run.id), topics.run_task_result(run.id, "E"))
-        docs = {}
+        docs: dict[str, Any] = {}
         messages = reader.messages()
         async with asyncio.timeout(5):
             while len(docs) < 2:

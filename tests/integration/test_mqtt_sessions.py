@@ -39,7 +39,7 @@ async def test_messages_sent_while_cut_off_are_kept_only_with_a_session(mosquitt
         async with asyncio.timeout(10):
             await reconnected
         await sender.publish(topic, b"after")
-        got = []
+        got: list[bytes] = []
         async with asyncio.timeout(5):
             while not got or got[-1] != b"after":
                 got.append((await anext(messages)).payload)

@@ -76,7 +76,7 @@ async def test_pipeline_across_three_namespaced_hosts(hosts: Hosts, broker: Mosq
         async with coordinator:
             async with asyncio.timeout(30):
                 await coordinator.wait_for_agents(3)
-            caps = {a: coordinator.engine.agents[a].capabilities for a in coordinator.engine.agents}  # type: ignore[index]
+            caps = {str(a): view.capabilities for a, view in coordinator.engine.agents.items()}
             # keep_scratch: the test reads the intermediate A/a.bin afterwards
             result = await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
     finally:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from _broker import stop_process
+from _keys import admit
 
 import dagon
 from dagon._keys import coordinator_signer, enroll
@@ -270,12 +271,13 @@ async def test_dagon_agent_process_configured_by_a_nomad_table(mosquitto: Any, t
         config = home / "agent.toml"
         config.write_text(f'[nomad]\naddress = "{fake.url}"\ntoken_env = "EDGE_NOMAD_TOKEN"\nwait = 5\n')
         cmd = [
-            sys.executable, "-c", "from dagon.agent_cli import main; raise SystemExit(main())",
+            sys.executable, "-c", "from dagon.cli import agent_main; raise SystemExit(agent_main())",
             "--broker", mosquitto.url, "--id", "edge", "--scratch", str(home / "scratch"), "--config", str(config),
         ]  # fmt: skip
         env = dict(os.environ, DAGON_HOME=str(home), EDGE_NOMAD_TOKEN=TOKEN, DAGON_LOG_LEVEL="DEBUG")
         coordinator_signer(tmp_path / "client")  # the client's coordinator key, enrolled with the agent
         enroll(home, tmp_path / "client" / "keys" / "coordinator.pub")
+        admit(tmp_path / "client", "edge", home)  # and the agent with the client's coordinator
         with (home / "agent.log").open("wb") as log:
             agent = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

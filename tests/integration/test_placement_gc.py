@@ -44,7 +44,7 @@ def three_agents(mosquitto: Any, tmp_path: Path) -> Iterator[list[subprocess.Pop
 
 def task_dirs(tmp: Path, run: str) -> set[tuple[str, str]]:
     """(agent, task-attempt) of every task directory of ``run`` left in each agent's scratch root."""
-    found = set()
+    found: set[tuple[str, str]] = set()
     for agent in AGENTS:
         root = tmp / agent / "scratch" / run
         if root.is_dir():
@@ -92,7 +92,7 @@ async def test_gc_leaves_exactly_the_kept_outputs_and_locality_places_next_to_da
         handle = await client.submit(pipeline("gcflow"))
         result = await handle.wait()
         assert result.ok, result.cause
-        agents = {name: t.agent for name, t in result.tasks.items()}
+        agents = {name: t.agent or "" for name, t in result.tasks.items()}
         assert agents["use"] == "agent2"  # next to its 3 MB input, not on the agent with the tiny one
         assert agents["gpu"] == "agent0"  # the only agent labelled role=gpu
         assert (Path(result["use"].workdir) / "n.txt").read_text().strip() == "3000005"

@@ -17,7 +17,7 @@ import pytest
 from _broker import missing
 
 from dagon._metrics_http import serve_metrics
-from dagon.agent._metrics import AgentMetrics
+from dagon.agent._exporter import AgentMetrics
 from dagon.core import RunState
 from dagon.core._metrics import CoordinatorMetrics
 from dagon.protocol.transport import MemoryHub

@@ -205,19 +205,21 @@ async def test_dagon_watch_follows_a_run_live_and_exits_with_its_outcome(
     lines = text.splitlines()
     # line updates as they happened, then the final view
     assert any(line.endswith("second running on edge0") for line in lines), text
-    assert any("second succeeded on edge0: exit code 0" in line for line in lines), text
+    assert any(line.endswith("second succeeded on edge0: exit code 0") for line in lines), text  # the agent once
     assert any(f"run {run.id}: succeeded" in line for line in lines), text
     assert f"run {run.id} (slow): succeeded" in text
     assert "tasks: 2  succeeded 2" in text
     agent_line = next(line for line in lines if line.startswith("  edge0: cpu "))
-    assert " W (model modelled)" in agent_line and "mem " in agent_line
+    assert " W (modelled)" in agent_line and "mem " in agent_line
 
 
 async def test_dagon_watch_on_a_terminal_redraws_and_fails_with_a_failed_run(
     mosquitto: Any, agent: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
+    gate = tmp_path / "gate"
     wf = dagon.Workflow("breaks")
-    wf.shell("gate", "sleep 1.5")  # the watcher subscribes while this runs
+    # Held until the watcher has drawn its first frame (it has subscribed), however loaded the machine.
+    wf.shell("gate", f"while [ ! -e {gate} ]; do sleep 0.05; done")
     wf.shell("slow", "sleep 1.5", after=["gate"])
     wf.shell("bad", "sleep 1; exit 4", after=["gate"])
     wf.shell("after_bad", "true", after=["bad"])
@@ -230,9 +232,11 @@ async def test_dagon_watch_on_a_terminal_redraws_and_fails_with_a_failed_run(
                 await client.coordinator.wait_for_agents(1)
             run = await client.submit(wf)
             proc = await asyncio.create_subprocess_exec(
-                *watch_cmd(mosquitto.url, run.id), stdout=secondary, stderr=secondary,
+                *watch_cmd(mosquitto.url, run.id),
+                stdout=secondary,
+                stderr=secondary,
                 env=dict(os.environ, COLUMNS="120"),
-            )  # fmt: skip
+            )
             os.close(secondary)
             secondary = -1
             try:
@@ -245,6 +249,8 @@ async def test_dagon_watch_on_a_terminal_redraws_and_fails_with_a_failed_run(
                         if not data:
                             break
                         chunks.append(data)
+                        if f"run {run.id}".encode() in b"".join(chunks):
+                            gate.touch()
                     await proc.wait()
             finally:
                 if proc.returncode is None:

@@ -13,7 +13,7 @@ from _keys import coordinator_security
 import dagon
 from dagon.agent import _runner as runner_module
 from dagon.core import Coordinator, RunState
-from dagon.core import _coordinator as coordinator_module
+from dagon.core import _datasources as datasources_module
 from dagon.protocol.transport import MemoryHub, pull
 
 from ._stack import hub_agent as agent
@@ -93,7 +93,7 @@ async def test_long_staging_reports_progress_events(tmp_path: Path, monkeypatch:
 
 
 async def test_relayed_outputs_expire_after_their_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coordinator_module, "RELAY_KEEP", 0.0)
+    monkeypatch.setattr(datasources_module, "RELAY_KEEP", 0.0)
     hub = MemoryHub()
 
     def nat_pipeline(name: str) -> dagon.Workflow:
@@ -105,10 +105,12 @@ async def test_relayed_outputs_expire_after_their_run(tmp_path: Path, monkeypatc
     async with contextlib.AsyncExitStack() as stack:
         coordinator = await stack.enter_async_context(
             Coordinator(
-                connect=lambda will: hub.transport(will=will), coordinator_id="c", relay_dir=tmp_path / "relay",
+                connect=lambda will: hub.transport(will=will),
+                coordinator_id="c",
+                relay_dir=tmp_path / "relay",
                 **coordinator_security(),
             )
-        )  # fmt: skip
+        )
         await stack.enter_async_context(agent(hub, tmp_path, "edge", host_id="behind-nat", reachable=False))
         await stack.enter_async_context(agent(hub, tmp_path, "cloud", host_id="datacentre"))
         await coordinator.wait_for_agents(2)

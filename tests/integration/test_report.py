@@ -34,6 +34,8 @@ class Page(HTMLParser):
         self.totals: dict[str, dict[str, list[str]]] = {"runtime": {}, "agent": {}}
         self.external: list[str] = []
         self.tags: set[str] = set()
+        self.ticks: list[str] = []  # the time axis' labels
+        self.cells: dict[str, list[str]] = {}  # task -> its row's cell texts
         self._row: str | None = None
         self._total: tuple[str, str] | None = None
         self._cells: list[str] = []
@@ -51,6 +53,8 @@ class Page(HTMLParser):
             self.lanes[a["data-agent"]] = int(a["data-lane"])
         elif tag == "rect" and a.get("class") == "bar":
             self.bars.append(a)
+        elif tag == "text" and a.get("class") == "tick":
+            self.ticks.append("")
         elif tag == "tr" and a.get("class") == "task":
             self._row = a["data-task"]
             self.rows[self._row] = dict(a)
@@ -68,12 +72,18 @@ class Page(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self._text += data
+        if self.lasttag == "title" and self.bars:
+            self.bars[-1]["title"] = self.bars[-1].get("title", "") + data
+        elif self.lasttag == "text" and self.ticks and not self.rows:
+            self.ticks[-1] += data
         if "url(" in data or "@import" in data:
             self.external.append(data)
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "td" and self._total is not None:
             self._cells.append(self._text)
+        elif tag == "td" and self._row is not None:
+            self.cells.setdefault(self._row, []).append(self._text)
         elif tag == "tr":
             if self._total is not None:
                 self.totals[self._total[0]][self._total[1]] = self._cells
@@ -151,6 +161,12 @@ async def test_report_of_a_completed_run_has_one_bar_per_attempt_and_the_energy(
         assert int(cells[1]) == len(mine)
         assert float(cells[3]) == pytest.approx(sum(d["energy"]["joules"] for d in mine), abs=1e-3)
     assert set(page.totals["runtime"]) == {"process"} and int(page.totals["runtime"]["process"][1]) == len(wf)
+    # A bar's tooltip says the duration its task's row says; the axis never repeats a label.
+    for bar in page.bars:
+        duration = page.cells[bar["data-task"]][5]
+        assert bar["title"].endswith(f"succeeded, {duration} s"), (bar["title"], duration)
+    assert len(page.ticks) >= 3 and len(set(page.ticks)) == len(page.ticks), page.ticks
+    assert {cells[9] for cells in page.cells.values()} == {"modelled"}  # the CPU model, said once
 
 
 async def test_report_of_a_failed_run_with_a_retried_task(tmp_path: Path) -> None:

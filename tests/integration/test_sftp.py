@@ -77,11 +77,12 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
         stop_process(proc)
 
 
-async def run_two_hosts(tmp: Path, ssh: Sshd, known_hosts: Path) -> dagon.RunResult:
+async def run_two_hosts(tmp: Path, ssh: Sshd, known_hosts: Path, layout: str = "run") -> dagon.RunResult:
     hub = MemoryHub()
     wf = dagon.Workflow("hpc")
-    wf.shell("simulate", "mkdir out && head -c 1500000 /dev/urandom > out/field.bin && echo meta > out/m.txt",
-             agent="login")  # fmt: skip
+    wf.shell(
+        "simulate", "mkdir out && head -c 1500000 /dev/urandom > out/field.bin && echo meta > out/m.txt", agent="login"
+    )
     wf.shell("plot", "sha256sum < workflow:///simulate/out/field.bin | cut -c1-64 > d.txt", agent="laptop")
     async with contextlib.AsyncExitStack() as stack:
         coordinator = await stack.enter_async_context(
@@ -89,7 +90,7 @@ async def run_two_hosts(tmp: Path, ssh: Sshd, known_hosts: Path) -> dagon.RunRes
         )
         login = agent(
             hub, tmp, "login", host_id="hpc-login", serve_data=False,
-            ssh_url=f"ssh://{getpass.getuser()}@127.0.0.1:{ssh.port}",
+            ssh_url=f"ssh://{getpass.getuser()}@127.0.0.1:{ssh.port}", scratch_layout=layout,
         )  # fmt: skip
         await stack.enter_async_context(login)
         assert login.capabilities.data_url == ""  # no HTTP data server on this host
@@ -102,9 +103,13 @@ async def run_two_hosts(tmp: Path, ssh: Sshd, known_hosts: Path) -> dagon.RunRes
         return await coordinator.wait(await coordinator.submit(wf, keep_scratch=True))
 
 
-async def test_inputs_from_an_ssh_only_host_arrive_over_sftp(tmp_path: Path, sshd: Sshd) -> None:
-    result = await run_two_hosts(tmp_path, sshd, sshd.known_hosts)
+@pytest.mark.parametrize("layout", ["run", "dagonstar"])
+async def test_inputs_from_an_ssh_only_host_arrive_over_sftp(tmp_path: Path, sshd: Sshd, layout: str) -> None:
+    result = await run_two_hosts(tmp_path, sshd, sshd.known_hosts, layout)
     assert result.state is RunState.SUCCEEDED, result.cause
+    if layout == "dagonstar":  # DAGonStar's <epoch ms>-<task>, found through the producer root's record
+        assert Path(result["simulate"].workdir).parent == tmp_path / "login" / "scratch"
+        assert Path(result["simulate"].workdir).name.endswith("-simulate")
     field = (Path(result["simulate"].workdir) / "out" / "field.bin").read_bytes()
     assert (Path(result["plot"].workdir) / "d.txt").read_text() == hashlib.sha256(field).hexdigest() + "\n"
     assert "from login over sftp" in result["plot"].cause

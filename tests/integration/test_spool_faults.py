@@ -105,8 +105,9 @@ async def test_agent_cut_off_for_30_s_delivers_its_result_once(mosquitto: Any, t
                         result = await run.wait()
                     await wait_until(lambda: not spool_rows(tmp_path / "remote", "remote"), within=20,
                                      what="the acknowledgement to empty the spool")  # fmt: skip
-                    await wait_until(lambda: samples and samples[-1][0] > restored, within=10,
-                                     what="telemetry after the reconnect")  # fmt: skip
+                    await wait_until(
+                        lambda: samples and samples[-1][0] > restored, within=10, what="telemetry after the reconnect"
+                    )
                     sniffing.cancel()
         finally:
             await asyncio.to_thread(stop_process, agent)  # the proxy runs on this event loop
@@ -163,7 +164,7 @@ async def test_agent_killed_before_the_ack_resends_its_spooled_result_after_rest
             # Acknowledge it as the coordinator would, signed with the key the agent obeys.
             codec = Codec(sender="stand-in", signer=coordinator_signer(tmp_path / "client"))
             stored = ResultsStored(tasks=(TaskRef(run.id, "job", 1),))  # type: ignore[arg-type]
-            await stand_in.publish(topics.agent_tasks("phoenix"), codec.encode(stored))
+            await stand_in.publish(topics.agent_tasks("phoenix"), codec.encode(stored, to="agent/phoenix"))
             await wait_until(lambda: not spool_rows(home, "phoenix"), within=10, what="the acknowledged row to go")
     finally:
         stop_process(agent)

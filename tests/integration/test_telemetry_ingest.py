@@ -17,7 +17,15 @@ from _keys import AGENT, coordinator_security
 
 import dagon
 from dagon.agent import Agent
-from dagon.core import Coordinator, CoordinatorListener, RunState
+from dagon.core import (
+    Coordinator,
+    CoordinatorListener,
+    RunSnapshot,
+    RunState,
+    RunTransition,
+    TaskSnapshot,
+    TaskTransition,
+)
 from dagon.protocol import AgentId, Codec, Signer, Telemetry, topics
 from dagon.protocol.transport import MemoryHub
 
@@ -97,11 +105,18 @@ class Broken(CoordinatorListener):
     def __init__(self) -> None:
         self.calls = 0
 
-    def _fail(self, *args: object) -> None:
+    def _fail(self) -> None:
         self.calls += 1
         raise RuntimeError("listener bug")
 
-    run_changed = task_changed = agent_telemetry = _fail
+    def run_changed(self, transition: RunTransition, run: RunSnapshot) -> None:
+        self._fail()
+
+    def task_changed(self, transition: TaskTransition, task: TaskSnapshot) -> None:
+        self._fail()
+
+    def agent_telemetry(self, sample: Telemetry) -> None:
+        self._fail()
 
 
 async def test_a_failing_listener_never_stops_the_coordinator(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 import msgpack
 import pytest
 
@@ -127,7 +130,8 @@ def test_verifying_codec_refuses_malformed_signed_frames() -> None:
     codec = receiver()
     for frame in ([], ["k"], ["k", b"s"], [1, b"s", b"b"], ["k", "s", b"b"], ["k", b"s", b"b", b"x"]):
         assert reason_of(codec, msgpack.packb(frame)) == "malformed"
-    assert reason_of(codec, msgpack.packb([COORDINATOR.key_id, b"s", b"\xc1"])) == "malformed"
+    # the signature is checked before the envelope is even unpacked
+    assert reason_of(codec, msgpack.packb([COORDINATOR.key_id, b"s", b"\xc1"])) == "forged"
 
 
 def test_insecure_codec_accepts_both_and_verifies_nothing() -> None:
@@ -148,3 +152,44 @@ def test_key_formats_round_trip_and_bad_keys_are_explained() -> None:
             parse_public_key(bad, source="pub.txt")
     with pytest.raises(ValueError, match="not an unencrypted PEM"):
         private_key_from_pem(b"-----BEGIN NOTHING-----", source="k")
+
+
+def _signed(signer: Signer, body: bytes) -> bytes:
+    frame: bytes = msgpack.packb([signer.key_id, signer.sign(body), body])
+    return frame
+
+
+def test_nothing_of_an_unverified_envelope_is_decoded() -> None:
+    codec = receiver()
+    deep = b"\x91" * 100_000 + b"\xc0"  # would exhaust any recursive decoder
+    # issue 15's poison: a signed-frame-shaped message around deep nesting, under a known or unknown key id
+    assert reason_of(codec, msgpack.packb([COORDINATOR.key_id, b"\0" * 64, deep])) == "forged"
+    assert reason_of(codec, msgpack.packb([STRANGER.key_id, b"\0" * 64, deep])) == "untrusted"
+    assert reason_of(codec, _signed(STRANGER, deep)) == "untrusted"
+    assert reason_of(codec, deep) == "malformed"  # an array, not a frame: refused at its first byte
+
+
+def test_deep_nesting_inside_a_validly_signed_message_is_refused_without_recursion() -> None:
+    codec = receiver()
+    for depth in (40, sys.getrecursionlimit() + 10, 1020, 5000):
+        head = {"v": 1, "op": "control", "id": f"{depth:016x}", "ts": time.time(), "src": "c", "action": "announce"}
+        body = msgpack.packb({**head, "args": {"x": "HOLE"}})
+        body = body.replace(msgpack.packb("HOLE"), b"\x91" * depth + b"\xc0")
+        assert reason_of(codec, _signed(COORDINATOR, body)) in {"too_deep", "malformed"}
+
+
+def test_a_bug_surfacing_in_the_decoder_is_still_a_protocol_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Codec, payload: bytes) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(Codec, "_decode", broken)
+    assert reason_of(Codec(sender="agent/a1"), b"\x80") == "internal"
+
+
+def test_a_per_topic_limit_refuses_before_reading() -> None:
+    codec = receiver()
+    payload = sender().encode(assign("x" * 5000))
+    with pytest.raises(ProtocolError, match="over the 4096-byte limit") as info:
+        codec.decode(payload, limit=4096)
+    assert info.value.reason == "oversize"
+    assert codec.decode(payload).message == assign("x" * 5000)

@@ -11,9 +11,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientError, ClientSession, web
 
-from dagon.protocol import Grant, ProtocolError, Signer, TransportError, covers, mint_grant, read_grant
+from dagon.protocol import (
+    Grant,
+    ProtocolError,
+    Signer,
+    TransportError,
+    bind_grant,
+    covers,
+    mint_grant,
+    raw_public_key,
+    read_grant,
+)
 from dagon.protocol.transport import MANIFEST_FILE, DataServer, LazyDataServer, pull
 
 COORDINATOR = Signer.generate()
@@ -62,6 +72,15 @@ def test_grants_verify_and_refuse() -> None:
     for bad in ("", "a.b", "a.b.c.d", "x.!!!.y"):
         with pytest.raises(ProtocolError):
             read_grant(bad, KEYS)
+
+
+def test_a_grant_names_the_attempt_it_was_minted_for() -> None:
+    consumer = ("r1", "B", 3)
+    g = read_grant(
+        mint_grant(COORDINATOR, Grant("r1", "A", 1, "x", "b", "read", time.time() + 9, consumer=consumer)), KEYS
+    )
+    assert g.consumer == consumer
+    assert read_grant(grant("x"), KEYS).consumer is None  # a client's fetch, an upload: bound to no attempt
 
 
 @pytest.mark.parametrize(
@@ -194,8 +213,21 @@ async def test_persistent_corruption_fails_with_the_file_named(tmp_path: Path) -
     source = producer(tmp_path / "scratch")
     (source / "out" / "a.txt").write_bytes(b"ALPHA\n")  # same size, not what the manifest says
     async with serving(tmp_path / "scratch") as server:
-        with pytest.raises(TransportError, match=r"out/a\.txt.*differs from the producer's"):
+        with pytest.raises(TransportError, match=r"out/a\.txt.*differs from the producer's") as info:
             await pull(server.url, grant("out/a.txt"), tmp_path / "dest", retries=1)
+    assert info.value.__cause__ is not None  # the last attempt's own error, kept for whoever debugs it
+
+
+async def test_an_unreachable_data_server_is_named_with_the_connection_error_as_cause(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(TransportError, match=rf"data server {url}") as info:
+        await pull(url, grant("out/a.txt"), tmp_path / "dest")
+    assert isinstance(info.value.__cause__, OSError | ClientError)
 
 
 async def test_the_lazy_data_server_loads_on_the_first_connection_and_serves(tmp_path: Path) -> None:
@@ -205,7 +237,8 @@ async def test_the_lazy_data_server_loads_on_the_first_connection_and_serves(tmp
         return tmp_path / "scratch" / g.run / f"{g.task}-{g.attempt}"
 
     async with LazyDataServer(authorize=lambda t: read_grant(t, KEYS), locate=locate) as server:
-        assert server.url.startswith("http://127.0.0.1:") and not server.loaded
+        loaded_before = server.loaded
+        assert server.url.startswith("http://127.0.0.1:") and not loaded_before
         stats = await pull(server.url, grant("out"), tmp_path / "dest")
         assert server.loaded and server.stats.requests == 3
         again = await pull(server.url, grant("top.txt"), tmp_path / "dest2")  # the same socket, now served
@@ -219,8 +252,21 @@ def test_an_idle_agent_does_not_load_the_http_stack() -> None:
     import sys
 
     code = (
-        "import sys, dagon.agent_cli, dagon.agent._agent;"
+        "import sys, dagon.cli._agent, dagon.agent._agent;"
         "print(sorted(m for m in ('aiohttp', 'dagon.protocol.transport._dataplane') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_bound_grant_serves_only_its_holder() -> None:
+    holder, thief = Signer.generate(), Signer.generate()
+    bound = Grant("r1", "A", 1, "out", "agent-b", "read", time.time() + 60, raw_public_key(holder.public_key))
+    token = mint_grant(COORDINATOR, bound)
+    with pytest.raises(ProtocolError, match="bound to agent 'agent-b'") as info:
+        read_grant(token, KEYS)  # as sniffed off the broker
+    assert info.value.reason == "unbound"
+    with pytest.raises(ProtocolError) as info:
+        read_grant(bind_grant(token, thief), KEYS)
+    assert info.value.reason == "forged"
+    assert read_grant(bind_grant(token, holder), KEYS).holder == raw_public_key(holder.public_key)

@@ -11,7 +11,17 @@ from typing import Any
 import jsonschema
 import pytest
 
-from dagon.protocol import SCHEMA_COORDINATOR, SCHEMA_EVENTS, SCHEMA_RUN_STATUS, SCHEMA_TASK_RESULT, SCHEMA_TELEMETRY
+from dagon.core import AgentView
+from dagon.core._agentstatus import agent_status_doc
+from dagon.protocol import (
+    SCHEMA_AGENT_STATUS,
+    SCHEMA_COORDINATOR,
+    SCHEMA_EVENTS,
+    SCHEMA_READING,
+    SCHEMA_RUN_STATUS,
+    SCHEMA_TASK_RESULT,
+    SCHEMA_TELEMETRY,
+)
 
 DOCS = Path(__file__).parents[2] / "docs"
 FILES = {
@@ -20,6 +30,8 @@ FILES = {
     SCHEMA_EVENTS: "events.json",
     SCHEMA_TELEMETRY: "telemetry.json",
     SCHEMA_COORDINATOR: "coordinator.json",
+    SCHEMA_READING: "reading.json",
+    SCHEMA_AGENT_STATUS: "agent-status.json",
 }
 
 
@@ -61,6 +73,7 @@ def test_every_documented_example_is_valid() -> None:
         (SCHEMA_EVENTS, {"schema": SCHEMA_EVENTS, "run": "r", "events": [{"type": "run", "task": "t"}]}),
         (SCHEMA_TELEMETRY, {"schema": SCHEMA_TELEMETRY, "agent": "a", "cpu_percent": 140}),
         (SCHEMA_COORDINATOR, {"schema": SCHEMA_COORDINATOR, "id": "main", "online": "yes"}),
+        (SCHEMA_AGENT_STATUS, {"schema": SCHEMA_AGENT_STATUS, "coordinator": "main", "agent": "a", "online": True}),
     ],
 )
 def test_schemas_reject_wrong_documents(name: str, doc: dict[str, Any]) -> None:
@@ -71,3 +84,17 @@ def test_schemas_reject_wrong_documents(name: str, doc: dict[str, Any]) -> None:
 def test_a_rejected_run_status_needs_only_the_reason() -> None:
     doc = {"schema": SCHEMA_RUN_STATUS, "run": "bad-run", "state": "rejected", "cause": "unknown task 'ghost'"}
     jsonschema.Draft202012Validator(schema(SCHEMA_RUN_STATUS)).validate(doc)
+
+
+def test_the_agent_status_the_coordinator_builds_is_valid() -> None:
+    from dagon.protocol import AgentId, Capabilities
+
+    caps = Capabilities(
+        hostname="pi", host_id="h", arch="aarch64", os="Linux", cpus=4, memory=8 << 30, runtimes=("process",),
+        labels={"site": "lab"}, slots=2, version="1",
+    )  # fmt: skip
+    view = AgentView(AgentId("pi-1"), caps)
+    view.online, view.last_seen = True, 1795658581.4
+    doc = agent_status_doc(view, coordinator="main", reason="announced", key=bytes(32))
+    jsonschema.Draft202012Validator(schema(SCHEMA_AGENT_STATUS)).validate(doc)
+    assert (doc["free_slots"], doc["admitted"], doc["fingerprint"].startswith("SHA256:")) == (2, True, True)

@@ -63,11 +63,11 @@ def test_escaping_examples_and_names_that_need_none() -> None:
 
 
 def test_topic_tree() -> None:
-    assert topics.agent_status("pi-1") == "dagon/v1/agents/pi-1/status"
-    assert topics.agent_tasks("pi/1") == "dagon/v1/agents/pi%2F1/tasks"
-    assert topics.agent_control("a") == "dagon/v1/agents/a/control"
-    assert topics.agent_telemetry("a") == "dagon/v1/agents/a/telemetry"
-    assert topics.coordinator_inbox("c#1") == "dagon/v1/coordinator/c%231/inbox"
+    assert topics.agent_status("pi-1") == "dagon/wire/v1/agents/pi-1/status"
+    assert topics.agent_tasks("pi/1") == "dagon/wire/v1/agents/pi%2F1/tasks"
+    assert topics.agent_control("a") == "dagon/wire/v1/agents/a/control"
+    assert topics.agent_telemetry("a") == "dagon/wire/v1/agents/a/telemetry"
+    assert topics.coordinator_inbox("c#1") == "dagon/wire/v1/coordinator/c%231/inbox"
     assert topics.coordinator_status("c") == "dagon/v1/coordinator/c/status"
     assert topics.run_status("r") == "dagon/v1/runs/r/status"
     assert topics.run_events("r") == "dagon/v1/runs/r/events"
@@ -76,9 +76,30 @@ def test_topic_tree() -> None:
         (topics.all_agent_status(), topics.agent_status("x/y")),
         (topics.all_agent_telemetry(), topics.agent_telemetry("x")),
         (topics.all_coordinator_status(), topics.coordinator_status("c")),
+        (topics.all_coordinator_agents(), topics.coordinator_agent("c", "a/b")),
     ]:
         assert topic_matches(filter_, topic)
     assert not topic_matches(topics.all_agent_status(), topics.agent_tasks("x"))
+    assert topics.agent_of(topics.agent_tasks("pi/1")) == ("pi/1", "tasks")
+    assert topics.agent_of(topics.agent_telemetry_json("a")) is None  # public, not a wire topic
+
+
+def test_the_public_subscription_holds_no_wire_topic() -> None:
+    """``dagon/v1/#`` is JSON only: every signed msgpack topic lives under ``dagon/wire/v1/``."""
+    public = f"{topics.PREFIX}/#"
+    wire = [
+        topics.agent_status("a"), topics.agent_tasks("a"), topics.agent_control("a"),
+        topics.agent_telemetry("a"), topics.coordinator_inbox("c"),
+    ]  # fmt: skip
+    for topic in wire:
+        assert not topic_matches(public, topic), topic
+        assert topic_matches(f"{topics.WIRE_PREFIX}/#", topic)
+    for topic in (
+        topics.run_status("r"), topics.run_events("r"), topics.run_task_result("r", "t"),
+        topics.run_task_readings("r", "t"), topics.agent_telemetry_json("a"), topics.coordinator_status("c"),
+        topics.coordinator_agent("c", "a"),
+    ):  # fmt: skip
+        assert topic_matches(public, topic), topic
     assert not topic_matches(topics.run_task_results("r1"), topics.run_task_result("r2", "t"))
 
 

@@ -1,0 +1,5 @@
+"""DAGonStar compatibility: ``from dagon.docker_task import DockerTask`` (the ``docker`` runtime)."""
+
+from dagon._dagonstar._classes import DockerRemoteTask, DockerTask
+
+__all__ = ["DockerRemoteTask", "DockerTask"]
