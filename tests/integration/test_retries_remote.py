@@ -52,7 +52,9 @@ async def test_remote_wait_and_status_show_the_attempt_lost_with_a_sigkilled_age
         f"touch {tmp_path}/started-$DAGON_ATTEMPT; while [ ! -e {gate} ]; do sleep 0.05; done;"
         f" echo $DAGON_ATTEMPT >> {marks}",
     )
-    wf.shell("quick", "true")
+    # after `slow`: never in flight on the victim when it dies (on a loaded machine its result could still
+    # be unsent then, and it would rightly count as a second retried task)
+    wf.shell("quick", "true", after=["slow"])
     victim = start_agent(mosquitto.url, tmp_path, "victim", slots=2)
     survivor: subprocess.Popen[bytes] | None = None
     with (home / "coordinator.log").open("wb") as log:
