@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from dagon.agent._beat import BeatTimer
 from dagon.agent._clock import LATE_ASSIGNMENT, CoordinatorClock, say
 from dagon.agent._config import AgentConfig, check_scratch_reachable
 from dagon.agent._dataops import DataOps
@@ -196,6 +197,8 @@ class Agent:
         self.stopped = asyncio.Event()
         self.completed = 0
         self.telemetry: TelemetryService | None = telemetry_service(config, self.id, lambda: self._active)
+        sampling = self.telemetry
+        self._beats = BeatTimer(config.heartbeat_interval, lambda: sampling.next_sample_at if sampling else None)
         self.metrics: Any = None  # an AgentMetrics (dagon.agent._exporter) when an exporter runs
         self._runtime_of: dict[TaskRef, str] = {}  # for metrics: runtime of each accepted attempt
         self._only: str | None = None  # see serve_only()
@@ -275,7 +278,7 @@ class Agent:
             self._tg.create_task(self._redelivery.resend_loop(), name=f"{name}-redeliver"),
         ]
         if self.telemetry is not None:
-            telemetry = self.telemetry.sample_loop(self._transport, self.codec, spool=self.spool)
+            telemetry = self.telemetry.sample_loop(self._transport, self.codec, spool=self.spool, ride=self._beats.ride)
             self._loops.append(self._tg.create_task(telemetry, name=f"{name}-telemetry"))
         log.info("agent %s online: %d slots, runtimes %s", self.id, self.config.slots, self.capabilities.runtimes)
 
@@ -390,14 +393,14 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         seq = 0
         while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
+            sample = await self._beats.wait()  # the telemetry sample rides on the heartbeat
             seq += 1
             if seq % 100 == 0:
                 self._replayed.prune()
             held = self.held()
             beat = Heartbeat(
                 agent=self.id, seq=seq, running=self._active, free_slots=max(0, self.config.slots - self._active),
-                held=tuple(held[:MAX_HELD]), complete=len(held) <= MAX_HELD, session=self.session,
+                held=tuple(held[:MAX_HELD]), complete=len(held) <= MAX_HELD, session=self.session, telemetry=sample,
             )  # fmt: skip
             try:
                 await self._transport.publish(topics.agent_telemetry(self.id), self.codec.encode(beat), qos=0)

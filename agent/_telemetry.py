@@ -141,6 +141,7 @@ class TelemetryService:
         self.last_power: PowerReading | None = None
         self.samples = 0
         self.meter_topic = power.topic if isinstance(power, MqttMeterSource) else ""
+        self.next_sample_at = time.monotonic()  # when the loop takes its next sample
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -192,12 +193,17 @@ class TelemetryService:
         )
 
     async def sample_loop(
-        self, transport: Transport, codec: Codec | None = None, spool: ResultSpool | None = None
+        self,
+        transport: Transport,
+        codec: Codec | None = None,
+        spool: ResultSpool | None = None,
+        ride: Callable[[Telemetry], None] | None = None,
     ) -> None:
         """Sample and publish forever (until cancelled).
 
         With ``codec``, each sample also goes to the coordinators as a signed msgpack
-        :class:`~dagon.protocol.Telemetry` on the agent's internal telemetry topic.
+        :class:`~dagon.protocol.Telemetry` on the agent's internal telemetry topic — given to
+        ``ride`` instead when there is one (the agent's heartbeat carries it: ``dagon.agent._beat``).
         With a ``spool``, public samples that cannot be published (the broker is unreachable)
         are kept there and published in order, before newer ones, once it is back.
         """
@@ -214,13 +220,16 @@ class TelemetryService:
                     log.warning("agent %s: telemetry not published: %s", self.agent, exc)
             else:
                 await self._deliver(transport, topic, payload, spool)
-            if codec is not None:
+            if ride is not None:
+                ride(telemetry_message(doc, running=self._running()))
+            elif codec is not None:
                 message = telemetry_message(doc, running=self._running())
                 try:  # the latest sample is what counts for coordinators: not spooled
                     async with asyncio.timeout(PUBLISH_WAIT):
                         await transport.publish(internal, codec.encode(message), qos=0)
                 except Exception as exc:
                     log.debug("agent %s: telemetry message not sent: %s", self.agent, exc)
+            self.next_sample_at = time.monotonic() + self.interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
                     await self._wake.wait()

@@ -3,8 +3,10 @@ protocol over its own MQTT connection to the real broker.
 
 Each agent is what the coordinator sees of a ``dagon-agent``: its own MQTT client id and Last Will
 (``Offline``), a retained signed ``Announce`` with its capabilities and key, a signed ``Heartbeat``
-every ``--heartbeat`` s and a signed ``Telemetry`` sample plus the public JSON telemetry document
-every ``--telemetry`` s (the agent defaults: 5 s and 5 s) — the heartbeat listing the results not yet
+every ``--heartbeat`` s and a ``Telemetry`` sample plus the public JSON telemetry document every
+``--telemetry`` s (the agent defaults: 5 s and 5 s), the sample riding on the heartbeat paced by the
+agent's own ``BeatTimer`` (or, with ``--telemetry-apart``, in a signed message of its own, as agents
+before issue 21 sent it) — the heartbeat listing the results not yet
 acknowledged, as a real agent's spool does — assignments verified (signature,
 recipient, freshness, replay) by the real codec, and ``TasksStarted`` + ``TasksFinished`` reported
 for every task. What it does not do is run anything: a task "runs" in no time — the coordinator's
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 from dagon._keys import agent_keys
+from dagon.agent._beat import BeatTimer
 from dagon.protocol import (
     CONTENT_TYPE_JSON,
     AgentId,
@@ -59,7 +62,9 @@ SLOTS = 2
 
 
 class LightAgent:
-    def __init__(self, url: str, name: str, signer: Signer, trust: KeyRing, *, heartbeat: float, telemetry: float):
+    def __init__(
+        self, url: str, name: str, signer: Signer, trust: KeyRing, *, heartbeat: float, telemetry: float, apart: bool
+    ):
         self.id = AgentId(name)
         self.url = url
         self.codec = Codec(sender=f"agent/{name}", signer=signer, trust=trust, recipient=f"agent/{name}")
@@ -67,6 +72,9 @@ class LightAgent:
         self.session = os.urandom(8).hex()
         self.heartbeat = heartbeat
         self.telemetry = telemetry
+        self.apart = apart  # the sample in a message of its own instead of on the heartbeat
+        self.next_sample_at = time.monotonic()
+        self.beats = BeatTimer(heartbeat, lambda: None if telemetry <= 0 or apart else self.next_sample_at)
         self.tasks = 0
         self.held: dict[TaskRef, None] = {}  # results reported, not yet acknowledged (as a real agent's spool)
         self.caps = Capabilities(
@@ -101,12 +109,12 @@ class LightAgent:
     async def _beat(self, t: MqttTransport) -> None:
         seq = 0
         while True:
-            await asyncio.sleep(self.heartbeat)
+            sample = await self.beats.wait()
             seq += 1
             held = tuple(self.held)
             beat = Heartbeat(
                 agent=self.id, seq=seq, running=0, free_slots=SLOTS, held=held[:1000], complete=len(held) <= 1000,
-                session=self.session,
+                session=self.session, telemetry=sample,
             )  # fmt: skip
             await t.publish(topics.agent_telemetry(self.id), self.codec.encode(beat), qos=0)
 
@@ -133,7 +141,11 @@ class LightAgent:
                 agent=self.id, sampled_at=now, cpu_percent=cpu, memory_used=1 << 30, memory_total=4 << 30,
                 per_core_percent=(cpu, cpu), load_avg=(0.2, 0.1, 0.1), power_watts=4.2, power_source="model",
             )  # fmt: skip
-            await t.publish(topics.agent_telemetry(self.id), self.codec.encode(sample), qos=0)
+            if self.apart:
+                await t.publish(topics.agent_telemetry(self.id), self.codec.encode(sample), qos=0)
+            else:
+                self.beats.ride(sample)
+            self.next_sample_at = time.monotonic() + self.telemetry
             await asyncio.sleep(self.telemetry)
 
     async def _receive(self, t: MqttTransport) -> None:
@@ -182,8 +194,9 @@ async def watch_lag() -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     signer, trust = agent_keys(Path(args.home))
+    timing = {"heartbeat": args.heartbeat, "telemetry": args.telemetry, "apart": args.telemetry_apart}
     agents = [
-        LightAgent(args.url, f"fleet-{i:04d}", signer, trust, heartbeat=args.heartbeat, telemetry=args.telemetry)
+        LightAgent(args.url, f"fleet-{i:04d}", signer, trust, **timing)
         for i in range(args.first, args.first + args.count)
     ]
     stop = asyncio.Event()
@@ -207,6 +220,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=250)
     parser.add_argument("--heartbeat", type=float, default=5.0)
     parser.add_argument("--telemetry", type=float, default=5.0)
+    parser.add_argument("--telemetry-apart", action="store_true")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main_async(parser.parse_args()))
     return 0

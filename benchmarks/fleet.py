@@ -3,13 +3,15 @@
 The agents are **lightweight agents speaking the real protocol over the real broker**
 (benchmarks/_fleet.py): each has its own MQTT connection to a real Mosquitto (stock configuration
 unless ``--tuned-broker``), its own client id and Last Will, and sends what a ``dagon-agent`` sends —
-a retained signed Announce, a signed Heartbeat every 5 s and a signed Telemetry sample (plus the
-public JSON telemetry) every 5 s — verifies its assignments with the real codec and reports every
-task started and finished. They do not run processes: a task takes no time, so what is measured is
-the coordinator. They live in ``--processes`` processes apart from the coordinator (this process,
-``dagon.connect``), whose CPU time (user + system, not wall) is what the table reports.
+a retained signed Announce, a signed Heartbeat every 5 s and a Telemetry sample (plus the public
+JSON telemetry) every 5 s riding on the heartbeat, as a ``dagon-agent`` sends it since issue 21
+(``--telemetry-apart``: in a signed message of its own, as before) — verifies its assignments with
+the real codec and reports every task started and finished. They do not run processes: a task
+takes no time, so what is measured is the coordinator. They live in ``--processes`` processes apart
+from the coordinator (this process, ``dagon.connect``), whose CPU time (user + system, not wall) is
+what the table reports.
 
-    python benchmarks/fleet.py [--agents 500] [--tasks 10000] [--window 60] [--processes 2]
+    python benchmarks/fleet.py [--agents 500] [--tasks 10000] [--window 60] [--processes 2] [--telemetry-apart]
 
 Targets (issue 21): heartbeats + telemetry cost < 10 % of a core on the coordinator; dispatch stays
 fair; a 10,000-task run over the fleet completes; the coordinator's memory per agent is reported.
@@ -116,7 +118,7 @@ async def measure(url: str, args: argparse.Namespace, root: Path) -> tuple[list[
         t0 = time.monotonic()
         for first in range(0, n, per):
             count = min(per, n - first)
-            argv = [*cmd, "--first", str(first), "--count", str(count)]
+            argv = [*cmd, "--first", str(first), "--count", str(count), *(["--telemetry-apart"] * args.telemetry_apart)]
             procs.append(await asyncio.to_thread(subprocess.Popen, argv, stdout=subprocess.PIPE, stderr=sys.stderr))
         try:
             async with asyncio.timeout(300):
@@ -190,13 +192,18 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--window", type=float, default=60.0, help="seconds of idle fleet over which CPU is measured")
     parser.add_argument("--processes", type=int, default=2, help="processes the lightweight agents live in")
+    parser.add_argument(
+        "--telemetry-apart", action="store_true", help="samples in messages of their own (agents before issue 21)"
+    )
     add_broker_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     print(
         f"{args.agents} lightweight agents speaking the real protocol over a real Mosquitto"
         f" ({'tuned' if args.tuned_broker else 'stock'} config), one MQTT connection each, in {args.processes}"
-        f" processes; heartbeat 5 s and telemetry 5 s (the agent defaults); coordinator in this process."
+        f" processes; heartbeat 5 s and telemetry 5 s (the agent defaults), the sample"
+        f" {'in a message of its own' if args.telemetry_apart else 'riding on the heartbeat'};"
+        f" coordinator in this process."
         f" Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (CPU time is measured, not wall)."
     )
     with mosquitto(tuned=args.tuned_broker) as url, workspace() as tmp:

@@ -561,8 +561,8 @@ class Coordinator:
             return  # duplicate delivery (QoS 1 is at-least-once)
         events = route(topic, envelope)
         now = time.time()
-        if agent_topic(topic) is not None and not self._fresh(envelope, now):
-            return
+        if agent_topic(topic) is not None and not self._fresh(envelope, now):  # a sample is not about liveness:
+            events = [event for event in events if isinstance(event, TelemetryReceived)]  # taken as it is
         dispatch = self._dispatch
         wake = False
         for event in events:
@@ -575,6 +575,8 @@ class Coordinator:
                 case ResultsReceived():
                     dispatch.acknowledge(event.agent, event.refs)
                 case TelemetryReceived():
+                    if wake:  # the heartbeat it rode on counts even if the sample is refused below
+                        dispatch.wake.set()
                     if self.telemetry.take(event.sample):  # raises ProtocolError on impossible figures
                         notify(self.feed.listeners, "agent_telemetry", event.sample)
                     continue

@@ -174,7 +174,14 @@ def route(topic: str, envelope: Envelope) -> list[Routed]:
             case "telemetry", Heartbeat() if msg.agent == agent:
                 refs = frozenset(msg.held) if msg.complete else None
                 held: list[Routed] = [ResultsHeld(agent, msg.held)] if msg.held else []
-                return [*held, AgentSeen(agent, held=msg.running, refs=refs)]
+                routed: list[Routed] = [*held, AgentSeen(agent, held=msg.running, refs=refs)]
+                if msg.telemetry is not None:  # the sample riding on the heartbeat
+                    if msg.telemetry.agent != agent:
+                        raise ProtocolError(
+                            f"heartbeat of {agent} carries telemetry of {msg.telemetry.agent}", reason="unexpected"
+                        )
+                    routed.append(TelemetryReceived(msg.telemetry))
+                return routed
             case "telemetry", Telemetry() if msg.agent == agent:
                 return [TelemetryReceived(msg)]
         raise ProtocolError(f"{msg.OP} is not accepted on {topic}", reason="unexpected")

@@ -355,6 +355,9 @@ class Heartbeat(Message):
     held: tuple[TaskRef, ...] = ()
     complete: bool = False  # True: ``held`` lists every attempt held (the agent spools its results)
     session: str = ""  # see Announce.session; ``seq`` counts up within it
+    # The agent's telemetry sample taken since its previous heartbeat, if any: it rides here rather
+    # than in a message of its own, which halves what a fleet sends its coordinators (issue 21).
+    telemetry: Telemetry | None = None
 
 
 @dataclass(frozen=True, slots=True)
