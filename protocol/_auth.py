@@ -23,10 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from dagon.protocol._ed25519 import BadSignature, signer_for, verify_signature
 from dagon.protocol._errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -137,10 +137,11 @@ def private_key_from_pem(data: bytes, *, source: str = "private key") -> Ed25519
 class Signer:
     """Signs envelope bytes with one private key."""
 
-    __slots__ = ("_key", "key_id", "public_key")
+    __slots__ = ("_key", "_sign", "key_id", "public_key")
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
+        self._sign = signer_for(key)  # libsodium where installed (dagon.protocol._ed25519)
         self.public_key = key.public_key()
         self.key_id = key_id(self.public_key)
 
@@ -149,7 +150,7 @@ class Signer:
         return cls(Ed25519PrivateKey.generate())
 
     def sign(self, data: bytes) -> bytes:
-        return self._key.sign(data)
+        return self._sign(data)
 
     def __repr__(self) -> str:  # never print key material
         return f"Signer(key_id={self.key_id!r})"
@@ -207,8 +208,8 @@ class KeyRing:
 
 def verify(key: Ed25519PublicKey, signature: bytes, data: bytes, *, what: str) -> None:
     try:
-        key.verify(signature, data)
-    except InvalidSignature:
+        verify_signature(key, signature, data)
+    except BadSignature:
         detail = f"{what}: the signature does not match the message (forged or altered)"
         raise ProtocolError(detail, reason="forged") from None
 
