@@ -596,7 +596,8 @@ class Coordinator:
                 case LogsRequested():
                     self._spawn(self._logs.answer(event.request, envelope, self._wake_drive), f"logs-{envelope.id}")
                 case _:
-                    dispatch.handle(event, now)
+                    if not dispatch.handle(event, now):
+                        continue  # e.g. an idle agent's heartbeat: nothing for a drive pass
             wake = True
         if wake:
             dispatch.wake.set()

@@ -26,6 +26,7 @@ from dagon.core._datasources import DataSources
 from dagon.core._engine import Engine
 from dagon.core._events import (
     AgentChanged,
+    AgentSeen,
     CancelAttempt,
     Command,
     DeleteScratch,
@@ -107,9 +108,14 @@ class Dispatcher:
 
     # -- input ------------------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> None:
-        """Give ``event`` to the engine; its commands run with the next pass (see :meth:`poke`)."""
-        self.pending.extend(self._engine.handle(event, now))
+    def handle(self, event: Event, now: float) -> bool:
+        """Give ``event`` to the engine; its commands run with the next pass (see :meth:`poke`).
+
+        Returns whether a pass has anything to do: not for the heartbeat of an agent with nothing to
+        reconcile while no task is ready (an idle fleet's heartbeats wake no pass: issue 21)."""
+        commands = self._engine.handle(event, now)
+        self.pending.extend(commands)
+        return bool(commands) or not isinstance(event, AgentSeen) or self._engine.ready_count > 0
 
     def feed(self, event: Event) -> None:
         """Give ``event`` to the engine now and wake the loop."""
