@@ -13,7 +13,7 @@ from pathlib import Path
 from _keys import coordinator_security
 
 import dagon
-from dagon.core import Coordinator
+from dagon.core import Command, Coordinator
 from dagon.protocol import AgentId
 from dagon.protocol.transport import MemoryHub
 
@@ -34,10 +34,10 @@ async def test_an_idle_agents_heartbeats_wake_no_drive_pass_and_a_run_still_star
         engine = coordinator.engine
         schedule, passes = engine.schedule, 0
 
-        def counting(now: float) -> list[object]:
+        def counting(now: float) -> list[Command]:
             nonlocal passes
             passes += 1
-            return schedule(now)  # type: ignore[return-value]
+            return schedule(now)
 
         engine.schedule = counting  # type: ignore[method-assign]
         seen = engine.agents[AgentId("agent0")].last_seen
