@@ -136,3 +136,21 @@ async def test_a_heartbeat_carrying_another_agents_sample_is_refused_and_a_stale
                 await asyncio.sleep(0.02)
         assert all(s.cpu_percent != 99.0 for s in samples.samples)
         assert coordinator.engine.agents[AgentId("agent0")].online  # the stale session did not take it over
+        # A sample in a message of its own, as agents before this change send it, is still taken.
+        apart = dataclasses.replace(good, sampled_at=later.sampled_at + 5, cpu_percent=7.5)
+        await intruder.publish(topic, signed.encode(apart))
+        async with asyncio.timeout(10):
+            while coordinator.telemetry.latest[AgentId("agent0")].sampled_at != apart.sampled_at:
+                await asyncio.sleep(0.02)
+        # An impossible sample on a live heartbeat is refused (the heartbeat itself is not).
+        refused = coordinator.rejections.get("value", 0)
+        bad = dataclasses.replace(good, sampled_at=apart.sampled_at + 5, cpu_percent=250.0)
+        live = Heartbeat(
+            agent=AgentId("agent0"), seq=10**9, running=0, free_slots=1, session=agent.session, telemetry=bad
+        )
+        await intruder.publish(topic, signed.encode(live))
+        async with asyncio.timeout(10):
+            while coordinator.rejections.get("value", 0) == refused:
+                await asyncio.sleep(0.02)
+        assert coordinator.telemetry.latest[AgentId("agent0")].sampled_at == apart.sampled_at
+        assert coordinator.engine.agents[AgentId("agent0")].online
