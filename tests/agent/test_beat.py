@@ -36,11 +36,11 @@ async def test_without_telemetry_a_beat_comes_every_interval_and_carries_nothing
 
 
 async def test_a_due_beat_waits_for_a_sample_about_to_be_taken_and_goes_with_it() -> None:
-    expected = time.monotonic() + 0.75  # the sampler's next sample, just after the beat is due
-    timer = BeatTimer(0.6, lambda: expected)  # patience: half the interval, 0.3 s
+    expected = time.monotonic() + 1.1  # the sampler's next sample, just after the beat is due
+    timer = BeatTimer(1.0, lambda: expected)  # patience: half the interval, 0.5 s (0.4 s to spare)
 
     async def sampler() -> None:
-        await asyncio.sleep(0.75)
+        await asyncio.sleep(1.1)
         timer.ride(sample(4.0))
 
     task = asyncio.create_task(sampler())

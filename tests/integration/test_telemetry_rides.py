@@ -38,7 +38,7 @@ async def test_a_real_agent_sends_one_message_per_period_with_the_sample_on_the_
     mosquitto: Any, tmp_path: Path
 ) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text("heartbeat_interval = 0.5\ntelemetry_interval = 0.5\n")
+    config.write_text("heartbeat_interval = 1.0\ntelemetry_interval = 1.0\n")
     agent = start_agent(mosquitto.url, tmp_path, "rider", args=["--config", str(config)])
     try:
         codec = Codec(sender="reader", trust=KeyRing([agent_signer(tmp_path / "rider").public_key]))
@@ -51,7 +51,7 @@ async def test_a_real_agent_sends_one_message_per_period_with_the_sample_on_the_
             assert isinstance(first, Heartbeat), first
             start = time.monotonic()
             async with asyncio.timeout(30):
-                while time.monotonic() - start < 6:
+                while time.monotonic() - start < 8:
                     message = codec.decode((await anext(messages)).payload).message  # signed by the agent's key
                     received.append((time.monotonic() - start, message))
     finally:
@@ -60,11 +60,11 @@ async def test_a_real_agent_sends_one_message_per_period_with_the_sample_on_the_
     assert kinds == {"Heartbeat"}, kinds  # no sample in a message of its own
     beats = [m for _, m in received if isinstance(m, Heartbeat)]
     carrying = [b for b in beats if b.telemetry is not None]
-    # 6 s at 0.5 s: 12 periods. Apart, heartbeat and sample were ~24 messages; riding together ~12
-    # (fewer when a loaded machine makes the agent late, never more).
+    # 8 s at 1 s: 8 periods. Apart, heartbeat and sample were ~16 messages; riding together ~8 (a
+    # beat goes without its sample only when sampling outlasts its patience, 0.5 s, on a loaded machine).
     shown = [(round(t, 2), isinstance(m, Heartbeat) and m.telemetry is not None) for t, m in received]
-    assert 4 <= len(beats) <= 15, shown
-    assert len(carrying) >= len(beats) - 2, shown
+    assert 3 <= len(beats) <= 12, shown
+    assert len(carrying) >= min(4, len(beats) - 1), shown
     assert all(b.telemetry is not None and b.telemetry.agent == "rider" for b in carrying)
     assert [b.seq for b in beats] == sorted({b.seq for b in beats})  # one sequence, no beat twice
 
