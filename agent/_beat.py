@@ -19,13 +19,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 from dagon.protocol import Telemetry
 
-__all__ = ["RIDE_WAIT", "BeatTimer"]
+__all__ = ["RIDE_WAIT", "BeatTimer", "Sampler"]
 
 RIDE_WAIT = 1.0  # seconds a due heartbeat waits for a sample about to be taken
+
+
+class Sampler(Protocol):
+    """What takes the samples (``dagon.agent._telemetry.TelemetryService``)."""
+
+    @property
+    def next_sample_at(self) -> float:
+        """When (``time.monotonic()``) the next sample is expected; in the past while one is taken."""
+        ...
 
 
 class BeatTimer:
@@ -33,13 +42,12 @@ class BeatTimer:
 
     Args:
         interval: seconds between two heartbeats.
-        next_sample_at: when (``time.monotonic()``) the next telemetry sample is expected (in the
-            past while one is being taken), or ``None`` when telemetry is off.
+        sampler: what takes the telemetry samples (``None`` when telemetry is off).
     """
 
-    def __init__(self, interval: float, next_sample_at: Callable[[], float | None] = lambda: None) -> None:
+    def __init__(self, interval: float, sampler: Sampler | None = None) -> None:
         self.interval = interval
-        self._next_sample_at = next_sample_at
+        self._sampler = sampler
         self._now = asyncio.Event()
         self._sample: Telemetry | None = None
 
@@ -53,10 +61,9 @@ class BeatTimer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.interval):
                 await self._now.wait()
-        if not self._now.is_set():
-            expected = self._next_sample_at()
+        if not self._now.is_set() and self._sampler is not None:
             patience = min(RIDE_WAIT, self.interval / 2)
-            if expected is not None and expected - time.monotonic() <= patience:
+            if self._sampler.next_sample_at - time.monotonic() <= patience:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(patience):
                         await self._now.wait()

@@ -401,7 +401,7 @@ class Coordinator:
             await asyncio.to_thread(
                 self.store.create_run, run, workflow.name, workflow.to_dict(), time.time(), options, self.id
             )
-        self._dispatch.feed(RunSubmitted(run, workflow, graph, keep_scratch=keep_scratch))
+        self._dispatch.handle(RunSubmitted(run, workflow, graph, keep_scratch=keep_scratch), time.time())
         return run
 
     def _remote_submit(self, msg: SubmitRun, envelope: Envelope) -> None:
@@ -469,7 +469,7 @@ class Coordinator:
 
     async def cancel(self, run: RunId, reason: str = "cancelled by user") -> None:
         self.engine.run(run)  # raises RunNotFound
-        self._dispatch.feed(RunCancelRequested(run, reason))
+        self._dispatch.handle(RunCancelRequested(run, reason), time.time())
 
     async def wait(self, run: RunId) -> RunResult:
         return await self.feed.wait(run)
@@ -557,12 +557,13 @@ class Coordinator:
     def _on_message(self, topic: str, envelope: Envelope) -> None:
         if self._detached:
             return
-        if agent_topic(topic) is None and not self._dedup.first(envelope.id):
+        per_agent = agent_topic(topic) is not None
+        if not per_agent and not self._dedup.first(envelope.id):
             return  # duplicate delivery (QoS 1 is at-least-once)
         events = route(topic, envelope)
         now = time.time()
-        if agent_topic(topic) is not None and not self._fresh(envelope, now):  # a sample is not about liveness:
-            events = [event for event in events if isinstance(event, TelemetryReceived)]  # taken as it is
+        if per_agent and not self._fresh(envelope, now):
+            events = [e for e in events if isinstance(e, TelemetryReceived)]  # a sample is not about liveness
         dispatch = self._dispatch
         wake = False
         for event in events:
@@ -574,9 +575,7 @@ class Coordinator:
                     dispatch.acknowledge_stale(event.agent, event.held)
                 case ResultsReceived():
                     dispatch.acknowledge(event.agent, event.refs)
-                case TelemetryReceived():
-                    if wake:  # the heartbeat it rode on counts even if the sample is refused below
-                        dispatch.wake.set()
+                case TelemetryReceived():  # after the heartbeat it rode on, which counts if the sample is refused
                     if self.telemetry.take(event.sample):  # raises ProtocolError on impossible figures
                         notify(self.feed.listeners, "agent_telemetry", event.sample)
                     continue
@@ -596,8 +595,8 @@ class Coordinator:
                 case LogsRequested():
                     self._spawn(self._logs.answer(event.request, envelope, self._wake_drive), f"logs-{envelope.id}")
                 case _:
-                    if not dispatch.handle(event, now):
-                        continue  # e.g. an idle agent's heartbeat: nothing for a drive pass
+                    dispatch.handle(event, now)  # wakes the drive pass if it has something to do
+                    continue
             wake = True
         if wake:
             dispatch.wake.set()
