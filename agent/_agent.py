@@ -197,7 +197,8 @@ class Agent:
         self.stopped = asyncio.Event()
         self.completed = 0
         self.telemetry: TelemetryService | None = telemetry_service(config, self.id, lambda: self._active)
-        self._beats = BeatTimer(config.heartbeat_interval, self.telemetry)  # the sample rides on the heartbeat
+        sampling = self.telemetry
+        self._beats = BeatTimer(config.heartbeat_interval, lambda: sampling.next_sample_at if sampling else None)
         self.metrics: Any = None  # an AgentMetrics (dagon.agent._exporter) when an exporter runs
         self._runtime_of: dict[TaskRef, str] = {}  # for metrics: runtime of each accepted attempt
         self._only: str | None = None  # see serve_only()

@@ -19,22 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Protocol
+from collections.abc import Callable
 
 from dagon.protocol import Telemetry
 
-__all__ = ["RIDE_WAIT", "BeatTimer", "Sampler"]
+__all__ = ["RIDE_WAIT", "BeatTimer"]
 
 RIDE_WAIT = 1.0  # seconds a due heartbeat waits for a sample about to be taken
-
-
-class Sampler(Protocol):
-    """What takes the samples (``dagon.agent._telemetry.TelemetryService``)."""
-
-    @property
-    def next_sample_at(self) -> float:
-        """When (``time.monotonic()``) the next sample is expected; in the past while one is taken."""
-        ...
 
 
 class BeatTimer:
@@ -42,12 +33,13 @@ class BeatTimer:
 
     Args:
         interval: seconds between two heartbeats.
-        sampler: what takes the telemetry samples (``None`` when telemetry is off).
+        next_sample_at: when (``time.monotonic()``) the next telemetry sample is expected (in the
+            past while one is being taken), or ``None`` when telemetry is off.
     """
 
-    def __init__(self, interval: float, sampler: Sampler | None = None) -> None:
+    def __init__(self, interval: float, next_sample_at: Callable[[], float | None] = lambda: None) -> None:
         self.interval = interval
-        self._sampler = sampler
+        self._next_sample_at = next_sample_at
         self._now = asyncio.Event()
         self._sample: Telemetry | None = None
 
@@ -61,9 +53,10 @@ class BeatTimer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.interval):
                 await self._now.wait()
-        if not self._now.is_set() and self._sampler is not None:
+        if not self._now.is_set():
+            expected = self._next_sample_at()
             patience = min(RIDE_WAIT, self.interval / 2)
-            if self._sampler.next_sample_at - time.monotonic() <= patience:
+            if expected is not None and expected - time.monotonic() <= patience:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(patience):
                         await self._now.wait()

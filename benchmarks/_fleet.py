@@ -74,7 +74,7 @@ class LightAgent:
         self.telemetry = telemetry
         self.apart = apart  # the sample in a message of its own instead of on the heartbeat
         self.next_sample_at = time.monotonic()
-        self.beats = BeatTimer(heartbeat, None if telemetry <= 0 or apart else self)
+        self.beats = BeatTimer(heartbeat, lambda: None if telemetry <= 0 or apart else self.next_sample_at)
         self.tasks = 0
         self.held: dict[TaskRef, None] = {}  # results reported, not yet acknowledged (as a real agent's spool)
         self.caps = Capabilities(

@@ -401,7 +401,7 @@ class Coordinator:
             await asyncio.to_thread(
                 self.store.create_run, run, workflow.name, workflow.to_dict(), time.time(), options, self.id
             )
-        self._dispatch.handle(RunSubmitted(run, workflow, graph, keep_scratch=keep_scratch), time.time())
+        self._dispatch.feed(RunSubmitted(run, workflow, graph, keep_scratch=keep_scratch))
         return run
 
     def _remote_submit(self, msg: SubmitRun, envelope: Envelope) -> None:
@@ -469,7 +469,7 @@ class Coordinator:
 
     async def cancel(self, run: RunId, reason: str = "cancelled by user") -> None:
         self.engine.run(run)  # raises RunNotFound
-        self._dispatch.handle(RunCancelRequested(run, reason), time.time())
+        self._dispatch.feed(RunCancelRequested(run, reason))
 
     async def wait(self, run: RunId) -> RunResult:
         return await self.feed.wait(run)
@@ -557,13 +557,12 @@ class Coordinator:
     def _on_message(self, topic: str, envelope: Envelope) -> None:
         if self._detached:
             return
-        per_agent = agent_topic(topic) is not None
-        if not per_agent and not self._dedup.first(envelope.id):
+        if agent_topic(topic) is None and not self._dedup.first(envelope.id):
             return  # duplicate delivery (QoS 1 is at-least-once)
         events = route(topic, envelope)
         now = time.time()
-        if per_agent and not self._fresh(envelope, now):
-            events = [e for e in events if isinstance(e, TelemetryReceived)]  # a sample is not about liveness
+        if agent_topic(topic) is not None and not self._fresh(envelope, now):  # a sample is not about liveness:
+            events = [event for event in events if isinstance(event, TelemetryReceived)]  # taken as it is
         dispatch = self._dispatch
         wake = False
         for event in events:
@@ -575,7 +574,9 @@ class Coordinator:
                     dispatch.acknowledge_stale(event.agent, event.held)
                 case ResultsReceived():
                     dispatch.acknowledge(event.agent, event.refs)
-                case TelemetryReceived():  # after the heartbeat it rode on, which counts if the sample is refused
+                case TelemetryReceived():
+                    if wake:  # the heartbeat it rode on counts even if the sample is refused below
+                        dispatch.wake.set()
                     if self.telemetry.take(event.sample):  # raises ProtocolError on impossible figures
                         notify(self.feed.listeners, "agent_telemetry", event.sample)
                     continue
@@ -595,8 +596,8 @@ class Coordinator:
                 case LogsRequested():
                     self._spawn(self._logs.answer(event.request, envelope, self._wake_drive), f"logs-{envelope.id}")
                 case _:
-                    dispatch.handle(event, now)  # wakes the drive pass if it has something to do
-                    continue
+                    if not dispatch.handle(event, now):
+                        continue  # e.g. an idle agent's heartbeat: nothing for a drive pass
             wake = True
         if wake:
             dispatch.wake.set()

@@ -108,14 +108,19 @@ class Dispatcher:
 
     # -- input ------------------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> None:
-        """Give ``event`` to the engine; its commands run with the next pass, woken here unless it
-        has nothing to do: the heartbeat of an agent with nothing to reconcile while no task is
-        ready (an idle fleet's heartbeats wake no pass: issue 21)."""
+    def handle(self, event: Event, now: float) -> bool:
+        """Give ``event`` to the engine; its commands run with the next pass (see :meth:`poke`).
+
+        Returns whether a pass has anything to do: not for the heartbeat of an agent with nothing to
+        reconcile while no task is ready (an idle fleet's heartbeats wake no pass: issue 21)."""
         commands = self._engine.handle(event, now)
         self.pending.extend(commands)
-        if commands or not isinstance(event, AgentSeen) or self._engine.ready_count > 0:
-            self.wake.set()
+        return bool(commands) or not isinstance(event, AgentSeen) or self._engine.ready_count > 0
+
+    def feed(self, event: Event) -> None:
+        """Give ``event`` to the engine now and wake the loop."""
+        self.handle(event, time.time())
+        self.wake.set()
 
     def queue(self, commands: Iterable[Command]) -> None:
         """Commands worked out elsewhere (restoring a run) for the next pass."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 from dagon.agent._beat import RIDE_WAIT, BeatTimer
 from dagon.protocol import AgentId, Telemetry
@@ -37,8 +36,8 @@ async def test_without_telemetry_a_beat_comes_every_interval_and_carries_nothing
 
 
 async def test_a_due_beat_waits_for_a_sample_about_to_be_taken_and_goes_with_it() -> None:
-    taker = SimpleNamespace(next_sample_at=time.monotonic() + 1.1)  # just after the beat is due
-    timer = BeatTimer(1.0, taker)  # patience: half the interval, 0.5 s (0.4 s to spare)
+    expected = time.monotonic() + 1.1  # the sampler's next sample, just after the beat is due
+    timer = BeatTimer(1.0, lambda: expected)  # patience: half the interval, 0.5 s (0.4 s to spare)
 
     async def sampler() -> None:
         await asyncio.sleep(1.1)
@@ -51,7 +50,7 @@ async def test_a_due_beat_waits_for_a_sample_about_to_be_taken_and_goes_with_it(
 
 
 async def test_a_beat_waits_no_longer_than_its_patience_for_a_sample_that_does_not_come() -> None:
-    timer = BeatTimer(0.4, SimpleNamespace(next_sample_at=time.monotonic()))  # "any moment now": a stuck sensor
+    timer = BeatTimer(0.4, lambda: time.monotonic())  # "any moment now", for ever (a stuck sensor)
     start = time.monotonic()
     got = await timer.wait()
     elapsed = time.monotonic() - start
@@ -60,6 +59,6 @@ async def test_a_beat_waits_no_longer_than_its_patience_for_a_sample_that_does_n
 
 
 async def test_a_sample_far_off_does_not_hold_the_beat() -> None:
-    timer = BeatTimer(0.2, SimpleNamespace(next_sample_at=time.monotonic() + 3600))
+    timer = BeatTimer(0.2, lambda: time.monotonic() + 3600)
     async with asyncio.timeout(0.2 + RIDE_WAIT):  # no patience spent on it
         assert await timer.wait() is None
